@@ -1,0 +1,45 @@
+"""Triton helpers shared by the paged attention kernels."""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import check, check_tensor
+
+LOG2E = 1.4426950408889634
+
+
+@triton.jit
+def token_offsets(bt_row_ptr, n, n_mask, block_size, stride_b, stride_s):
+    """Context positions n: [BLOCK_N] -> int64 element offsets [BLOCK_N] of their cache rows.
+
+    The block id is widened to int64 before the multiply: block * stride_b overflows
+    int32 for caches over 2^31 elements.
+    """
+    phys = tl.load(bt_row_ptr + n // block_size, mask=n_mask, other=0).to(tl.int64)
+    return phys * stride_b + (n % block_size).to(tl.int64) * stride_s
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """fp32 inputs use exact fp32 dots (Triton would otherwise use tf32)."""
+    return "ieee" if dtype == torch.float32 else "tf32"
+
+
+def check_paged_inputs(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+    block_tables: torch.Tensor, seq_lens: torch.Tensor, num_reqs: int,
+) -> tuple[int, int, int]:
+    """Shared checks; returns (num_kv_heads, head_dim, group = Hq // Hkv)."""
+    check_tensor("q", q, (None, None, None))
+    _, hq, d = q.shape
+    check_tensor("k_cache", k_cache, (None, None, None, d), (q.dtype,))
+    hkv = k_cache.shape[2]
+    check_tensor("v_cache", v_cache, k_cache.shape, (q.dtype,))
+    check(k_cache.stride() == v_cache.stride(), "k_cache and v_cache must share strides")
+    check(hq % hkv == 0, f"q heads ({hq}) must be a multiple of kv heads ({hkv})")
+    check(d % 16 == 0, f"head_dim must be a multiple of 16 (tl.dot), got {d}")
+    check_tensor("block_tables", block_tables, (num_reqs, None), (torch.int32,))
+    check_tensor("seq_lens", seq_lens, (num_reqs,), (torch.int32,))
+    return hkv, d, hq // hkv

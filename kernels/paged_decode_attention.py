@@ -1,0 +1,181 @@
+"""Paged attention for decode: one query token per request (flash-decoding).
+
+Pass 1 (grid [B, Hkv, S]): each program takes the G = Hq // Hkv query heads that share a
+kv head and one of S contiguous splits of the request's context, and keeps an online
+softmax over BLOCK_N-token tiles gathered through the block table. Each request splits
+its own seq_len (read on the device), so correctness never depends on a host-side
+max_seq_len: S only trades parallelism against the reduce pass. Pass 2 (grid [B, Hq])
+merges the S partial results by their log-sum-exp. With S == 1 pass 1 writes the output.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import check, check_devices, num_sms
+from ._paged import LOG2E, check_paged_inputs, dot_precision, token_offsets
+from .paged_prefill_attention import attention_ref
+
+MIN_TOKENS_PER_SPLIT = 256
+MAX_SPLITS = 64
+
+
+@triton.jit
+def _decode_split_kernel(
+    q_ptr, k_cache_ptr, v_cache_ptr, bt_ptr, seq_lens_ptr,  # see paged_decode_attention
+    out_ptr, mid_o_ptr, mid_lse_ptr,  # out: [B, Hq, D]; mid_o: [B, Hq, S, D]; mid_lse: [B, Hq, S]
+    scale_log2,
+    stride_qb, stride_qh, stride_cb, stride_cs, stride_ch, stride_bt, stride_ob, stride_oh,
+    num_q_heads, block_size, group, head_dim,
+    NUM_SPLITS: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
+    BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    kvh = tl.program_id(1)
+    split = tl.program_id(2)
+    seq_len = tl.load(seq_lens_ptr + b)
+    per_split = tl.cdiv(tl.cdiv(seq_len, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    start = split * per_split
+    end = tl.minimum(start + per_split, seq_len)
+
+    g = tl.arange(0, BLOCK_G)
+    d = tl.arange(0, BLOCK_D)
+    heads = kvh * group + g  # [BLOCK_G] query heads of this kv head
+    gd_mask = (g < group)[:, None] & (d < head_dim)[None, :]
+    q = tl.load(q_ptr + b * stride_qb + heads[:, None] * stride_qh + d[None, :],
+                mask=gd_mask, other=0.0)  # [BLOCK_G, BLOCK_D]
+
+    m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_G], tl.float32)
+    acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
+    bt_row = bt_ptr + b * stride_bt
+    for n0 in range(start, end, BLOCK_N):
+        n = n0 + tl.arange(0, BLOCK_N)
+        n_mask = n < end
+        rows = token_offsets(bt_row, n, n_mask, block_size, stride_cb, stride_cs)
+        kv_off = rows[:, None] + kvh * stride_ch + d[None, :]  # [BLOCK_N, BLOCK_D]
+        kv_mask = n_mask[:, None] & (d < head_dim)[None, :]
+        k = tl.load(k_cache_ptr + kv_off, mask=kv_mask, other=0.0)
+        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
+        s = tl.where(n_mask[None, :], s, float("-inf"))  # [BLOCK_G, BLOCK_N]
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = tl.load(v_cache_ptr + kv_off, mask=kv_mask, other=0.0)
+        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        m_i = m_new
+
+    acc = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]  # empty split: acc = 0
+    if NUM_SPLITS == 1:
+        o_ptrs = out_ptr + b * stride_ob + heads[:, None] * stride_oh + d[None, :]
+        tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=gd_mask)
+    else:
+        row = (b * num_q_heads + heads) * NUM_SPLITS + split  # [BLOCK_G] int64
+        tl.store(mid_o_ptr + row[:, None] * head_dim + d[None, :], acc, mask=gd_mask)
+        lse = tl.where(l_i > 0.0, m_i + tl.log2(tl.where(l_i > 0.0, l_i, 1.0)), float("-inf"))
+        tl.store(mid_lse_ptr + row, lse, mask=g < group)
+
+
+@triton.jit
+def _decode_reduce_kernel(
+    mid_o_ptr, mid_lse_ptr, out_ptr,  # mid_o: [B, Hq, S, D]; mid_lse: [B, Hq, S] (log2)
+    stride_ob, stride_oh, num_q_heads, head_dim,
+    NUM_SPLITS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    b = tl.program_id(0).to(tl.int64)
+    h = tl.program_id(1)
+    sp = tl.arange(0, BLOCK_S)
+    d = tl.arange(0, BLOCK_D)
+    row = (b * num_q_heads + h) * NUM_SPLITS + sp  # [BLOCK_S]
+    lse = tl.load(mid_lse_ptr + row, mask=sp < NUM_SPLITS, other=float("-inf"))
+    m = tl.max(lse, 0)
+    w = tl.exp2(lse - tl.where(m == float("-inf"), 0.0, m))  # [BLOCK_S], 0 for empty splits
+    o = tl.load(mid_o_ptr + row[:, None] * head_dim + d[None, :],
+                mask=(sp < NUM_SPLITS)[:, None] & (d < head_dim)[None, :], other=0.0)
+    denom = tl.sum(w, 0)
+    res = tl.sum(o * w[:, None], 0) / tl.where(denom > 0.0, denom, 1.0)  # [BLOCK_D]
+    tl.store(out_ptr + b * stride_ob + h * stride_oh + d, res.to(out_ptr.dtype.element_ty),
+             mask=d < head_dim)
+
+
+def choose_num_splits(
+    num_reqs: int, num_kv_heads: int, max_seq_len: int | None, device: torch.device,
+) -> int:
+    """Enough (b, kv head, split) programs for about two waves of SMs, a power of 2, with at
+    least MIN_TOKENS_PER_SPLIT tokens per split when max_seq_len is known."""
+    want = triton.cdiv(2 * num_sms(device), max(1, num_reqs * num_kv_heads))
+    if max_seq_len is not None:
+        want = min(want, triton.cdiv(max_seq_len, MIN_TOKENS_PER_SPLIT))
+    return min(MAX_SPLITS, triton.next_power_of_2(max(1, want)))
+
+
+def paged_decode_attention(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    block_tables: torch.Tensor,
+    seq_lens: torch.Tensor,
+    scale: float,
+    max_seq_len: int | None = None,
+    out: torch.Tensor | None = None,
+    num_splits: int | None = None,
+    block_n: int | None = None,
+) -> torch.Tensor:
+    """Attention of one new query per request over its whole paged context.
+
+    q: [B, Hq, D] (token/head strides free, unit stride in D), fp32/fp16/bf16.
+    k_cache, v_cache: [num_blocks, block_size, Hkv, D] of q.dtype, same strides; Hq % Hkv
+    == 0 (q head i reads kv head i // (Hq // Hkv)); D a multiple of 16.
+    block_tables: [B, max_blocks] int32; seq_lens: [B] int32 (context incl. the new token).
+    max_seq_len: host-side bound used only to pick the split count (no host sync).
+    out: optional [B, Hq, D] of q.dtype. num_splits / block_n override the heuristics.
+    Returns out [B, Hq, D].
+    """
+    nreq = q.shape[0] if q.dim() == 3 else -1
+    hkv, d, group = check_paged_inputs(q, k_cache, v_cache, block_tables, seq_lens, nreq)
+    if out is None:
+        out = torch.empty_like(q)
+    check(out.shape == q.shape and out.dtype == q.dtype and out.stride(-1) == 1,
+          f"out must be {tuple(q.shape)} {q.dtype} with unit stride in D")
+    dev = check_devices(_decode_split_kernel, q=q, k_cache=k_cache, v_cache=v_cache,
+                        block_tables=block_tables, seq_lens=seq_lens, out=out)
+    if nreq == 0:
+        return out
+    splits = num_splits or choose_num_splits(nreq, hkv, max_seq_len, dev)
+    check(splits >= 1, f"num_splits must be >= 1, got {splits}")
+    block_n = block_n or 64
+    hq = q.shape[1]
+    if splits > 1:
+        mid_o = torch.empty((nreq, hq, splits, d), dtype=torch.float32, device=dev)
+        mid_lse = torch.empty((nreq, hq, splits), dtype=torch.float32, device=dev)
+    else:
+        mid_o = mid_lse = out  # unused
+    _decode_split_kernel[(nreq, hkv, splits)](
+        q, k_cache, v_cache, block_tables, seq_lens, out, mid_o, mid_lse,
+        scale * LOG2E,
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        block_tables.stride(0), out.stride(0), out.stride(1),
+        hq, k_cache.shape[1], group, d,
+        NUM_SPLITS=splits, BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n,
+        BLOCK_D=triton.next_power_of_2(d), DOT_PRECISION=dot_precision(q.dtype),
+        num_warps=4, num_stages=2,
+    )
+    if splits > 1:
+        _decode_reduce_kernel[(nreq, hq)](
+            mid_o, mid_lse, out, out.stride(0), out.stride(1), hq, d,
+            NUM_SPLITS=splits, BLOCK_S=triton.next_power_of_2(splits),
+            BLOCK_D=triton.next_power_of_2(d), num_warps=1 if d <= 64 else 2,
+        )
+    return out
+
+
+def paged_decode_attention_ref(
+    q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+    block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float,
+) -> torch.Tensor:
+    """Torch reference of :func:`paged_decode_attention` (fp32 math): [B, Hq, D]."""
+    qsl = torch.arange(q.shape[0] + 1, dtype=torch.int32, device=q.device)
+    return attention_ref(q, k_cache, v_cache, qsl, seq_lens, block_tables, scale)

@@ -1,0 +1,244 @@
+"""Frozen, validated configuration objects.
+
+``ModelConfig.from_hf`` normalises the Hugging Face ``config.json`` quirks (rope keys moved
+between transformers 4 and 5, optional ``head_dim``, tied embeddings) once, so model code
+never looks at the raw dict. ``EngineConfig`` carries the TensorRT-LLM backend parameter
+names where one exists.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import dataclass, field, fields
+from typing import Any
+
+from .errors import ConfigError
+
+SUPPORTED_ARCHITECTURES = (
+    "LlamaForCausalLM",
+    "MistralForCausalLM",
+    "Qwen2ForCausalLM",
+    "Qwen3ForCausalLM",
+)
+SCHEDULER_POLICIES = ("guaranteed_no_evict", "max_utilization")
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+LOAD_FORMATS = ("auto", "safetensors", "dummy")
+
+
+@dataclass(frozen=True)
+class RopeConfig:
+    theta: float = 10000.0
+    rope_type: str = "default"  # default | linear | llama3
+    factor: float = 1.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position: int = 8192
+
+    @classmethod
+    def from_hf(cls, raw: dict[str, Any]) -> RopeConfig:
+        # transformers 5 writes `rope_parameters`; 4.x writes `rope_theta` + `rope_scaling`.
+        params = dict(raw.get("rope_parameters") or {})
+        scaling = dict(raw.get("rope_scaling") or {})
+        merged = {**scaling, **params}
+        theta = float(merged.get("rope_theta", raw.get("rope_theta", 10000.0)))
+        rope_type = str(merged.get("rope_type", merged.get("type", "default")) or "default")
+        if rope_type not in ("default", "linear", "llama3"):
+            raise ConfigError(
+                f"rope_scaling type {rope_type!r} is not supported (supported: default, linear, llama3)"
+            )
+        return cls(
+            theta=theta,
+            rope_type=rope_type,
+            factor=float(merged.get("factor", 1.0)),
+            low_freq_factor=float(merged.get("low_freq_factor", 1.0)),
+            high_freq_factor=float(merged.get("high_freq_factor", 4.0)),
+            original_max_position=int(merged.get("original_max_position_embeddings", 8192)),
+        )
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    architecture: str
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    max_position_embeddings: int
+    rope: RopeConfig
+    tie_word_embeddings: bool = False
+    attention_bias: bool = False  # Qwen2: bias on q/k/v projections
+    qk_norm: bool = False  # Qwen3: RMSNorm over each q/k head
+    torch_dtype: str = "float32"
+    bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()
+    sliding_window: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.architecture not in SUPPORTED_ARCHITECTURES:
+            raise ConfigError(
+                f"architecture {self.architecture!r} is not supported; "
+                f"supported: {', '.join(SUPPORTED_ARCHITECTURES)}"
+            )
+        for name in ("vocab_size", "hidden_size", "intermediate_size", "num_layers",
+                     "num_heads", "num_kv_heads", "head_dim"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"config.json: {name} must be > 0, got {getattr(self, name)}")
+        if self.num_heads % self.num_kv_heads:
+            raise ConfigError(
+                f"config.json: num_attention_heads ({self.num_heads}) must be a multiple of "
+                f"num_key_value_heads ({self.num_kv_heads})"
+            )
+
+    @property
+    def q_size(self) -> int:
+        return self.num_heads * self.head_dim
+
+    @property
+    def kv_size(self) -> int:
+        return self.num_kv_heads * self.head_dim
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> ModelConfig:
+        archs = raw.get("architectures") or []
+        if not archs:
+            raise ConfigError("config.json has no 'architectures' entry")
+        try:
+            hidden = int(raw["hidden_size"])
+            heads = int(raw["num_attention_heads"])
+            eos = raw.get("eos_token_id")
+            eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (int(eos),))
+            arch = archs[0]
+            return cls(
+                architecture=arch,
+                vocab_size=int(raw["vocab_size"]),
+                hidden_size=hidden,
+                intermediate_size=int(raw["intermediate_size"]),
+                num_layers=int(raw["num_hidden_layers"]),
+                num_heads=heads,
+                num_kv_heads=int(raw.get("num_key_value_heads") or heads),
+                head_dim=int(raw.get("head_dim") or hidden // heads),
+                rms_norm_eps=float(raw.get("rms_norm_eps", 1e-6)),
+                max_position_embeddings=int(raw.get("max_position_embeddings", 4096)),
+                rope=RopeConfig.from_hf(raw),
+                tie_word_embeddings=bool(raw.get("tie_word_embeddings", False)),
+                attention_bias=bool(raw.get("attention_bias", arch == "Qwen2ForCausalLM")),
+                qk_norm=arch == "Qwen3ForCausalLM",
+                torch_dtype=str(raw.get("torch_dtype") or raw.get("dtype") or "float32"),
+                bos_token_id=raw.get("bos_token_id"),
+                eos_token_ids=eos_ids,
+                sliding_window=raw.get("sliding_window") if raw.get("use_sliding_window") else None,
+            )
+        except KeyError as e:
+            raise ConfigError(f"config.json is missing required key {e.args[0]!r}") from None
+        except (TypeError, ValueError) as e:
+            raise ConfigError(f"config.json has a malformed value: {e}") from None
+
+    @classmethod
+    def from_hf(cls, model_dir: str) -> ModelConfig:
+        path = os.path.join(model_dir, "config.json")
+        if not os.path.isdir(model_dir):
+            raise ConfigError(f"model directory {model_dir!r} does not exist")
+        if not os.path.isfile(path):
+            raise ConfigError(f"{model_dir!r} has no config.json; is it a Hugging Face checkpoint?")
+        try:
+            with open(path, encoding="utf-8") as f:
+                raw = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ConfigError(f"{path} is not valid JSON: {e}") from None
+        return cls.from_dict(raw)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Everything the engine needs besides the weights.
+
+    Names follow the TensorRT-LLM Triton backend parameters where one exists.
+    """
+
+    model: str
+    tokenizer: str | None = None
+    dtype: str = "auto"
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    load_format: str = "auto"
+    seed: int = 0
+    # KV cache
+    block_size: int = 16
+    max_tokens_in_paged_kv_cache: int | None = None
+    kv_cache_free_gpu_mem_fraction: float = 0.9
+    enable_kv_cache_reuse: bool = False
+    # scheduler
+    max_batch_size: int = 256
+    max_num_tokens: int = 8192
+    max_seq_len: int | None = None  # default: the model's max_position_embeddings
+    max_queue_size: int = 0  # 0 = unbounded
+    enable_chunked_context: bool = True
+    batch_scheduler_policy: str = "guaranteed_no_evict"
+    # caps on request multipliers
+    max_num_return_sequences: int = 16
+    max_logprobs: int = 20
+    max_stop_words: int = 64
+    max_bad_words: int = 64
+    # runner
+    attention_backend: str = "auto"  # auto | torch | triton
+    enforce_eager: bool = True
+    trust_remote_code: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.dtype not in DTYPES:
+            raise ConfigError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
+        if self.load_format not in LOAD_FORMATS:
+            raise ConfigError(f"load_format must be one of {LOAD_FORMATS}, got {self.load_format!r}")
+        if self.batch_scheduler_policy not in SCHEDULER_POLICIES:
+            raise ConfigError(
+                f"batch_scheduler_policy must be one of {SCHEDULER_POLICIES}, "
+                f"got {self.batch_scheduler_policy!r}"
+            )
+        if self.block_size <= 0 or self.block_size & (self.block_size - 1):
+            raise ConfigError(f"block_size must be a power of two > 0, got {self.block_size}")
+        if not 0.0 < self.kv_cache_free_gpu_mem_fraction <= 1.0:
+            raise ConfigError(
+                "kv_cache_free_gpu_mem_fraction must be in (0, 1], "
+                f"got {self.kv_cache_free_gpu_mem_fraction}"
+            )
+        if self.max_tokens_in_paged_kv_cache is not None and self.max_tokens_in_paged_kv_cache < self.block_size:
+            raise ConfigError(
+                f"max_tokens_in_paged_kv_cache must be >= block_size ({self.block_size}), "
+                f"got {self.max_tokens_in_paged_kv_cache}"
+            )
+        for name in ("max_batch_size", "max_num_tokens", "max_num_return_sequences"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.max_queue_size < 0:
+            raise ConfigError(f"max_queue_size must be >= 0, got {self.max_queue_size}")
+        if self.attention_backend not in ("auto", "torch", "triton"):
+            raise ConfigError(
+                f"attention_backend must be auto, torch or triton, got {self.attention_backend!r}"
+            )
+        if not self.enable_chunked_context and self.max_seq_len and self.max_seq_len > self.max_num_tokens:
+            # without chunking a prompt must fit into one step's token budget
+            pass
+
+    @classmethod
+    def field_names(cls) -> list[str]:
+        return [f.name for f in fields(cls)]
+
+    @classmethod
+    def from_kwargs(cls, model: str, **kwargs: Any) -> EngineConfig:
+        known = set(cls.field_names())
+        unknown = sorted(set(kwargs) - known)
+        if unknown:
+            raise ConfigError(
+                f"unknown engine parameter(s) {unknown}; known: {', '.join(sorted(known - {'extra'}))}"
+            )
+        return cls(model=model, **kwargs)
+
+
+def blocks_for(num_tokens: int, block_size: int) -> int:
+    return math.ceil(num_tokens / block_size)

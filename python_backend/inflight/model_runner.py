@@ -1,0 +1,171 @@
+"""Loads the model, owns the KV cache tensor, turns a SchedulerOutput into flat inputs and
+logits.
+
+Flat layout of a step: the new tokens of every scheduled request concatenated (decodes
+first), with positions, cache slots and per-request block tables.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from .attention import AttentionMetadata, get_attention_backend
+from .config import EngineConfig, ModelConfig
+from .errors import ConfigError
+from .loader import init_dummy_weights, load_weights
+from .models import model_class
+from .scheduler import SchedulerOutput
+
+log = logging.getLogger(__name__)
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+_CPU_KV_BYTES_FRACTION = 0.1  # default CPU KV pool: 10% of RAM, capped below
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"device {name!r} requested but CUDA is not available")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, model_cfg: ModelConfig, device: torch.device) -> torch.dtype:
+    if name != "auto":
+        return _DTYPES[name]
+    if device.type == "cpu":
+        return torch.float32  # CPU half-precision matmuls are slow and less exact
+    return _DTYPES.get(model_cfg.torch_dtype, torch.bfloat16)
+
+
+@dataclass
+class StepInputs:
+    """Runner-internal: the flat tensors of one step."""
+
+    input_ids: torch.Tensor  # [T]
+    positions: torch.Tensor  # [T]
+    meta: AttentionMetadata
+    logits_indices: torch.Tensor  # [N] rows of hidden states to turn into logits
+    sample_rows: list[int]  # logits row of each sampling request, in scheduled order
+    ctx_rows: dict[str, tuple[int, int]]  # request id -> logits rows of its context logits
+
+
+class ModelRunner:
+    def __init__(self, cfg: EngineConfig, model_cfg: ModelConfig, max_seq_len: int) -> None:
+        self.cfg = cfg
+        self.model_cfg = model_cfg
+        self.device = resolve_device(cfg.device)
+        self.dtype = resolve_dtype(cfg.dtype, model_cfg, self.device)
+        self.max_seq_len = max_seq_len
+        self.block_size = cfg.block_size
+        self.max_blocks_per_seq = -(-max_seq_len // cfg.block_size)
+        self.model = self._load_model()
+        self.backend = get_attention_backend(cfg.attention_backend, self.device.type)
+        self.num_blocks = self._num_kv_blocks()
+        c = model_cfg
+        # kv_cache: [L, 2, num_blocks, block_size, Hkv, D]
+        self.kv_cache = torch.zeros(
+            c.num_layers, 2, self.num_blocks, cfg.block_size, c.num_kv_heads, c.head_dim,
+            dtype=self.dtype, device=self.device,
+        )
+
+    def _load_model(self) -> torch.nn.Module:
+        cls = model_class(self.model_cfg)
+        torch.manual_seed(self.cfg.seed)
+        with torch.device(self.device):
+            model = cls(self.model_cfg, self.max_seq_len).to(self.dtype)
+        if self.cfg.load_format == "dummy":
+            init_dummy_weights(model, self.cfg.seed)
+        else:
+            load_weights(model, self.model_cfg, self.cfg.model)
+        model.eval()
+        return model
+
+    def kv_bytes_per_token(self) -> int:
+        c = self.model_cfg
+        return 2 * c.num_layers * c.num_kv_heads * c.head_dim * torch.finfo(self.dtype).bits // 8
+
+    def _num_kv_blocks(self) -> int:
+        per_token = self.kv_bytes_per_token()
+        if self.device.type == "cuda":
+            free, _total = torch.cuda.mem_get_info(self.device)
+            tokens = int(free * self.cfg.kv_cache_free_gpu_mem_fraction) // per_token
+        else:
+            ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+            tokens = min(int(ram * _CPU_KV_BYTES_FRACTION) // per_token, 1 << 17)
+        if self.cfg.max_tokens_in_paged_kv_cache is not None:
+            tokens = min(tokens, self.cfg.max_tokens_in_paged_kv_cache)
+        blocks = tokens // self.block_size
+        if blocks < 1:
+            raise ConfigError(
+                f"no room for a single KV block ({per_token * self.block_size} bytes); "
+                "raise kv_cache_free_gpu_mem_fraction or max_tokens_in_paged_kv_cache"
+            )
+        log.info("KV cache: %d blocks of %d tokens (%.2f GiB)", blocks, self.block_size,
+                 blocks * self.block_size * per_token / 2**30)
+        return blocks
+
+    # ---- per step --------------------------------------------------------------------------
+    def prepare(self, sched: SchedulerOutput, block_tables: list[list[int]]) -> StepInputs:
+        bs = self.block_size
+        ids: list[np.ndarray] = []
+        pos: list[np.ndarray] = []
+        qsl = [0]
+        seq_lens: list[int] = []
+        logits_idx: list[int] = []
+        sample_rows: list[int] = []
+        ctx_rows: dict[str, tuple[int, int]] = {}
+        for s in sched.scheduled:
+            r = s.request
+            end = s.start + s.num_new_tokens
+            ids.append(np.asarray(r.token_ids[s.start:end], dtype=np.int64))
+            pos.append(np.arange(s.start, end, dtype=np.int64))
+            qsl.append(qsl[-1] + s.num_new_tokens)
+            seq_lens.append(end)
+            if r.context_logits is not None and s.start < r.num_prompt_tokens:
+                # context logits: every prompt position computed in this chunk
+                n_ctx = min(end, r.num_prompt_tokens) - s.start
+                ctx_rows[r.request_id] = (len(logits_idx), len(logits_idx) + n_ctx)
+                logits_idx.extend(range(qsl[-2], qsl[-2] + n_ctx))
+            if s.samples:
+                if not logits_idx or logits_idx[-1] != qsl[-1] - 1:
+                    logits_idx.append(qsl[-1] - 1)
+                sample_rows.append(len(logits_idx) - 1)
+        positions = np.concatenate(pos)
+        tables = np.zeros((len(block_tables), max(map(len, block_tables))), dtype=np.int32)
+        for i, t in enumerate(block_tables):
+            tables[i, : len(t)] = t
+        row = np.repeat(np.arange(len(block_tables)), np.diff(qsl))
+        slots = tables[row, positions // bs].astype(np.int64) * bs + positions % bs
+        dev = self.device
+        meta = AttentionMetadata(
+            slot_mapping=torch.from_numpy(slots).to(dev, non_blocking=True),
+            query_start_loc=torch.tensor(qsl, dtype=torch.int32, device=dev),
+            seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
+            block_tables=torch.from_numpy(tables).to(dev, non_blocking=True),
+            num_decodes=sched.num_decodes,
+            max_query_len=max(np.diff(qsl)),
+            max_seq_len=max(seq_lens),
+            query_start_loc_cpu=qsl,
+            seq_lens_cpu=seq_lens,
+        )
+        return StepInputs(
+            input_ids=torch.from_numpy(np.concatenate(ids)).to(dev, non_blocking=True),
+            positions=torch.from_numpy(positions).to(dev, non_blocking=True),
+            meta=meta,
+            logits_indices=torch.tensor(logits_idx, dtype=torch.long, device=dev),
+            sample_rows=sample_rows,
+            ctx_rows=ctx_rows,
+        )
+
+    @torch.inference_mode()
+    def execute(self, inp: StepInputs) -> torch.Tensor:
+        """Runs the model; returns fp32 logits [N, V] for inp.logits_indices."""
+        self.backend.plan(inp.meta)
+        hidden = self.model(inp.input_ids, inp.positions, self.kv_cache, self.backend, inp.meta)
+        return self.model.compute_logits(hidden[inp.logits_indices])  # type: ignore[operator]

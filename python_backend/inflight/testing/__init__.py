@@ -1,0 +1,1 @@
+"""Test and demo helpers: tiny offline checkpoints (:mod:`inflight.testing.tiny`)."""
