@@ -94,6 +94,7 @@ class LLMEngine:
         self.children: dict[str, list[str]] = {}  # client request id -> sequence ids
         self._order = itertools.count()
         self.num_steps = 0
+        self.last_step_tokens = 0
 
     @property
     def vocab_size(self) -> int:
@@ -207,6 +208,7 @@ class LLMEngine:
         if not sched:
             return []
         self.num_steps += 1
+        self.last_step_tokens = sched.num_tokens
         tables = [self.kv.block_table(s.request.request_id) for s in sched.scheduled]
         inp = self.runner.prepare(sched, tables)
         logits = self.runner.execute(inp)

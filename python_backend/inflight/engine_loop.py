@@ -119,14 +119,16 @@ class EngineLoop:
             try:
                 for op in ops:
                     op()
+                if ops:
+                    self.stats = self._snapshot(0)
                 if stopping:
                     for rid in list(eng.children):
                         eng.abort(rid)
                     return
                 if self._fault_hook is not None:
                     self._fault_hook()
-                updates = eng.step()
-                self.stats = self._snapshot(len(updates))
+                eng.step()
+                self.stats = self._snapshot(eng.last_step_tokens)
             except Exception as e:  # noqa: BLE001 - any fault ends the engine
                 log.exception("engine step failed")
                 self.dead_reason = f"engine step failed: {type(e).__name__}: {e}"

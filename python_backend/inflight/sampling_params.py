@@ -33,7 +33,7 @@ class SamplingParams:
     the Triton contract requires it explicitly (no silent default of 16).
     """
 
-    max_tokens: int | None = 16
+    max_tokens: int | None = None  # None: until eos or max_seq_len (never a silent 16)
     min_tokens: int = 0
     temperature: float = 1.0
     top_k: int = 0  # 0 = disabled

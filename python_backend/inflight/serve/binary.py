@@ -211,10 +211,15 @@ def _private_copy(dist: Path, stub: Path) -> Path:
 def python_env() -> dict[str, str]:
     """PATH and PYTHONPATH that make a Python backend stub see this interpreter's packages.
 
-    The embedded interpreter finds its prefix (and a venv's ``pyvenv.cfg``) by looking up
-    ``python3`` on ``PATH``, so this interpreter's ``bin`` goes first. ``PYTHONPATH`` gets
-    the directory ``inflight`` was imported from and this interpreter's site-packages, so a
-    ``model.py`` can ``import inflight`` (editable installs included) and ``import torch``.
+    The stub embeds Python in isolated mode (measured with tritonserver 2.51 from
+    nvidia-pytriton 0.7: ``sys.flags.isolated == 1``, so ``PYTHONPATH`` and the user site
+    are ignored). What puts this environment on its ``sys.path`` is the same libpython
+    (``LD_LIBRARY_PATH``, see :func:`_from_pytriton`) and prefix discovery through
+    ``python3`` on ``PATH``, which also finds a venv's ``pyvenv.cfg``; site-packages then
+    comes with its ``.pth`` files, which is how an editable ``inflight`` resolves. So this
+    interpreter's ``bin`` goes first on ``PATH``. ``PYTHONPATH`` (the directory ``inflight``
+    was imported from, then site-packages) is exported too, for stubs built without
+    isolation and for processes a model starts.
     """
     bin_dir = str(Path(sys.executable).parent)
     python_path = [*_inflight_import_roots(), *_site_packages()]

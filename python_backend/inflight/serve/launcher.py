@@ -94,31 +94,69 @@ def build_argparser(subparsers: Any | None = None) -> argparse.ArgumentParser:
 
 
 def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("repository", metavar="REPO", type=Path,
-                        help="Triton model repository (one directory per model)")
+    parser.add_argument(
+        "repository",
+        metavar="REPO",
+        type=Path,
+        help="Triton model repository (one directory per model)",
+    )
     net = parser.add_argument_group("network")
-    net.add_argument("--host", default="127.0.0.1",
-                     help="address to listen on (default: %(default)s, this machine only; "
-                          "use 0.0.0.0 inside a container or to serve other hosts)")
-    net.add_argument("--http-port", type=int, default=8000, metavar="PORT",
-                     help="HTTP/REST port, 0 = any free port (default: %(default)s)")
-    net.add_argument("--grpc-port", type=int, default=8001, metavar="PORT",
-                     help="gRPC port, 0 = any free port (default: %(default)s)")
-    net.add_argument("--metrics-port", type=int, default=8002, metavar="PORT",
-                     help="Prometheus metrics port, 0 = any free port (default: %(default)s)")
+    net.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: %(default)s, this machine only; "
+        "use 0.0.0.0 inside a container or to serve other hosts)",
+    )
+    net.add_argument(
+        "--http-port",
+        type=int,
+        default=8000,
+        metavar="PORT",
+        help="HTTP/REST port, 0 = any free port (default: %(default)s)",
+    )
+    net.add_argument(
+        "--grpc-port",
+        type=int,
+        default=8001,
+        metavar="PORT",
+        help="gRPC port, 0 = any free port (default: %(default)s)",
+    )
+    net.add_argument(
+        "--metrics-port",
+        type=int,
+        default=8002,
+        metavar="PORT",
+        help="Prometheus metrics port, 0 = any free port (default: %(default)s)",
+    )
     srv = parser.add_argument_group("server")
-    srv.add_argument("--model-control-mode", choices=("none", "poll", "explicit"),
-                     default="none",
-                     help="'none' (default) loads every model at start and refuses "
-                          "load/unload requests; 'explicit' lets clients load and unload "
-                          "models through the repository API: only on trusted networks")
-    srv.add_argument("--log-verbose", type=int, default=0, metavar="N",
-                     help="tritonserver verbose log level (0 = off, 1 = requests, 2+ = more)")
-    srv.add_argument("--ready-timeout", type=float, default=600.0, metavar="SECONDS",
-                     help="give up if the server is not ready after this long "
-                          "(default: %(default)s; large checkpoints load slowly)")
-    srv.add_argument("--dry-run", action="store_true",
-                     help="print the tritonserver command and environment, do not start it")
+    srv.add_argument(
+        "--model-control-mode",
+        choices=("none", "poll", "explicit"),
+        default="none",
+        help="'none' (default) loads every model at start and refuses "
+        "load/unload requests; 'explicit' lets clients load and unload "
+        "models through the repository API: only on trusted networks",
+    )
+    srv.add_argument(
+        "--log-verbose",
+        type=int,
+        default=0,
+        metavar="N",
+        help="tritonserver verbose log level (0 = off, 1 = requests, 2+ = more)",
+    )
+    srv.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=600.0,
+        metavar="SECONDS",
+        help="give up if the server is not ready after this long "
+        "(default: %(default)s; large checkpoints load slowly)",
+    )
+    srv.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="print the tritonserver command and environment, do not start it",
+    )
     parser.set_defaults(func=serve_main, tritonserver_args=[])
     _pass_unknown_flags_through(parser)
 
@@ -184,7 +222,7 @@ def serve_main(args: argparse.Namespace) -> int:
             if not received:
                 print(f"inflight serve: {exc}", file=sys.stderr)
         else:
-            _print_ready(endpoints)
+            _print_ready(endpoints, server.pid)
         return _exit_code(server.wait())
     finally:
         server.stop()
@@ -217,7 +255,7 @@ def _print_dry_run(server: TritonServer, args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_ready(endpoints: ServerEndpoints) -> None:
+def _print_ready(endpoints: ServerEndpoints, pid: int | None) -> None:
     models = _model_index(endpoints.http_url)
     lines = [
         "inflight serve: tritonserver is ready",
@@ -227,7 +265,7 @@ def _print_ready(endpoints: ServerEndpoints) -> None:
     ]
     if models:
         lines.append(f"  models   {', '.join(models)}")
-    lines.append("  stop     Ctrl-C (or SIGTERM)")
+    lines.append(f"  stop     Ctrl-C (or SIGTERM); tritonserver pid {pid}")
     print("\n".join(lines), flush=True)
 
 

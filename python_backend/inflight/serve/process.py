@@ -136,11 +136,17 @@ class TritonServer:
         host = _flag_value(extra_args, "--http-address") or host
         wanted = [
             int(_flag_value(extra_args, f"--{name}-port") or default)
-            for name, default in (("http", http_port), ("grpc", grpc_port), ("metrics", metrics_port))
+            for name, default in (
+                ("http", http_port),
+                ("grpc", grpc_port),
+                ("metrics", metrics_port),
+            )
         ]
         ports = _resolve_ports(host, (wanted[0], wanted[1], wanted[2]))
         endpoints = ServerEndpoints(_connect_host(host), *ports)
-        defaults = self._default_args(repo, host, ports, log_verbose, model_control_mode, extra_args)
+        defaults = self._default_args(
+            repo, host, ports, log_verbose, model_control_mode, extra_args
+        )
         return [str(self.binary.path), *defaults, *extra_args], endpoints
 
     def _default_args(

@@ -138,18 +138,25 @@ def build_tokenizer(out_dir: str) -> PreTrainedTokenizerFast:
         model_max_length=MAX_POSITIONS,
     )
     tok.save_pretrained(out_dir)
-    _portable_tokenizer_class(out_dir)
+    _patch_tokenizer_config(out_dir)
     return tok
 
 
-def _portable_tokenizer_class(out_dir: str) -> None:
-    """transformers 5 writes ``TokenizersBackend``, which 4.x cannot resolve; both read this."""
+def _patch_tokenizer_config(out_dir: str) -> None:
+    """Smooth over how transformers 4.x and 5.x load ``tokenizer_config.json``.
+
+    5.x writes ``tokenizer_class: TokenizersBackend``, which 4.x cannot resolve. For
+    ``model_type: qwen2`` 5.x ignores the saved class and rebuilds a ``Qwen2Tokenizer`` from
+    the vocab and merges (NFC normaliser, Qwen split regex: digits one by one); its default
+    ``unk_token`` ``<|endoftext|>`` would be appended as an extra token one past the model's
+    vocabulary, which an explicit ``unk_token: null`` prevents.
+    """
     path = os.path.join(out_dir, "tokenizer_config.json")
     with open(path, encoding="utf-8") as f:
         cfg = json.load(f)
-    if cfg.get("tokenizer_class") != "TokenizersBackend":
-        return
-    cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    if cfg.get("tokenizer_class") in (None, "TokenizersBackend"):
+        cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
+    cfg.setdefault("unk_token", None)
     with open(path, "w", encoding="utf-8") as f:
         f.write(json.dumps(cfg, indent=2, sort_keys=True, ensure_ascii=False) + "\n")
 

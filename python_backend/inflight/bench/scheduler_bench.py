@@ -1,0 +1,310 @@
+"""`inflight bench scheduler`: CPU cost of one step's batch-manager work, no model.
+
+Each step times what the engine does around the model, with fake requests (random prompts):
+
+- plan: ``Scheduler.schedule()`` (admission, chunking, block allocation);
+- meta: the step metadata, i.e. ``ModelRunner.prepare()`` building the flat arrays (input
+  ids, positions, slot mapping, block tables, query_start_loc, seq_lens, logits indices)
+  as CPU tensors, plus gathering the block tables where that implementation's
+  ``prepare()`` needs them passed in;
+- post: after the "model": append a dummy token to every sampling request, then
+  ``Scheduler.advance()``; finished requests are finished and replaced as the engine does.
+
+``plan + meta`` is the figure the issue targets (<= 100 us per step at 256 running).
+
+Scenarios: ``decode256`` / ``decode1024`` (N requests, all decoding) and ``mixed256``
+(256 live requests with short outputs: finished ones are replaced by new prompts that are
+prefilled in chunks next to the decodes; prefix reuse on, with a shared system prompt).
+
+Usage: ``python -m inflight.bench.scheduler_bench [--scenarios ...] [--steps N]`` or
+``inflight bench scheduler``; ``run(impl, num_running, ...)`` from Python.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import json
+import os
+import platform
+import random
+import statistics
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+
+from .. import scheduler as scheduler_mod
+from ..config import EngineConfig
+from ..kv_cache_manager import KVCacheManager
+from ..model_runner import ModelRunner
+from ..request import Request, RequestStatus
+from ..sampling_params import SamplingParams
+from ..scheduler import Scheduler, SchedulerOutput
+
+_NS = 1e-3  # ns -> us
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    num_running: int
+    prompt_len: tuple[int, int]  # uniform range of prompt lengths
+    output_len: tuple[int, int]  # uniform range of max_tokens; a request ends at max_tokens
+    shared_prefix: int = 0  # tokens of a system prompt common to every request
+    prefix_reuse: bool = False
+    measure_prefill: bool = False  # False: warm up until every request decodes
+
+    @property
+    def max_seq_len(self) -> int:
+        return self.prompt_len[1] + self.output_len[1]
+
+
+SCENARIOS: dict[str, Scenario] = {
+    "decode256": Scenario("decode256", 256, (128, 512), (4096, 4096)),
+    "decode1024": Scenario("decode1024", 1024, (128, 512), (4096, 4096)),
+    "mixed256": Scenario("mixed256", 256, (256, 1024), (16, 128), shared_prefix=64,
+                         prefix_reuse=True, measure_prefill=True),
+}
+
+
+@dataclass
+class Result:
+    """Per-step figures in microseconds: medians over the measured steps. CPU time is the
+    engine thread's (time.thread_time), which other processes on a busy machine do not
+    inflate; wall time (perf_counter) is given next to it."""
+
+    impl: str
+    scenario: str
+    num_running: int
+    steps: int
+    tokens_per_step: float
+    decodes_per_step: float
+    plan_cpu_us: float
+    meta_cpu_us: float
+    plan_meta_cpu_us: float  # the target figure
+    plan_meta_cpu_p90_us: float
+    plan_meta_wall_us: float
+    post_cpu_us: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def current_impl() -> str:
+    """'cpp' once scheduler.py wraps inflight._core, 'python' for the pure-Python version."""
+    return str(getattr(scheduler_mod, "IMPLEMENTATION", "python"))
+
+
+def _stub_runner(cfg: EngineConfig, max_seq_len: int) -> ModelRunner:
+    """A ModelRunner without a model or KV tensor: enough for prepare()."""
+    r = ModelRunner.__new__(ModelRunner)
+    r.cfg = cfg
+    r.model_cfg = None  # type: ignore[assignment]
+    r.device = torch.device("cpu")
+    r.dtype = torch.float32
+    r.max_seq_len = max_seq_len
+    r.block_size = cfg.block_size
+    r.max_blocks_per_seq = -(-max_seq_len // cfg.block_size)
+    return r
+
+
+class _Load:
+    """Fake requests fed to a scheduler the way LLMEngine feeds them."""
+
+    def __init__(self, sc: Scenario, sched: Scheduler, kv: KVCacheManager, seed: int) -> None:
+        self.sc, self.sched, self.kv = sc, sched, kv
+        self.rng = random.Random(seed)
+        self.system = [self.rng.randrange(32000) for _ in range(sc.shared_prefix)]
+        self.params = SamplingParams(max_tokens=sc.output_len[1])
+        self.n = 0
+
+    def add(self) -> None:
+        rng, sc = self.rng, self.sc
+        plen = rng.randint(*sc.prompt_len)
+        prompt = self.system + [rng.randrange(32000) for _ in range(plen - len(self.system))]
+        req = Request(f"req-{self.n}", prompt, self.params, rng.randint(*sc.output_len),
+                      frozenset(), arrival_order=self.n)
+        self.n += 1
+        self.sched.add(req)
+
+    def after_step(self, out: SchedulerOutput) -> None:
+        """What LLMEngine.step does after the model: append, advance, finish, replace."""
+        sampling = [s.request for s in out.scheduled if s.samples]
+        self.sched.advance(out.scheduled)
+        for req in sampling:
+            req.append_token(self.rng.randrange(32000))
+            if req.num_output_tokens >= req.max_tokens:
+                self.sched.finish(req, RequestStatus.FINISHED_LENGTH)
+                self.kv.forget(req.request_id)
+                self.add()
+
+
+def _build(sc: Scenario, seed: int, policy: str) -> tuple[Scheduler, KVCacheManager, ModelRunner, _Load]:
+    block_size = 16
+    cfg = EngineConfig(model="bench", block_size=block_size, max_batch_size=max(256, sc.num_running),
+                       max_num_tokens=8192, batch_scheduler_policy=policy,
+                       enable_kv_cache_reuse=sc.prefix_reuse)
+    # enough blocks for every live request at its longest, plus room for cached prefixes
+    num_blocks = sc.num_running * (-(-sc.max_seq_len // block_size)) + 1024
+    kv = KVCacheManager(num_blocks, block_size, sc.prefix_reuse)
+    sched = Scheduler(cfg, kv)
+    load = _Load(sc, sched, kv, seed)
+    for _ in range(sc.num_running):
+        load.add()
+    return sched, kv, _stub_runner(cfg, sc.max_seq_len), load
+
+
+class _Clock:
+    """Thread CPU time and wall time of consecutive phases."""
+
+    def __init__(self) -> None:
+        self.cpu: list[int] = []
+        self.wall: list[int] = []
+
+    def tick(self) -> None:
+        self.cpu.append(time.thread_time_ns())
+        self.wall.append(time.perf_counter_ns())
+
+    def phases(self) -> tuple[list[int], list[int]]:
+        c, w = self.cpu, self.wall
+        return [b - a for a, b in zip(c, c[1:])], [b - a for a, b in zip(w, w[1:])]
+
+
+def run(impl: str = "auto", num_running: int = 256, *, scenario: str | Scenario | None = None,
+        steps: int = 200, warmup: int = 20, seed: int = 0,
+        policy: str = "guaranteed_no_evict") -> Result:
+    """Measure ``steps`` steps of one scenario with the installed implementation.
+
+    ``impl`` names the implementation the caller expects ('python' or 'cpp'; 'auto' takes
+    whichever is installed): only the installed one can run, and a mismatch raises rather
+    than mislabel figures. ``scenario`` defaults to the decode scenario of ``num_running``.
+    """
+    have = current_impl()
+    if impl not in ("auto", have):
+        raise ValueError(f"asked for impl {impl!r} but the installed scheduler is {have!r}")
+    sc = scenario if isinstance(scenario, Scenario) else SCENARIOS.get(
+        scenario or f"decode{num_running}",
+        Scenario(f"decode{num_running}", num_running, (128, 512), (4096, 4096)))
+    sched, kv, runner, load = _build(sc, seed, policy)
+    needs_tables = not getattr(scheduler_mod, "PREPARE_READS_CORE_TABLES", False)
+
+    def step() -> tuple[SchedulerOutput, _Clock]:
+        clock = _Clock()
+        clock.tick()
+        out = sched.schedule()
+        clock.tick()
+        tables = ([kv.block_table(s.request.request_id) for s in out.scheduled]
+                  if needs_tables else [])
+        runner.prepare(out, tables)
+        clock.tick()
+        load.after_step(out)
+        clock.tick()
+        return out, clock
+
+    if not sc.measure_prefill:  # prefill everything first: measure pure decode steps
+        while any(r.num_computed_tokens < r.num_tokens - 1 for r in sched.running) or sched.num_waiting:
+            step()
+    else:  # steady state: the first generation of requests has been replaced
+        while load.n < 2 * sc.num_running:
+            step()
+    for _ in range(warmup):
+        step()
+    cpu: list[list[int]] = []  # per step: [plan, meta, post]
+    wall: list[list[int]] = []
+    tokens = decodes = 0
+    gc.collect()
+    for _ in range(steps):
+        out, clock = step()
+        c, w = clock.phases()
+        cpu.append(c)
+        wall.append(w)
+        tokens += out.num_tokens
+        decodes += out.num_decodes
+
+    def med(xs: list[int]) -> float:
+        return statistics.median(xs) * _NS
+
+    both = sorted(c[0] + c[1] for c in cpu)
+    return Result(
+        impl=have, scenario=sc.name, num_running=sc.num_running, steps=steps,
+        tokens_per_step=tokens / steps, decodes_per_step=decodes / steps,
+        plan_cpu_us=med([c[0] for c in cpu]), meta_cpu_us=med([c[1] for c in cpu]),
+        plan_meta_cpu_us=med(both), plan_meta_cpu_p90_us=both[int(0.9 * (len(both) - 1))] * _NS,
+        plan_meta_wall_us=med([w[0] + w[1] for w in wall]), post_cpu_us=med([c[2] for c in cpu]),
+        extra={"hit_rate": round(kv.stats().hit_rate, 3)} if sc.prefix_reuse else {},
+    )
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return (f"{cpu}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+            f"torch {torch.__version__}")
+
+
+HEADER = ("| impl | scenario | tokens/step | plan CPU us | meta CPU us | plan+meta CPU us (p90) "
+          "| plan+meta wall us | post CPU us |")
+
+
+def format_row(r: Result) -> str:
+    return (f"| {r.impl} | {r.scenario} | {r.tokens_per_step:.0f} | {r.plan_cpu_us:.1f} | "
+            f"{r.meta_cpu_us:.1f} | {r.plan_meta_cpu_us:.1f} ({r.plan_meta_cpu_p90_us:.1f}) | "
+            f"{r.plan_meta_wall_us:.1f} | {r.post_cpu_us:.1f} |")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--scenarios", default=",".join(SCENARIOS),
+                   help=f"comma-separated, from {', '.join(SCENARIOS)}")
+    p.add_argument("--steps", type=int, default=200, help="measured steps per scenario")
+    p.add_argument("--warmup", type=int, default=20)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--policy", default="guaranteed_no_evict",
+                   choices=("guaranteed_no_evict", "max_utilization"))
+    p.add_argument("--json", default=None, help="also write the results to this file")
+
+
+def main_args(args: argparse.Namespace, echo: Callable[[str], None] = print) -> int:
+    results: list[Result] = []
+    echo(f"# {datetime.date.today()} {machine()}")
+    echo(HEADER)
+    echo("|---|---|---|---|---|---|---|---|")
+    for name in args.scenarios.split(","):
+        if name not in SCENARIOS:
+            raise SystemExit(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
+        sc = SCENARIOS[name]
+        r = run("auto", sc.num_running, scenario=sc, steps=args.steps, warmup=args.warmup,
+                seed=args.seed, policy=args.policy)
+        results.append(r)
+        echo(format_row(r))
+    if args.json:
+        with open(args.json, "w", encoding="utf-8") as f:
+            json.dump({"machine": machine(), "date": str(datetime.date.today()),
+                       "results": [asdict(r) for r in results]}, f, indent=2)
+    return 0
+
+
+def add_parser(subparsers: Any) -> argparse.ArgumentParser:
+    """Register ``scheduler`` under an ``inflight bench`` subparsers object."""
+    p = subparsers.add_parser("scheduler", help="CPU time per step of the batch manager (no model)",
+                              description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(p)
+    p.set_defaults(func=main_args)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m inflight.bench.scheduler_bench",
+                                     description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_arguments(parser)
+    return main_args(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,132 @@
+"""`inflight repo build|fill`: write a ready Triton model repository from the templates.
+
+Layouts: ``ensemble`` (preprocessing, engine, postprocessing, ensemble and bls) or ``llm``
+(one model, tokenizer inside). Parameters use the TensorRT-LLM backend names; a ``${key}``
+left unfilled means "default"; an unknown key is an error listing the known ones.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.resources
+import os
+import re
+import shutil
+import sys
+from typing import Any
+
+from .errors import ConfigError
+from .triton.contract import ENGINE_PARAMS
+
+LAYOUTS = {"ensemble": ["preprocessing", "engine", "postprocessing", "ensemble", "bls"],
+           "llm": ["llm"]}
+SERVER_KEYS = ["triton_max_batch_size", "instance_count", "preprocessing_model", "engine_model",
+               "postprocessing_model"]
+DEFAULTS = {"triton_max_batch_size": "64", "instance_count": "1"}
+_PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
+
+
+def known_keys() -> list[str]:
+    return sorted(set(ENGINE_PARAMS) | set(SERVER_KEYS))
+
+
+def templates_dir() -> str:
+    return str(importlib.resources.files("inflight.model_repository"))
+
+
+def parse_sets(pairs: list[str]) -> dict[str, str]:
+    out = {}
+    for p in pairs:
+        if "=" not in p:
+            raise ConfigError(f"--set expects key=value, got {p!r}")
+        k, v = p.split("=", 1)
+        if k not in known_keys():
+            raise ConfigError(f"unknown parameter {k!r}; known: {', '.join(known_keys())}")
+        out[k] = v
+    return out
+
+
+def fill_text(text: str, values: dict[str, str]) -> str:
+    """Replace ${key} with values[key]; unknown placeholders stay (= default)."""
+    return _PLACEHOLDER.sub(lambda m: values.get(m.group(1), m.group(0)), text)
+
+
+def _drop_unfilled_params(text: str) -> str:
+    """Remove `parameters { ... "${key}" ... }` blocks that stayed unfilled (tidier configs)."""
+    return re.sub(r'parameters \{\n  key: "\w+"\n  value: \{ string_value: "\$\{\w+\}" \}\n\}\n', "", text)
+
+
+def build(model: str, out: str, layout: str = "ensemble", values: dict[str, str] | None = None,
+          force: bool = False) -> str:
+    if layout not in LAYOUTS:
+        raise ConfigError(f"layout must be one of {sorted(LAYOUTS)}, got {layout!r}")
+    model = os.path.abspath(model)
+    if not os.path.isfile(os.path.join(model, "config.json")):
+        raise ConfigError(f"{model!r} has no config.json; pass a Hugging Face checkpoint directory")
+    if os.path.exists(out) and os.listdir(out) and not force:
+        raise ConfigError(f"{out!r} exists and is not empty; pass --force to overwrite")
+    vals = {**DEFAULTS, "model_path": model, "tokenizer_dir": model, **(values or {})}
+    src = templates_dir()
+    for name in LAYOUTS[layout]:
+        dst = os.path.join(out, name)
+        os.makedirs(os.path.join(dst, "1"), exist_ok=True)
+        with open(os.path.join(src, name, "config.pbtxt"), encoding="utf-8") as f:
+            text = _drop_unfilled_params(fill_text(f.read(), vals))
+        with open(os.path.join(dst, "config.pbtxt"), "w", encoding="utf-8") as f:
+            f.write(text)
+        shim = os.path.join(src, name, "1", "model.py")
+        if os.path.isfile(shim):
+            shutil.copyfile(shim, os.path.join(dst, "1", "model.py"))
+    return out
+
+
+def fill_file(path: str, values: dict[str, str], in_place: bool = True) -> str:
+    with open(path, encoding="utf-8") as f:
+        text = fill_text(f.read(), values)
+    if in_place:
+        with open(path, "w", encoding="utf-8") as f:
+            f.write(text)
+    return text
+
+
+def _cmd_build(a: argparse.Namespace) -> int:
+    from .cli import resolve_model
+
+    try:
+        out = build(resolve_model(a.model), a.out, a.layout, parse_sets(a.set), a.force)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {a.layout} repository to {out}\nstart it with: inflight serve {out}")
+    return 0
+
+
+def _cmd_fill(a: argparse.Namespace) -> int:
+    try:
+        text = fill_file(a.config, parse_sets(a.set), in_place=not a.stdout)
+    except (ConfigError, OSError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if a.stdout:
+        sys.stdout.write(text)
+    return 0
+
+
+def add_repo_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser("repo", help="build or fill a Triton model repository",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    rs = p.add_subparsers(dest="repo_command", metavar="SUBCOMMAND", required=True)
+    b = rs.add_parser("build", help="write a ready repository for a checkpoint")
+    b.add_argument("--model", required=True, help="HF checkpoint directory or tiny:FAMILY")
+    b.add_argument("--out", required=True, help="repository directory to write")
+    b.add_argument("--layout", default="ensemble", choices=sorted(LAYOUTS))
+    b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help=f"fill a parameter (repeatable); known: {', '.join(known_keys())}")
+    b.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
+    b.set_defaults(func=_cmd_build)
+    f = rs.add_parser("fill", help="fill ${...} placeholders of your own config.pbtxt in place")
+    f.add_argument("config", help="path to a config.pbtxt")
+    f.add_argument("set", nargs="*", metavar="KEY=VALUE")
+    f.add_argument("--stdout", action="store_true", help="print instead of writing in place")
+    f.set_defaults(func=_cmd_fill)
+    return p

@@ -1,0 +1,112 @@
+"""The `bls` model: preprocessing -> engine -> postprocessing through BLS calls, for users
+who need their own logic between the steps. Same inputs and outputs as `ensemble`.
+
+Each client request runs in a worker thread (execute() returns at once); the engine is
+called with decoupled=True and each of its responses is post-processed and forwarded.
+Client cancellation is forwarded to the engine as a `stop` request with the same id.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import threading
+from typing import Any
+
+import numpy as np
+
+from .base import input_names, pb_module, read_inputs, triton_error
+from .params import raw_parameters
+
+_IDS = itertools.count()
+
+
+class TritonPythonModel:
+    def initialize(self, args: dict[str, Any]) -> None:
+        self.pb = pb_module()
+        self.model_config = json.loads(args["model_config"])
+        self.inputs = input_names(self.model_config)
+        params = raw_parameters(self.model_config)
+        self.pre = params.get("preprocessing_model", "preprocessing")
+        self.engine = params.get("engine_model", "engine")
+        self.post = params.get("postprocessing_model", "postprocessing")
+        self.outputs = [o["name"] for o in self.model_config.get("output", [])]
+
+    def execute(self, requests: list[Any]) -> None:
+        for request in requests:
+            threading.Thread(target=self._run, args=(request,), daemon=True).start()
+        return None
+
+    def _call(self, model: str, tensors: list[Any], out_names: list[str]) -> Any:
+        pb = self.pb
+        resp = pb.InferenceRequest(model_name=model, inputs=tensors,
+                                   requested_output_names=out_names).exec()
+        if resp.has_error():
+            raise _Forward(resp.error())
+        return resp
+
+    def _run(self, request: Any) -> None:
+        pb = self.pb
+        sender = request.get_response_sender()
+        final = pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        try:
+            tensors = read_inputs(pb, request, self.inputs)
+            pre = self._call(self.pre, [pb.Tensor("text_input", tensors["text_input"])] if "text_input" in tensors else [],
+                             ["input_ids", "input_lengths"])
+            engine_inputs = [pb.get_output_tensor_by_name(pre, "input_ids"),
+                             pb.get_output_tensor_by_name(pre, "input_lengths")]
+            engine_inputs += [pb.Tensor(k, v) for k, v in tensors.items() if k != "text_input"]
+            self._stream(request, sender, engine_inputs)
+        except _Forward as f:
+            sender.send(pb.InferenceResponse(output_tensors=[], error=f.error), flags=final)
+        except Exception as e:  # noqa: BLE001 - the client gets the message
+            sender.send(pb.InferenceResponse(output_tensors=[], error=triton_error(pb, e)), flags=final)
+
+    def _stream(self, request: Any, sender: Any, engine_inputs: list[Any]) -> None:
+        pb = self.pb
+        rid = f"bls-{request.request_id() or ''}-{next(_IDS)}"
+        eng_req = pb.InferenceRequest(model_name=self.engine, inputs=engine_inputs, request_id=rid,
+                                      requested_output_names=self._engine_outputs())
+        pending = None
+        for resp in eng_req.exec(decoupled=True):
+            if sender.is_cancelled():
+                self._stop(rid)
+                continue  # drain the engine's remaining responses (its final CANCELLED)
+            if resp.has_error():
+                pending = pb.InferenceResponse(output_tensors=[], error=resp.error())
+                continue
+            outs = resp.output_tensors()
+            if not outs:  # the engine's empty final response
+                continue
+            if pending is not None:
+                sender.send(pending)
+            post = self._call(self.post, outs, self.outputs)
+            pending = pb.InferenceResponse(output_tensors=post.output_tensors())
+        if pending is not None:
+            sender.send(pending, flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        else:
+            sender.send(flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    def _engine_outputs(self) -> list[str]:
+        return ["output_ids", "sequence_length", "text_delta", "batch_index", "sequence_index",
+                "finish_reason", "cum_log_probs", "output_log_probs", "num_input_tokens",
+                "num_output_tokens"]
+
+    def _stop(self, rid: str) -> None:
+        pb = self.pb
+        stop = pb.InferenceRequest(model_name=self.engine, request_id=rid,
+                                   inputs=[pb.Tensor("stop", np.array([[True]], dtype=bool)),
+                                           pb.Tensor("input_ids", np.zeros((1, 1), dtype=np.int32)),
+                                           pb.Tensor("input_lengths", np.ones((1, 1), dtype=np.int32)),
+                                           pb.Tensor("max_tokens", np.ones((1, 1), dtype=np.int32))])
+        for _ in stop.exec(decoupled=True):
+            pass
+
+    def finalize(self) -> None:
+        return None
+
+
+class _Forward(Exception):
+    def __init__(self, error: Any) -> None:
+        super().__init__(str(error))
+        self.error = error

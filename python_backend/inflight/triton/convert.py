@@ -1,0 +1,281 @@
+"""Request-tensor conversion for the Triton models, testable without a server.
+
+Input: a dict of numpy arrays as the python backend hands them over (batch dim first when
+the model has max_batch_size > 0). Output: one `ItemRequest` per batch item. Every error is
+an InvalidRequestError naming the tensor and the allowed range or type.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidRequestError
+from ..sampling_params import SamplingParams
+
+MAX_TEXT_BYTES = 1 << 20  # 1 MiB of prompt text per item
+MAX_JSON_BYTES = 64 << 10
+MAX_JSON_DEPTH = 8
+
+
+@dataclass
+class ItemRequest:
+    """One batch item of a Triton request, ready for the engine."""
+
+    prompt: str | list[int]
+    params: SamplingParams
+    batch_index: int = 0
+    stream: bool = False
+    exclude_input_in_output: bool = True
+    return_num_input_tokens: bool = False
+    return_num_output_tokens: bool = False
+    return_log_probs: bool = False
+    return_perf_metrics: bool = False
+    return_kv_cache_reuse_stats: bool = False
+    flags: dict[str, Any] = field(default_factory=dict)
+
+
+# name -> (allowed numpy dtype kinds, python cast). Aliases from older TensorRT-LLM releases
+# (min_length, random_seed, runtime_top_k, ...) map to the same field.
+_SCALARS: dict[str, tuple[str, type]] = {
+    "max_tokens": ("iu", int), "request_output_len": ("iu", int),
+    "min_tokens": ("iu", int), "min_length": ("iu", int),
+    "end_id": ("iu", int), "pad_id": ("iu", int),
+    "top_k": ("iu", int), "runtime_top_k": ("iu", int),
+    "top_p": ("f", float), "runtime_top_p": ("f", float), "min_p": ("f", float),
+    "temperature": ("f", float), "length_penalty": ("f", float),
+    "repetition_penalty": ("f", float), "presence_penalty": ("f", float),
+    "frequency_penalty": ("f", float),
+    "seed": ("iu", int), "random_seed": ("iu", int),
+    "beam_width": ("iu", int), "num_return_sequences": ("iu", int),
+    "return_log_probs": ("b", bool), "return_context_logits": ("b", bool),
+    "return_generation_logits": ("b", bool), "stream": ("b", bool),
+    "exclude_input_in_output": ("b", bool), "return_num_input_tokens": ("b", bool),
+    "return_num_output_tokens": ("b", bool), "return_perf_metrics": ("b", bool),
+    "return_kv_cache_reuse_stats": ("b", bool), "ignore_eos": ("b", bool),
+}
+_ALIASES = {"request_output_len": "max_tokens", "min_length": "min_tokens",
+            "random_seed": "seed", "runtime_top_k": "top_k", "runtime_top_p": "top_p"}
+_INT32 = (-(2**31), 2**31 - 1)
+
+
+def batch_size(tensors: dict[str, np.ndarray], anchor: str) -> int:
+    if anchor not in tensors:
+        raise InvalidRequestError(anchor, "is required")
+    arr = tensors[anchor]
+    return int(arr.shape[0]) if arr.ndim >= 2 else 1
+
+
+def scalar(tensors: dict[str, np.ndarray], name: str, item: int) -> Any:
+    """The value of a [B, 1] (or [1]) tensor for batch item `item`, type-checked."""
+    arr = tensors[name]
+    kinds, cast = _SCALARS[name]
+    if arr.dtype.kind not in kinds:
+        want = {"iu": "an integer", "f": "a float", "b": "a bool"}[kinds]
+        raise InvalidRequestError(name, f"must be {want} tensor, got dtype {arr.dtype}")
+    flat = arr.reshape(arr.shape[0], -1) if arr.ndim >= 2 else arr.reshape(1, -1)
+    row = flat[item if flat.shape[0] > 1 else 0]
+    if row.size != 1:
+        raise InvalidRequestError(name, f"must hold one value per batch item, got shape {arr.shape}")
+    v = row[0].item()
+    if cast is float and not math.isfinite(v):
+        raise InvalidRequestError(name, f"must be finite, got {v}")
+    return cast(v)
+
+
+def text_item(tensors: dict[str, np.ndarray], name: str, item: int) -> str:
+    arr = tensors[name]
+    if arr.dtype.kind not in "OSU":
+        raise InvalidRequestError(name, f"must be a BYTES/string tensor, got dtype {arr.dtype}")
+    flat = arr.reshape(-1) if arr.ndim < 2 else arr.reshape(arr.shape[0], -1)[:, 0]
+    v = flat[item if flat.shape[0] > 1 else 0]
+    raw = v if isinstance(v, bytes) else str(v).encode()
+    if len(raw) > MAX_TEXT_BYTES:
+        raise InvalidRequestError(name, f"is {len(raw)} bytes; at most {MAX_TEXT_BYTES} allowed")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InvalidRequestError(name, f"is not valid UTF-8 ({e.reason} at byte {e.start})") from None
+
+
+def word_list(tensors: dict[str, np.ndarray], name: str, item: int) -> list[str]:
+    """TensorRT-LLM `stop_words`/`bad_words`: a [B, N] BYTES tensor of strings."""
+    if name not in tensors:
+        return []
+    arr = tensors[name]
+    if arr.dtype.kind not in "OSU":
+        raise InvalidRequestError(name, f"must be a BYTES tensor of strings, got dtype {arr.dtype}")
+    rows = arr.reshape(arr.shape[0], -1) if arr.ndim >= 2 else arr.reshape(1, -1)
+    row = rows[item if rows.shape[0] > 1 else 0]
+    out = []
+    for v in row:
+        s = v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
+        if s:
+            out.append(s)
+    return out
+
+
+def _check_int32(name: str, v: int) -> int:
+    if not _INT32[0] <= v <= _INT32[1]:
+        raise InvalidRequestError(name, f"must fit in int32, got {v}")
+    return v
+
+
+def sampling_from_tensors(tensors: dict[str, np.ndarray], item: int, *, require_max_tokens: bool,
+                          max_beam_width: int = 1) -> tuple[SamplingParams, dict[str, Any]]:
+    """TensorRT-LLM contract tensors -> SamplingParams + the return_* flags."""
+    vals: dict[str, Any] = {}
+    for name in _SCALARS:
+        if name in tensors:
+            vals[_ALIASES.get(name, name)] = scalar(tensors, name, item)
+    if "max_tokens" not in vals:
+        if require_max_tokens:
+            raise InvalidRequestError("max_tokens", "is required (an INT32 >= 1); there is no default")
+        vals["max_tokens"] = 16
+    for name in ("max_tokens", "min_tokens", "top_k", "end_id", "pad_id", "beam_width",
+                 "num_return_sequences"):
+        if name in vals:
+            _check_int32(name, vals[name])
+    beam = vals.pop("beam_width", 1)
+    if not 1 <= beam <= max_beam_width:
+        raise InvalidRequestError("beam_width", f"must be in [1, {max_beam_width}] (beam search is "
+                                  f"not supported; max_beam_width={max_beam_width}), got {beam}")
+    vals.pop("length_penalty", None)  # only meaningful for beam search
+    flags = {k: vals.pop(k) for k in list(vals) if k.startswith("return_") or k in
+             ("stream", "exclude_input_in_output")}
+    end_id = vals.pop("end_id", None)
+    sp = SamplingParams(
+        max_tokens=vals.get("max_tokens"), min_tokens=vals.get("min_tokens", 0),
+        temperature=vals.get("temperature", 1.0), top_k=vals.get("top_k", 0),
+        top_p=vals.get("top_p", 1.0), min_p=vals.get("min_p", 0.0),
+        repetition_penalty=vals.get("repetition_penalty", 1.0),
+        presence_penalty=vals.get("presence_penalty", 0.0),
+        frequency_penalty=vals.get("frequency_penalty", 0.0),
+        seed=vals.get("seed"), end_id=end_id, pad_id=vals.get("pad_id"),
+        stop_token_ids=[end_id] if end_id is not None else [],
+        ignore_eos=bool(vals.get("ignore_eos", False) or end_id is not None),
+        stop=word_list(tensors, "stop_words", item),
+        bad_words=word_list(tensors, "bad_words", item),
+        n=vals.get("num_return_sequences", 1),
+        logprobs=0 if flags.get("return_log_probs") else None,
+        return_context_logits=bool(flags.get("return_context_logits", False)),
+        return_generation_logits=bool(flags.get("return_generation_logits", False)),
+    )
+    return sp, flags
+
+
+def input_ids_item(tensors: dict[str, np.ndarray], item: int) -> list[int]:
+    """`input_ids` [B, L] int with `input_lengths` [B, 1] -> the item's token ids."""
+    if "input_ids" not in tensors:
+        raise InvalidRequestError("input_ids", "is required")
+    ids = tensors["input_ids"]
+    if ids.dtype.kind not in "iu":
+        raise InvalidRequestError("input_ids", f"must be an integer tensor, got dtype {ids.dtype}")
+    rows = ids.reshape(ids.shape[0], -1) if ids.ndim >= 2 else ids.reshape(1, -1)
+    row = rows[item if rows.shape[0] > 1 else 0]
+    n = row.shape[0]
+    if "input_lengths" in tensors:
+        lens = tensors["input_lengths"]
+        if lens.dtype.kind not in "iu":
+            raise InvalidRequestError("input_lengths", f"must be an integer tensor, got {lens.dtype}")
+        flat = lens.reshape(-1)
+        n = int(flat[item if flat.shape[0] > 1 else 0])
+        if not 0 <= n <= row.shape[0]:
+            raise InvalidRequestError("input_lengths", f"must be in [0, {row.shape[0]}], got {n}")
+    return [int(t) for t in row[:n]]
+
+
+def item_from_tensors(tensors: dict[str, np.ndarray], item: int, *, text_input: str | None,
+                      defaults: dict[str, bool], max_beam_width: int = 1) -> ItemRequest:
+    """One batch item of an `ensemble` (text_input) or `engine` (input_ids) request."""
+    prompt: str | list[int] = (text_item(tensors, text_input, item) if text_input
+                               else input_ids_item(tensors, item))
+    sp, flags = sampling_from_tensors(tensors, item, require_max_tokens=True,
+                                      max_beam_width=max_beam_width)
+    return ItemRequest(
+        prompt=prompt, params=sp, batch_index=item,
+        stream=bool(flags.get("stream", False)),
+        exclude_input_in_output=bool(flags.get("exclude_input_in_output",
+                                               defaults.get("exclude_input_in_output", True))),
+        return_num_input_tokens=bool(flags.get("return_num_input_tokens", False)),
+        return_num_output_tokens=bool(flags.get("return_num_output_tokens", False)),
+        return_log_probs=bool(flags.get("return_log_probs", False)),
+        return_perf_metrics=bool(flags.get("return_perf_metrics", False)),
+        return_kv_cache_reuse_stats=bool(flags.get("return_kv_cache_reuse_stats", False)),
+    )
+
+
+# ---- vLLM backend contract (the `llm` model) ----------------------------------------------
+_VLLM_FIELDS: dict[str, type] = {
+    "max_tokens": int, "min_tokens": int, "temperature": float, "top_k": int, "top_p": float,
+    "min_p": float, "repetition_penalty": float, "presence_penalty": float,
+    "frequency_penalty": float, "seed": int, "n": int, "logprobs": int, "ignore_eos": bool,
+    "stop": list, "stop_token_ids": list, "bad_words": list,
+    "include_stop_str_in_output": bool, "skip_special_tokens": bool,
+}
+_VLLM_IGNORED = {"best_of", "use_beam_search", "length_penalty", "early_stopping",
+                 "spaces_between_special_tokens", "prompt_logprobs", "detokenize"}
+
+
+def _depth(obj: Any, d: int = 0) -> int:
+    if isinstance(obj, dict):
+        return max([d + 1] + [_depth(v, d + 1) for v in obj.values()])
+    if isinstance(obj, list):
+        return max([d + 1] + [_depth(v, d + 1) for v in obj])
+    return d
+
+
+def _coerce(name: str, typ: type, v: Any) -> Any:
+    """Coerce JSON values the way the vLLM backend does: strings become numbers/bools."""
+    try:
+        if typ is bool:
+            if isinstance(v, str):
+                if v.lower() not in ("true", "false", "1", "0"):
+                    raise ValueError(v)
+                return v.lower() in ("true", "1")
+            return bool(v)
+        if typ is list:
+            if isinstance(v, str):
+                return [v]
+            if not isinstance(v, list):
+                raise ValueError(v)
+            return v
+        if typ is int:
+            if isinstance(v, bool) or (isinstance(v, float) and not v.is_integer()):
+                raise ValueError(v)
+            return int(v)
+        out = float(v)
+        if not math.isfinite(out):
+            raise InvalidRequestError(f"sampling_parameters.{name}", f"must be finite, got {v!r}")
+        return out
+    except (TypeError, ValueError):
+        raise InvalidRequestError(f"sampling_parameters.{name}",
+                                  f"must be {typ.__name__}, got {v!r}") from None
+
+
+def sampling_from_json(raw: str) -> SamplingParams:
+    if len(raw) > MAX_JSON_BYTES:
+        raise InvalidRequestError("sampling_parameters", f"is {len(raw)} bytes; at most {MAX_JSON_BYTES}")
+    try:
+        obj = json.loads(raw) if raw.strip() else {}
+    except (json.JSONDecodeError, RecursionError) as e:
+        raise InvalidRequestError("sampling_parameters", f"is not valid JSON: {e}") from None
+    if not isinstance(obj, dict):
+        raise InvalidRequestError("sampling_parameters", "must be a JSON object")
+    if _depth(obj) > MAX_JSON_DEPTH:
+        raise InvalidRequestError("sampling_parameters", f"is nested deeper than {MAX_JSON_DEPTH}")
+    kw: dict[str, Any] = {}
+    for k, v in obj.items():
+        if k in _VLLM_IGNORED or v is None:
+            continue
+        if k not in _VLLM_FIELDS:
+            raise InvalidRequestError(f"sampling_parameters.{k}",
+                                      f"is not a known parameter; known: {', '.join(sorted(_VLLM_FIELDS))}")
+        kw[k] = _coerce(k, _VLLM_FIELDS[k], v)
+    if "stop" in kw:
+        kw["stop"] = [str(s) for s in kw["stop"]]
+    return SamplingParams(**kw)

@@ -1,0 +1,104 @@
+"""The `engine` model: TensorRT-LLM engine contract (token ids in, token ids out).
+
+Besides `output_ids` each response carries `text_delta`: the incrementally detokenized text
+of exactly these tokens, produced in the engine where the stream's detokenizer state lives,
+so the (stateless) postprocessing model can pass it on with spaces and multi-byte
+characters intact.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from ..errors import InvalidRequestError
+from ..outputs import SequenceUpdate
+from .base import EngineModel, read_inputs
+from .convert import ItemRequest, batch_size, item_from_tensors
+from .serving import ItemStream
+
+
+def _bool_input(tensors: dict[str, np.ndarray], name: str) -> bool:
+    arr = tensors.get(name)
+    if arr is None:
+        return False
+    if arr.dtype.kind != "b":
+        raise InvalidRequestError(name, f"must be a BOOL tensor, got dtype {arr.dtype}")
+    return bool(arr.reshape(-1)[0])
+
+
+def sequence_outputs(pb: Any, stream: ItemStream, m: SequenceUpdate, first: bool) -> list[Any]:
+    """Per-response tensors shared by `engine` and the ensemble contract (batch dim 1)."""
+    item = stream.item
+    t = pb.Tensor
+    out = [t("batch_index", np.array([[item.batch_index]], dtype=np.int32)),
+           t("sequence_index", np.array([[m.index]], dtype=np.int32))]
+    if m.finished:
+        out.append(t("finish_reason", np.array([[(m.finish_reason or "").encode()]], dtype=object)))
+    if item.return_log_probs:
+        lps = [lp[tok] for lp, tok in zip(m.logprobs or [], m.token_ids) if tok in lp]
+        out.append(t("output_log_probs", np.array([[lps]], dtype=np.float32).reshape(1, 1, -1)))
+        out.append(t("cum_log_probs", np.array([[m.cumulative_logprob or 0.0]], dtype=np.float32)))
+    mt = m.metrics
+    if item.return_num_input_tokens:
+        out.append(t("num_input_tokens", np.array([[len(stream.prompt_ids)]], dtype=np.int32)))
+    if item.return_num_output_tokens and mt is not None:
+        out.append(t("num_output_tokens", np.array([[mt.num_output_tokens]], dtype=np.int32)))
+    if item.return_kv_cache_reuse_stats and mt is not None:
+        out.append(t("kv_cache_reused_block", np.array([[mt.kv_reused_blocks]], dtype=np.int32)))
+        out.append(t("kv_cache_alloc_new_blocks", np.array([[mt.kv_new_blocks]], dtype=np.int32)))
+        out.append(t("kv_cache_alloc_total_blocks",
+                     np.array([[mt.kv_reused_blocks + mt.kv_new_blocks]], dtype=np.int32)))
+    if m.context_logits is not None:
+        out.append(t("context_logits", m.context_logits.numpy()[None].astype(np.float32)))
+    if m.generation_logits is not None:
+        out.append(t("generation_logits", m.generation_logits.numpy()[None, None].astype(np.float32)))
+    if item.return_perf_metrics and mt is not None:
+        for name, v in (("arrival_time_ns", mt.arrival_time), ("first_scheduled_time_ns", mt.first_scheduled_time),
+                        ("first_token_time_ns", mt.first_token_time), ("last_token_time_ns", mt.finished_time)):
+            out.append(t(name, np.array([[int((v or 0.0) * 1e9)]], dtype=np.int64)))
+    return out
+
+
+class TritonPythonModel(EngineModel):
+    def build_outputs(self, stream: ItemStream, m: SequenceUpdate) -> list[Any]:
+        first = m.index not in stream.sent_first
+        ids = list(m.token_ids)
+        text = m.text
+        if first and not stream.item.exclude_input_in_output:
+            ids = stream.prompt_ids + ids
+            text = self.tokenizer.decode(stream.prompt_ids, skip_special_tokens=True) + text
+        t = self.pb.Tensor
+        out = [t("output_ids", np.array([[ids]], dtype=np.int32).reshape(1, 1, -1)),
+               t("sequence_length", np.array([[len(ids)]], dtype=np.int32)),
+               t("text_delta", np.array([[text.encode("utf-8")]], dtype=object))]
+        return out + sequence_outputs(self.pb, stream, m, first)
+
+    def execute(self, requests: list[Any]) -> None:
+        for request in requests:
+            try:
+                tensors = read_inputs(self.pb, request, self.inputs)
+                if _bool_input(tensors, "stop"):
+                    self.core.cancel_client_id(request.request_id() or "")
+                    request.get_response_sender().send(
+                        flags=self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+                    continue
+                items = self.items(tensors)
+            except Exception as e:  # noqa: BLE001 - the client gets the message
+                self.reject(request, e)
+                continue
+            self.submit_items(request, items)
+        return None
+
+    def items(self, tensors: dict[str, np.ndarray]) -> list[ItemRequest]:
+        defaults = {"exclude_input_in_output": self.serving.exclude_input_in_output}
+        n = batch_size(tensors, "input_ids")
+        out = []
+        for i in range(n):
+            it = item_from_tensors(tensors, i, text_input=None, defaults=defaults,
+                                   max_beam_width=self.serving.max_beam_width)
+            if "streaming" in tensors and "stream" not in tensors:
+                it.stream = _bool_input(tensors, "streaming")
+            out.append(it)
+        return out

@@ -1,0 +1,240 @@
+"""The serving core shared by the `engine` and `llm` Triton models.
+
+Engine thread -> (callback: append to a stream's pending list) -> sender thread -> Triton.
+The sender merges every update that piled up for a stream into one response (adaptive
+coalescing when IPC lags) and holds partial deltas until ``stream_interval`` tokens
+accumulated. It also polls client cancellation a few times a second, off the token path.
+One Triton request may carry B batch items x n sequences: the FINAL flag goes out once,
+after the last of them finished.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..engine_loop import EngineLoop
+from ..outputs import SequenceUpdate
+from .convert import ItemRequest
+
+log = logging.getLogger(__name__)
+CANCEL_POLL_S = 0.1
+
+# (stream, merged update, prompt ids) -> output tensors for one response
+OutputBuilder = Callable[["ItemStream", SequenceUpdate], list[Any]]
+
+
+@dataclass
+class TritonCall:
+    """One Triton request: its sender and the items (batch x sequences) still running."""
+
+    sender: Any
+    request: Any
+    remaining: int  # sequences not yet finished, over all items
+    cancelled: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass
+class ItemStream:
+    """One batch item of a Triton call: an engine request with n sequences."""
+
+    call: TritonCall
+    item: ItemRequest
+    engine_id: str
+    client_id: str = ""
+    finals: int = 0  # sequences whose final response went out
+    prompt_ids: list[int] = field(default_factory=list)
+    pending: dict[int, list[SequenceUpdate]] = field(default_factory=dict)
+    sent_first: set[int] = field(default_factory=set)  # sequences that got a response already
+    tokens_sent: dict[int, int] = field(default_factory=dict)
+
+
+def merge(updates: list[SequenceUpdate]) -> SequenceUpdate:
+    """Concatenate deltas of one sequence; the last update's final fields win."""
+    if len(updates) == 1:
+        return updates[0]
+    last = updates[-1]
+    lps = None
+    if any(u.logprobs is not None for u in updates):
+        lps = [lp for u in updates for lp in (u.logprobs or [])]
+    return SequenceUpdate(
+        last.request_id, last.index, [t for u in updates for t in u.token_ids],
+        "".join(u.text for u in updates), lps, last.finished, last.finish_reason,
+        last.stop_reason, last.error, last.cumulative_logprob, last.metrics,
+        last.context_logits, last.generation_logits)
+
+
+class ServingCore:
+    def __init__(self, loop: EngineLoop, pb: Any, build_outputs: OutputBuilder,
+                 stream_interval: int = 1, on_final: Callable[[ItemStream, SequenceUpdate], None] | None = None
+                 ) -> None:
+        self.loop = loop
+        self.pb = pb
+        self.build_outputs = build_outputs
+        self.stream_interval = max(1, stream_interval)
+        self.on_final = on_final
+        self._cv = threading.Condition()
+        self._dirty: dict[str, ItemStream] = {}
+        self._live: dict[str, ItemStream] = {}
+        self._by_client_id: dict[str, list[str]] = {}
+        self._ids = itertools.count()
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="inflight-sender", daemon=True)
+        self._thread.start()
+
+    # ---- submission (Triton execute thread) ------------------------------------------------
+    def new_call(self, request: Any, items: list[ItemRequest]) -> TritonCall:
+        return TritonCall(request.get_response_sender(), request,
+                          remaining=sum(it.params.n for it in items))
+
+    def fail_item(self, call: TritonCall, item: ItemRequest, err: Any) -> None:
+        """An item the engine refused: its sequences count as finished with this error."""
+        with call.lock:
+            call.remaining -= item.params.n
+            final = call.remaining <= 0
+        flags = self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL if final else 0
+        call.sender.send(self.pb.InferenceResponse(output_tensors=[], error=err), flags=flags)
+
+    def submit(self, call: TritonCall, item: ItemRequest, client_id: str) -> ItemStream:
+        """Queue one item; raises the engine's validation errors (nothing is queued then)."""
+        engine_id = f"{client_id or 'req'}:{next(self._ids)}"
+        stream = ItemStream(call, item, engine_id, client_id)
+        with self._cv:
+            self._live[engine_id] = stream
+            self._by_client_id.setdefault(client_id, []).append(engine_id)
+        try:
+            stream.prompt_ids = self.loop.submit(engine_id, item.prompt, item.params,
+                                                 lambda u, s=stream: self._on_update(s, u))
+        except Exception:
+            self._forget(stream, client_id)
+            raise
+        return stream
+
+    def _forget(self, stream: ItemStream, client_id: str) -> None:
+        with self._cv:
+            self._live.pop(stream.engine_id, None)
+            ids = self._by_client_id.get(client_id, [])
+            if stream.engine_id in ids:
+                ids.remove(stream.engine_id)
+            if not ids:
+                self._by_client_id.pop(client_id, None)
+
+    def cancel_client_id(self, client_id: str) -> int:
+        """The `stop` input: abort every in-flight request with this client id."""
+        with self._cv:
+            ids = list(self._by_client_id.get(client_id, []))
+        for eid in ids:
+            self.loop.abort(eid)
+        return len(ids)
+
+    # ---- engine thread ---------------------------------------------------------------------
+    def _on_update(self, stream: ItemStream, u: SequenceUpdate) -> None:
+        with self._cv:
+            stream.pending.setdefault(u.index, []).append(u)
+            self._dirty[stream.engine_id] = stream
+            self._cv.notify()
+
+    # ---- sender thread ---------------------------------------------------------------------
+    def _run(self) -> None:
+        next_poll = time.monotonic() + CANCEL_POLL_S
+        while True:
+            with self._cv:
+                if not self._dirty and not self._stop:
+                    self._cv.wait(timeout=max(next_poll - time.monotonic(), 0.0))
+                if self._stop and not self._dirty:
+                    return
+                dirty, self._dirty = list(self._dirty.values()), {}
+            for stream in dirty:
+                self._flush(stream)
+            if time.monotonic() >= next_poll:
+                self._poll_cancelled()
+                next_poll = time.monotonic() + CANCEL_POLL_S
+
+    def _take(self, stream: ItemStream) -> list[SequenceUpdate]:
+        """Merged updates ready to send; partial ones below stream_interval stay pending."""
+        ready: list[SequenceUpdate] = []
+        with self._cv:
+            for idx, ups in list(stream.pending.items()):
+                if not ups:
+                    continue
+                m = merge(ups)
+                interval = self.stream_interval if stream.item.stream else None
+                if m.finished or (interval is not None and len(m.token_ids) >= interval):
+                    ready.append(m)
+                    stream.pending[idx] = []
+                elif interval is not None:
+                    stream.pending[idx] = [m]
+                else:  # non-streaming: keep accumulating until the final update
+                    stream.pending[idx] = [m]
+        return ready
+
+    def _flush(self, stream: ItemStream) -> None:
+        for m in self._take(stream):
+            call = stream.call
+            final_call = False
+            if m.finished:
+                with call.lock:
+                    call.remaining -= 1
+                    final_call = call.remaining == 0
+                if self.on_final is not None:
+                    self.on_final(stream, m)
+            try:
+                self._send(stream, m, final_call)
+            except Exception:  # noqa: BLE001 - client went away; the engine side is done
+                log.debug("send failed for %s", stream.engine_id, exc_info=True)
+            if m.finished and all(not v for v in stream.pending.values()):
+                self._maybe_done(stream)
+            stream.sent_first.add(m.index)
+
+    def _maybe_done(self, stream: ItemStream) -> None:
+        # the stream is done once all its n sequences sent their final response
+        stream.finals += 1
+        if stream.finals >= stream.item.params.n:
+            self._forget(stream, stream.client_id)
+
+    def _send(self, stream: ItemStream, m: SequenceUpdate, final_call: bool) -> None:
+        pb = self.pb
+        flags = pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL if final_call else 0
+        if m.finished and m.finish_reason == "abort" and stream.call.cancelled:
+            err = pb.TritonError("request cancelled", pb.TritonError.CANCELLED)
+            stream.call.sender.send(pb.InferenceResponse(output_tensors=[], error=err), flags=flags)
+            return
+        if m.finished and m.finish_reason == "error":
+            err = pb.TritonError(m.error or "engine error", pb.TritonError.INTERNAL)
+            stream.call.sender.send(pb.InferenceResponse(output_tensors=[], error=err), flags=flags)
+            return
+        if not stream.item.stream and not m.finished:
+            return
+        tensors = self.build_outputs(stream, m)
+        stream.call.sender.send(pb.InferenceResponse(output_tensors=tensors), flags=flags)
+
+    def _poll_cancelled(self) -> None:
+        with self._cv:
+            streams = list(self._live.values())
+        seen: set[int] = set()
+        for s in streams:
+            call = s.call
+            if id(call) in seen or call.cancelled:
+                continue
+            seen.add(id(call))
+            try:
+                cancelled = call.sender.is_cancelled()
+            except Exception:  # noqa: BLE001 - older backends lack it on the sender
+                cancelled = False
+            if cancelled:
+                call.cancelled = True
+                for other in streams:
+                    if other.call is call:
+                        self.loop.abort(other.engine_id)
+
+    def shutdown(self) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+        self._thread.join(5)
