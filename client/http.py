@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import http.client
 import json
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any
 from urllib.parse import quote, urlsplit
 
@@ -77,18 +77,18 @@ def generate_stream(
         conn.close()
 
 
-def iter_sse_data(lines: Any) -> Iterator[tuple[str, str]]:
+def iter_sse_data(lines: Iterable[bytes]) -> Iterator[tuple[str, str]]:
     """``(event, data)`` per server-sent event from an iterable of byte lines.
 
     Multi-line ``data:`` fields are joined with newlines; comments (``:``) are skipped.
     """
-    event, data = "message", []
+    event, data = "message", list[str]()
     for raw in lines:
         line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
         if not line:
             if data:
                 yield event, "\n".join(data)
-            event, data = "message", []
+            event, data = "message", list[str]()
             continue
         if line.startswith(":"):
             continue

@@ -6,7 +6,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check, check_tensor
+from ._common import check, check_tensor, is_interpreted
 
 LOG2E = 1.4426950408889634
 
@@ -22,9 +22,24 @@ def token_offsets(bt_row_ptr, n, n_mask, block_size, stride_b, stride_s):
     return phys * stride_b + (n % block_size).to(tl.int64) * stride_s
 
 
-def dot_precision(dtype: torch.dtype) -> str:
-    """fp32 inputs use exact fp32 dots (Triton would otherwise use tf32)."""
-    return "ieee" if dtype == torch.float32 else "tf32"
+@triton.jit
+def mma(a, b, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
+    """tl.dot(a, b) -> fp32; UPCAST computes it in fp32 (the interpreter's bf16 dot is wrong:
+    it multiplies the raw uint16 bit patterns)."""
+    if UPCAST:
+        c = tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    else:
+        c = tl.dot(a, b, input_precision=DOT_PRECISION)
+    return c
+
+
+def dot_config(kernel: object, dtype: torch.dtype) -> dict[str, object]:
+    """Constexprs for :func:`mma`: exact fp32 dots for fp32 (Triton's default is tf32),
+    fp32 emulation of bf16 dots in the interpreter."""
+    return {
+        "DOT_PRECISION": "ieee" if dtype == torch.float32 else "tf32",
+        "UPCAST": is_interpreted(kernel) and dtype == torch.bfloat16,
+    }
 
 
 def check_paged_inputs(

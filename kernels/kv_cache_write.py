@@ -28,11 +28,13 @@ def _kv_cache_write_kernel(
     # One program per token writes all of its heads: [BLOCK_H, BLOCK_D].
     t = tl.program_id(0).to(tl.int64)
     slot = tl.load(slot_ptr + t).to(tl.int64)
+    if slot < 0:  # padding token
+        return
     block = slot // block_size  # int64: block * stride must not wrap at 2^31
     offset = slot % block_size
     h = tl.arange(0, BLOCK_H)[:, None]
     d = tl.arange(0, BLOCK_D)[None, :]
-    mask = (h < num_heads) & (d < head_dim) & (slot >= 0)
+    mask = (h < num_heads) & (d < head_dim)
     k = tl.load(k_ptr + t * stride_kt + h * stride_kh + d, mask=mask)
     v = tl.load(v_ptr + t * stride_vt + h * stride_vh + d, mask=mask)
     kc = k_cache_ptr + block * stride_kcb + offset * stride_kcs + h * stride_kch + d

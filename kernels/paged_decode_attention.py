@@ -15,7 +15,7 @@ import triton
 import triton.language as tl
 
 from ._common import check, check_devices, num_sms
-from ._paged import LOG2E, check_paged_inputs, dot_precision, token_offsets
+from ._paged import LOG2E, check_paged_inputs, dot_config, mma, token_offsets
 from .paged_prefill_attention import attention_ref
 
 MIN_TOKENS_PER_SPLIT = 256
@@ -30,7 +30,7 @@ def _decode_split_kernel(
     stride_qb, stride_qh, stride_cb, stride_cs, stride_ch, stride_bt, stride_ob, stride_oh,
     num_q_heads, block_size, group, head_dim,
     NUM_SPLITS: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
     kvh = tl.program_id(1)
@@ -58,14 +58,14 @@ def _decode_split_kernel(
         kv_off = rows[:, None] + kvh * stride_ch + d[None, :]  # [BLOCK_N, BLOCK_D]
         kv_mask = n_mask[:, None] & (d < head_dim)[None, :]
         k = tl.load(k_cache_ptr + kv_off, mask=kv_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
+        s = mma(q, tl.trans(k), DOT_PRECISION, UPCAST) * scale_log2
         s = tl.where(n_mask[None, :], s, float("-inf"))  # [BLOCK_G, BLOCK_N]
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(v_cache_ptr + kv_off, mask=kv_mask, other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        acc = acc * alpha[:, None] + mma(p.to(v.dtype), v, DOT_PRECISION, UPCAST)
         m_i = m_new
 
     acc = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]  # empty split: acc = 0
@@ -160,7 +160,7 @@ def paged_decode_attention(
         block_tables.stride(0), out.stride(0), out.stride(1),
         hq, k_cache.shape[1], group, d,
         NUM_SPLITS=splits, BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n,
-        BLOCK_D=triton.next_power_of_2(d), DOT_PRECISION=dot_precision(q.dtype),
+        BLOCK_D=triton.next_power_of_2(d), **dot_config(_decode_split_kernel, q.dtype),
         num_warps=4, num_stages=2,
     )
     if splits > 1:

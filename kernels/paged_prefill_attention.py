@@ -17,7 +17,7 @@ import triton
 import triton.language as tl
 
 from ._common import check, check_devices, check_tensor
-from ._paged import LOG2E, check_paged_inputs, dot_precision, token_offsets
+from ._paged import LOG2E, check_paged_inputs, dot_config, mma, token_offsets
 
 
 @triton.jit
@@ -25,6 +25,7 @@ def _attend(
     q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, pos, lo, hi, kvh, d,
     block_size, stride_cb, stride_cs, stride_ch, head_dim, scale_log2,
     CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr,
 ):
     # q: [BLOCK_M, BLOCK_D]; pos: [BLOCK_M] query positions; keys [lo, hi) in BLOCK_N tiles.
     for n0 in range(lo, hi, BLOCK_N):
@@ -34,7 +35,7 @@ def _attend(
         kv_off = rows[:, None] + kvh * stride_ch + d[None, :]  # [BLOCK_N, BLOCK_D]
         kv_mask = n_mask[:, None] & (d < head_dim)[None, :]
         k = tl.load(k_cache_ptr + kv_off, mask=kv_mask, other=0.0)
-        s = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * scale_log2
+        s = mma(q, tl.trans(k), DOT_PRECISION, UPCAST) * scale_log2
         if CAUSAL:  # [BLOCK_M, BLOCK_N]
             s = tl.where((n[None, :] <= pos[:, None]) & n_mask[None, :], s, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(s, 1))
@@ -42,7 +43,7 @@ def _attend(
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
         v = tl.load(v_cache_ptr + kv_off, mask=kv_mask, other=0.0)
-        acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v, input_precision=DOT_PRECISION)
+        acc = acc * alpha[:, None] + mma(p.to(v.dtype), v, DOT_PRECISION, UPCAST)
         m_i = m_new
     return m_i, l_i, acc
 
@@ -55,7 +56,7 @@ def _prefill_kernel(
     stride_qt, stride_qh, stride_ot, stride_oh, stride_cb, stride_cs, stride_ch, stride_bt,
     block_size, group, head_dim,
     BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):
     tile = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -86,10 +87,11 @@ def _prefill_kernel(
     kv_end = ctx + tl.minimum((tile + 1) * BLOCK_Q, q_len)
     m_i, l_i, acc = _attend(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, pos, 0,
                             full_end, kvh, d, block_size, stride_cb, stride_cs, stride_ch,
-                            head_dim, scale_log2, False, BLOCK_N, DOT_PRECISION)
+                            head_dim, scale_log2, False, BLOCK_N, DOT_PRECISION, UPCAST)
     m_i, l_i, acc = _attend(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, pos,
                             full_end, kv_end, kvh, d, block_size, stride_cb, stride_cs,
-                            stride_ch, head_dim, scale_log2, True, BLOCK_N, DOT_PRECISION)
+                            stride_ch, head_dim, scale_log2, True, BLOCK_N, DOT_PRECISION,
+                            UPCAST)
     acc = acc / l_i[:, None]
     o_ptrs = out_ptr + tok64[:, None] * stride_ot + heads[:, None] * stride_oh + d[None, :]
     tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=qd_mask)
@@ -151,7 +153,7 @@ def paged_prefill_attention(
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
         k_cache.shape[1], group, d,
         BLOCK_Q=block_q, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=triton.next_power_of_2(d),
-        DOT_PRECISION=dot_precision(q.dtype), num_warps=warps, num_stages=2,
+        **dot_config(_prefill_kernel, q.dtype), num_warps=warps, num_stages=2,
     )
     return out
 

@@ -68,9 +68,11 @@ def rms_norm(
 ) -> torch.Tensor:
     """out = rmsnorm(x) * weight.
 
-    x: [T, H] (unit stride in H), fp32/fp16/bf16; weight: [H] any float dtype;
-    out: optional [T, H] of x.dtype (may be x itself). Returns out.
+    x: [T, H] (unit stride in H), fp32/fp16/bf16, or [..., H] (flattened to rows);
+    weight: [H] any float dtype; out: optional [T, H] of x.dtype (may be x). Returns out.
     """
+    if x.dim() > 2 and out is None:  # e.g. per-head q/k norm: [T, Hq, D]
+        return rms_norm(x.reshape(-1, x.shape[-1]), weight, eps).view(x.shape)
     _check_common(x, weight, eps)
     if out is None:
         out = torch.empty_like(x)

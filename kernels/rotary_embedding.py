@@ -1,7 +1,8 @@
 """Neox-style rotary position embedding (``rotate_half``, as Hugging Face Llama).
 
-The model precomputes cos/sin tables (including llama3/linear scaling); this kernel only
-applies them: x' = x * cos + rotate_half(x) * sin, with the first and second halves of
+The model precomputes one fp32 table cos_sin_cache [max_pos, D] holding cos in its first
+half and sin in its second (vLLM's layout; llama3/linear scaling already applied); this
+kernel only applies it: x' = x * cos + rotate_half(x) * sin, with the first and second halves of
 the head dim forming the rotated pairs. Math is fp32 with one rounding at the end.
 """
 
@@ -35,17 +36,17 @@ def _rotate_heads(
 @triton.jit
 def _rotary_kernel(
     q_ptr, k_ptr, q_out_ptr, k_out_ptr,  # q: [T, Hq, D], k: [T, Hkv, D]
-    pos_ptr, cos_ptr, sin_ptr,  # pos: [T]; cos/sin: [max_pos, D/2] fp32
+    pos_ptr, cs_ptr,  # pos: [T]; cos_sin_cache: [max_pos, D] fp32 (cos | sin)
     stride_qt, stride_qh, stride_kt, stride_kh,
-    stride_qot, stride_qoh, stride_kot, stride_koh, stride_cos, stride_sin,
+    stride_qot, stride_qoh, stride_kot, stride_koh, stride_cs,
     num_q_heads, num_kv_heads, half,
     BLOCK_HQ: tl.constexpr, BLOCK_HKV: tl.constexpr, BLOCK_HALF: tl.constexpr,
 ):
     t = tl.program_id(0).to(tl.int64)
     pos = tl.load(pos_ptr + t).to(tl.int64)
     j = tl.arange(0, BLOCK_HALF)[None, :]
-    cos = tl.load(cos_ptr + pos * stride_cos + j, mask=j < half, other=0.0).to(tl.float32)
-    sin = tl.load(sin_ptr + pos * stride_sin + j, mask=j < half, other=0.0).to(tl.float32)
+    cos = tl.load(cs_ptr + pos * stride_cs + j, mask=j < half, other=0.0).to(tl.float32)
+    sin = tl.load(cs_ptr + pos * stride_cs + half + j, mask=j < half, other=0.0).to(tl.float32)
     _rotate_heads(q_ptr, q_out_ptr, t, stride_qt, stride_qh, stride_qot, stride_qoh,
                   num_q_heads, cos, sin, half, BLOCK_HQ, BLOCK_HALF)
     _rotate_heads(k_ptr, k_out_ptr, t, stride_kt, stride_kh, stride_kot, stride_koh,
@@ -53,39 +54,37 @@ def _rotary_kernel(
 
 
 def rotary_embedding(
+    positions: torch.Tensor,
     q: torch.Tensor,
     k: torch.Tensor,
-    positions: torch.Tensor,
-    cos_cache: torch.Tensor,
-    sin_cache: torch.Tensor,
+    cos_sin_cache: torch.Tensor,
     inplace: bool = True,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Apply neox rotary embedding to q and k.
 
+    positions: [T] int64/int32, each < max_pos (not checked on the device);
     q: [T, Hq, D], k: [T, Hkv, D] (any token/head strides, unit stride in D; same dtype,
-    fp32/fp16/bf16); positions: [T] int64/int32, each < max_pos (not checked on device);
-    cos_cache, sin_cache: [max_pos, D/2] float32. Returns (q_out, k_out): q and k
-    themselves when ``inplace``, else new contiguous tensors.
+    fp32/fp16/bf16); cos_sin_cache: [max_pos, D] float32, cos in [:, :D/2], sin in
+    [:, D/2:]. Returns (q_out, k_out): q and k themselves when ``inplace``, else new
+    contiguous tensors.
     """
     check_tensor("q", q, (None, None, None))
     t, hq, d = q.shape
     check(d % 2 == 0, f"head_dim must be even, got {d}")
     check_tensor("k", k, (t, None, d), (q.dtype,))
     check_tensor("positions", positions, (t,), (torch.int64, torch.int32), False)
-    check_tensor("cos_cache", cos_cache, (None, d // 2), (torch.float32,))
-    check_tensor("sin_cache", sin_cache, cos_cache.shape, (torch.float32,))
-    check_devices(_rotary_kernel, q=q, k=k, positions=positions, cos_cache=cos_cache,
-                  sin_cache=sin_cache)
+    check_tensor("cos_sin_cache", cos_sin_cache, (None, d), (torch.float32,))
+    check_devices(_rotary_kernel, q=q, k=k, positions=positions, cos_sin_cache=cos_sin_cache)
     q_out = q if inplace else torch.empty_like(q, memory_format=torch.contiguous_format)
     k_out = k if inplace else torch.empty_like(k, memory_format=torch.contiguous_format)
     if t == 0:
         return q_out, k_out
     hkv = k.shape[1]
     _rotary_kernel[(t,)](
-        q, k, q_out, k_out, positions, cos_cache, sin_cache,
+        q, k, q_out, k_out, positions, cos_sin_cache,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1),
         q_out.stride(0), q_out.stride(1), k_out.stride(0), k_out.stride(1),
-        cos_cache.stride(0), sin_cache.stride(0),
+        cos_sin_cache.stride(0),
         hq, hkv, d // 2,
         BLOCK_HQ=triton.next_power_of_2(hq), BLOCK_HKV=triton.next_power_of_2(hkv),
         BLOCK_HALF=triton.next_power_of_2(d // 2), num_warps=4 if hq * d >= 2048 else 1,
@@ -94,12 +93,10 @@ def rotary_embedding(
 
 
 def rotary_embedding_ref(
-    q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor, cos_cache: torch.Tensor,
-    sin_cache: torch.Tensor,
+    positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor, cos_sin_cache: torch.Tensor,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Torch reference (fp32 math, one rounding): returns new (q_out, k_out)."""
-    cos = cos_cache[positions.long()][:, None, :]  # [T, 1, D/2]
-    sin = sin_cache[positions.long()][:, None, :]
+    cos, sin = cos_sin_cache[positions.long()][:, None, :].chunk(2, dim=-1)  # [T, 1, D/2]
 
     def rotate(x: torch.Tensor) -> torch.Tensor:
         x1, x2 = x.float().chunk(2, dim=-1)

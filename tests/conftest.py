@@ -109,12 +109,13 @@ def llm(llm_for: Callable[[str], Any]) -> Any:
 
 @pytest.fixture
 def make_llm(tiny_model_dir: Callable[[str], str]) -> Iterator[Callable[..., Any]]:
-    """Factory for engines with custom configs: ``make_llm(family="llama", **EngineConfig)``;
-    SMALL_POOL values are defaults. Each one is leak-checked and shut down after the test."""
+    """Factory for engines with custom configs: ``make_llm(family="llama", model_dir=None,
+    **EngineConfig)``; SMALL_POOL values are defaults. Each one is leak-checked and shut down
+    after the test."""
     made: list[Any] = []
 
-    def make(family: str = "llama", **config: Any) -> Any:
-        llm = _new_llm(tiny_model_dir(family), **{**SMALL_POOL, **config})
+    def make(family: str = "llama", model_dir: str | None = None, **config: Any) -> Any:
+        llm = _new_llm(model_dir or tiny_model_dir(family), **{**SMALL_POOL, **config})
         made.append(llm)
         return llm
 

@@ -33,6 +33,7 @@ import statistics
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
+from itertools import pairwise
 from typing import Any
 
 import torch
@@ -169,7 +170,7 @@ class _Clock:
 
     def phases(self) -> tuple[list[int], list[int]]:
         c, w = self.cpu, self.wall
-        return [b - a for a, b in zip(c, c[1:])], [b - a for a, b in zip(w, w[1:])]
+        return [b - a for a, b in pairwise(c)], [b - a for a, b in pairwise(w)]
 
 
 def run(impl: str = "auto", num_running: int = 256, *, scenario: str | Scenario | None = None,

@@ -113,7 +113,9 @@ def _tokenizer_json() -> str:
     )
     tok.train_from_iterator(tokenizer_corpus.corpus(), trainer=trainer)
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
-    tok.post_processor = _post_processor(tok.token_to_id(BOS))
+    bos_id = tok.token_to_id(BOS)
+    assert bos_id is not None
+    tok.post_processor = _post_processor(bos_id)
     return tok.to_str()
 
 

@@ -29,6 +29,7 @@ SAMPLING_INPUTS: list[Spec] = [
     ("return_num_output_tokens", "TYPE_BOOL", [1], True),
     ("return_perf_metrics", "TYPE_BOOL", [1], True),
     ("return_kv_cache_reuse_stats", "TYPE_BOOL", [1], True),
+    ("ignore_eos", "TYPE_BOOL", [1], True),
 ]
 RESULT_OUTPUTS: list[Spec] = [
     ("cum_log_probs", "TYPE_FP32", [-1], False), ("output_log_probs", "TYPE_FP32", [-1, -1], False),

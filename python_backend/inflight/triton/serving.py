@@ -129,6 +129,8 @@ class ServingCore:
         """The `stop` input: abort every in-flight request with this client id."""
         with self._cv:
             ids = list(self._by_client_id.get(client_id, []))
+            for eid in ids:
+                self._live[eid].call.cancelled = True  # its final response is CANCELLED
         for eid in ids:
             self.loop.abort(eid)
         return len(ids)
