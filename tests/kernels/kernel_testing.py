@@ -90,3 +90,43 @@ def make_case(
         k_cache=rand(num_blocks, block_size, hkv, d), v_cache=rand(num_blocks, block_size, hkv, d),
         meta=meta,
     )
+
+
+def int32_overflow_errors(device: str, hkv: int = 1, d: int = 16) -> dict[str, float] | None:
+    """Write, decode and prefill over caches of more than 2^31 elements, with blocks near
+    the end, so block * stride overflows int32. Returns max abs errors against the torch
+    references, or None when the caches cannot be allocated. On CPU the allocation is
+    virtual: only the blocks the block table names are touched."""
+    from inflight.kernels import (
+        attention_ref, kv_cache_write, paged_decode_attention, paged_prefill_attention,
+    )
+
+    bs, hq, dtype = 16, 2 * hkv, torch.float16
+    nb = 2**31 // (bs * hkv * d) + 64
+    try:
+        k_cache = torch.empty(nb, bs, hkv, d, dtype=dtype, device=device)
+        v_cache = torch.empty_like(k_cache)
+    except (RuntimeError, MemoryError):
+        return None
+    lens = [60, 29]
+    table = torch.tensor([[nb - 1, 5, nb - 3, nb - 40], [nb - 2, nb - 10, 0, 0]],
+                         dtype=torch.int32, device=device)
+    slots = torch.cat([
+        table[b, torch.arange(n, device=device) // bs].long() * bs
+        + torch.arange(n, device=device) % bs for b, n in enumerate(lens)])
+    k = torch.randn(sum(lens), hkv, d, device=device).to(dtype)
+    v = torch.randn(sum(lens), hkv, d, device=device).to(dtype)
+    kv_cache_write(k, v, k_cache, v_cache, slots)
+    seq_lens = torch.tensor(lens, dtype=torch.int32, device=device)
+    errors = {"write": (k_cache.view(-1, hkv, d)[slots] - k).abs().max().item()}
+    q = torch.randn(sum(lens), hq, d, device=device).to(dtype)  # prefill: whole contexts
+    qsl = torch.tensor([0, lens[0], sum(lens)], dtype=torch.int32, device=device)
+    out = paged_prefill_attention(q, k_cache, v_cache, qsl, seq_lens, table, 0.25, max(lens))
+    ref = attention_ref(q, k_cache, v_cache, qsl, seq_lens, table, 0.25)
+    errors["prefill"] = (out.float() - ref.float()).abs().max().item()
+    qd = q[:2]  # decode: one query per request at the last position
+    out = paged_decode_attention(qd, k_cache, v_cache, table, seq_lens, 0.25, num_splits=2)
+    qsl_d = torch.arange(3, dtype=torch.int32, device=device)
+    ref = attention_ref(qd, k_cache, v_cache, qsl_d, seq_lens, table, 0.25)
+    errors["decode"] = (out.float() - ref.float()).abs().max().item()
+    return errors

@@ -1,0 +1,46 @@
+// Shared vocabulary of the batch-manager core: ids, a non-owning span, the integrity error.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace inflight {
+
+using BlockId = int32_t;
+using Token = int64_t;  // token ids as Python ints; 64-bit so no id is ever truncated
+using Handle = int64_t;  // a scheduler request: stable for the request's lifetime, never reused
+
+// Non-owning view of a contiguous array (C++17 has no std::span).
+template <class T>
+struct Span {
+  T* data = nullptr;
+  size_t size = 0;
+
+  Span() = default;
+  Span(T* d, size_t n) : data(d), size(n) {}
+  template <class Vec>
+  Span(Vec& v) : data(v.data()), size(v.size()) {}  // NOLINT: implicit from vectors on purpose
+  T& operator[](size_t i) const { return data[i]; }
+  T* begin() const { return data; }
+  T* end() const { return data + size; }
+  bool empty() const { return size == 0; }
+};
+
+// Thrown by check_integrity() and by internal consistency checks. The Python binding maps it
+// to a subclass of AssertionError, as the pure-Python implementation raised AssertionError.
+class IntegrityError : public std::logic_error {
+ public:
+  using std::logic_error::logic_error;
+};
+
+inline void check(bool ok, const std::string& what) {
+  if (!ok) throw IntegrityError(what);
+}
+
+inline int64_t blocks_for(int64_t num_tokens, int64_t block_size) {
+  return (num_tokens + block_size - 1) / block_size;
+}
+
+}  // namespace inflight
