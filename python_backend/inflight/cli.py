@@ -124,7 +124,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_generate(sub)
     for mod, fn in (("serve.launcher", "add_serve_parser"), ("repo", "add_repo_parser"),
-                    ("bench.cli", "add_bench_parser")):
+                    ("demo", "add_demo_parser"), ("bench.cli", "add_bench_parser")):
         try:
             import importlib
 

@@ -1,0 +1,198 @@
+// The scheduler as Python sees it. Ownership: the C++ RequestState owns the bookkeeping the
+// planner reads (token ids, counters, queue position); the Python Request stays the engine's
+// object and mirrors num_computed_tokens. Token ids are appended on the Python side (the
+// engine's sampler loop); the core reads the new ones from the Python list, by length, right
+// before it plans a request (TokenSync), so there is no per-token call across the boundary.
+#include "inflight/scheduler.h"
+
+#include <string>
+
+#include "python/bindings.h"
+
+namespace inflight::py_bind {
+namespace {
+
+class PyScheduler {
+ public:
+  PyScheduler(KVCacheManager& kv, int64_t max_num_tokens, int32_t max_batch_size, bool chunked,
+              const std::string& policy)
+      : core_(SchedulerConfig{max_num_tokens, max_batch_size, chunked, parse_policy(policy)}, kv),
+        token_ids_(py::str("token_ids")),
+        num_computed_(py::str("num_computed_tokens")) {
+    core_.set_token_sync([this](RequestState& r) { sync_tokens(r); });
+  }
+
+  void add(const py::object& req, const std::string& id, const py::object& token_ids, int32_t num_prompt,
+           int64_t max_total, int32_t priority, int64_t arrival, bool context_logits, const std::string& extra) {
+    RequestSpec spec{id, to_tokens(token_ids), num_prompt, max_total, priority, arrival, extra, context_logits};
+    Handle h = core_.add(std::move(spec));
+    objs_.emplace(h, req);
+  }
+
+  // (step, scheduled: list[ScheduledRequest], admitted: list[(Request, start)],
+  //  preempted: list[Request], num_tokens, num_decodes)
+  py::tuple schedule() {
+    const StepPlan& plan = core_.schedule();
+    py::list scheduled(plan.scheduled.size());
+    for (size_t i = 0; i < plan.scheduled.size(); ++i) {
+      const ScheduledEntry& e = plan.scheduled[i];
+      PyObject* o = new_scheduled(obj(e.req->handle).ptr(), e.num_new, e.start, e.samples ? 1 : 0);
+      if (o == nullptr) throw py::error_already_set();
+      PyList_SET_ITEM(scheduled.ptr(), i, o);
+    }
+    py::list admitted, preempted;
+    for (Handle h : plan.admitted) admitted.append(py::make_tuple(obj(h), core_.get(h)->num_computed));
+    for (Handle h : plan.preempted) preempted.append(obj(h));
+    return py::make_tuple(plan.step, scheduled, admitted, preempted, plan.num_tokens, plan.num_decodes);
+  }
+
+  // The fast path of Scheduler.advance(): the latest plan as planned.
+  void advance(uint64_t step) {
+    require_current(step);
+    core_.advance();
+    for (const ScheduledEntry& e : core_.plan().scheduled) {
+      if (e.req == nullptr || e.req->status != RequestStatus::kRunning) continue;
+      py::object n = py::reinterpret_steal<py::object>(PyLong_FromLongLong(e.req->num_computed));
+      if (PyObject_SetAttr(obj(e.req->handle).ptr(), num_computed_.ptr(), n.ptr()) < 0) throw py::error_already_set();
+    }
+  }
+
+  int64_t advance_one(const std::string& id, int64_t num_computed) {
+    RequestState* r = core_.find(id);
+    if (r == nullptr) return -1;
+    sync_tokens(*r);
+    core_.advance_one(*r, num_computed);
+    return r->num_computed;
+  }
+
+  bool finish(const std::string& id) {
+    RequestState* r = core_.find(id);
+    if (r == nullptr) return false;
+    Handle h = r->handle;
+    core_.finish(h);
+    objs_.erase(h);
+    return true;
+  }
+
+  int32_t preempt(const std::string& id) {
+    RequestState* r = core_.find(id);
+    if (r == nullptr) throw py::key_error("unknown request " + id);
+    core_.preempt(r->handle);
+    return r->num_preemptions;
+  }
+
+  // The latest plan's sizes, or None when it is no longer what will run (a request of it
+  // finished or was preempted since, or a newer plan exists).
+  py::object plan_needs(uint64_t step) {
+    if (!plan_current(step)) return py::none();
+    fill_entries();
+    StepNeeds n = step_needs(entries_);
+    return py::make_tuple(n.tokens, n.reqs, n.table_width);
+  }
+
+  PyStepLayout build_step(uint64_t step, const StepBufferViews& bufs) {
+    require_current(step);
+    fill_entries();
+    std::vector<py::object> ids;
+    StepLayout lay = build_step_metadata(entries_, core_.kv().block_size(), bufs.buffers());
+    if (!lay.context_rows.empty()) {
+      for (const auto& e : core_.plan().scheduled) ids.push_back(py::str(e.req->id));
+    }
+    return make_layout(std::move(lay), ids);
+  }
+
+  py::list waiting() { return objects(core_.waiting()); }
+  py::list running() { return objects(core_.running()); }
+  size_t num_waiting() const { return core_.num_waiting(); }
+  size_t num_running() const { return core_.num_running(); }
+  void check_integrity() const { core_.check_integrity(); }
+
+  // The core's view of one request, for tests: (token_ids, num_computed, status, preemptions)
+  py::object state(const std::string& id) {
+    RequestState* r = core_.find(id);
+    if (r == nullptr) return py::none();
+    static const char* names[] = {"waiting", "running", "preempted"};
+    return py::make_tuple(to_list(Span<const Token>(r->tokens)), r->num_computed,
+                          names[static_cast<int>(r->status)], r->num_preemptions);
+  }
+
+ private:
+  const py::object& obj(Handle h) const { return objs_.at(h); }
+
+  py::list objects(const std::vector<Handle>& hs) const {
+    py::list out(hs.size());
+    for (size_t i = 0; i < hs.size(); ++i) {
+      PyObject* o = obj(hs[i]).ptr();
+      Py_INCREF(o);
+      PyList_SET_ITEM(out.ptr(), i, o);
+    }
+    return out;
+  }
+
+  // Pick up tokens the engine appended to the Python list (or a stop sequence it cut).
+  void sync_tokens(RequestState& r) {
+    py::object lst = py::reinterpret_steal<py::object>(PyObject_GetAttr(obj(r.handle).ptr(), token_ids_.ptr()));
+    if (!lst) throw py::error_already_set();
+    Py_ssize_t n = PyList_Check(lst.ptr()) ? PyList_GET_SIZE(lst.ptr()) : py::len(lst);
+    auto have = static_cast<Py_ssize_t>(r.tokens.size());
+    if (n > have) {
+      read_tokens(lst, r.tokens, static_cast<size_t>(have));
+    } else if (n < have) {
+      core_.truncate_tokens(r, static_cast<size_t>(n));
+    }
+  }
+
+  bool plan_current(uint64_t step) const { return step == core_.plan().step && core_.plan().intact; }
+
+  void require_current(uint64_t step) const {
+    if (!plan_current(step)) throw py::value_error("this SchedulerOutput is not the scheduler's latest intact plan");
+  }
+
+  void fill_entries() {
+    const StepPlan& plan = core_.plan();
+    entries_.resize(plan.scheduled.size());
+    for (size_t i = 0; i < plan.scheduled.size(); ++i) {
+      const ScheduledEntry& e = plan.scheduled[i];
+      StepEntry& s = entries_[i];
+      s.tokens = Span<const Token>(e.req->tokens);
+      s.start = e.start;
+      s.num_new = e.num_new;
+      s.num_prompt = e.req->num_prompt;
+      s.table = Span<const BlockId>(e.req->blocks->table);
+      s.samples = e.samples;
+      s.context_logits = e.req->context_logits;
+    }
+  }
+
+  Scheduler core_;
+  std::unordered_map<Handle, py::object> objs_;  // the engine's Request of each handle
+  py::str token_ids_, num_computed_;
+  std::vector<StepEntry> entries_;  // scratch, reused every step
+};
+
+}  // namespace
+
+void bind_scheduler(py::module_& m) {
+  py::class_<PyScheduler>(m, "Scheduler", "Step planner over a KVCacheManager (see inflight/scheduler.py).")
+      .def(py::init<KVCacheManager&, int64_t, int32_t, bool, const std::string&>(), py::arg("kv"),
+           py::arg("max_num_tokens"), py::arg("max_batch_size"), py::arg("enable_chunked_context"),
+           py::arg("policy"), py::keep_alive<1, 2>())
+      .def("add", &PyScheduler::add, py::arg("request"), py::arg("request_id"), py::arg("token_ids"),
+           py::arg("num_prompt_tokens"), py::arg("max_total_tokens"), py::arg("priority"),
+           py::arg("arrival_order"), py::arg("context_logits"), py::arg("extra_key") = "")
+      .def("schedule", &PyScheduler::schedule)
+      .def("advance", &PyScheduler::advance, py::arg("step"))
+      .def("advance_one", &PyScheduler::advance_one, py::arg("request_id"), py::arg("num_computed"))
+      .def("finish", &PyScheduler::finish, py::arg("request_id"))
+      .def("preempt", &PyScheduler::preempt, py::arg("request_id"))
+      .def("plan_needs", &PyScheduler::plan_needs, py::arg("step"))
+      .def("build_step", &PyScheduler::build_step, py::arg("step"), py::arg("buffers"))
+      .def("waiting", &PyScheduler::waiting)
+      .def("running", &PyScheduler::running)
+      .def_property_readonly("num_waiting", &PyScheduler::num_waiting)
+      .def_property_readonly("num_running", &PyScheduler::num_running)
+      .def("check_integrity", &PyScheduler::check_integrity)
+      .def("state", &PyScheduler::state, py::arg("request_id"));
+}
+
+}  // namespace inflight::py_bind
