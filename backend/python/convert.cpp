@@ -29,14 +29,14 @@ std::vector<Token> to_tokens(py::handle seq) {
 }
 
 py::list to_list(Span<const Token> xs) {
-  py::list out(xs.size);
-  for (size_t i = 0; i < xs.size; ++i) PyList_SET_ITEM(out.ptr(), i, PyLong_FromLongLong(xs[i]));
+  py::list out(xs.size());
+  for (size_t i = 0; i < xs.size(); ++i) PyList_SET_ITEM(out.ptr(), i, PyLong_FromLongLong(xs[i]));
   return out;
 }
 
 py::list to_list(Span<const BlockId> xs) {
-  py::list out(xs.size);
-  for (size_t i = 0; i < xs.size; ++i) PyList_SET_ITEM(out.ptr(), i, PyLong_FromLong(xs[i]));
+  py::list out(xs.size());
+  for (size_t i = 0; i < xs.size(); ++i) PyList_SET_ITEM(out.ptr(), i, PyLong_FromLong(xs[i]));
   return out;
 }
 

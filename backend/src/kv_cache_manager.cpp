@@ -49,7 +49,7 @@ const Digest& KVCacheManager::hash_at(SeqBlocks& s, Span<const Token> tokens, si
   while (s.hashes.size() <= i) {
     size_t j = s.hashes.size();
     const Digest* parent = j == 0 ? nullptr : &s.hashes[j - 1];
-    Span<const Token> block(tokens.data + j * block_size_, static_cast<size_t>(block_size_));
+    Span<const Token> block(tokens.data() + j * block_size_, static_cast<size_t>(block_size_));
     s.hashes.push_back(hash_block(parent, block, extra));
   }
   return s.hashes[i];
@@ -58,8 +58,8 @@ const Digest& KVCacheManager::hash_at(SeqBlocks& s, Span<const Token> tokens, si
 void KVCacheManager::match_prefix(SeqBlocks& s, Span<const Token> tokens, std::string_view extra,
                                   std::vector<BlockId>& out) {
   out.clear();
-  if (!prefix_caching_ || tokens.size == 0) return;
-  size_t limit = (tokens.size - 1) / block_size_;
+  if (!prefix_caching_ || tokens.size() == 0) return;
+  size_t limit = (tokens.size() - 1) / block_size_;
   for (size_t i = 0; i < limit; ++i) {
     auto b = pool_.lookup(hash_at(s, tokens, i, extra));
     if (!b) break;
@@ -110,7 +110,7 @@ void KVCacheManager::free(SeqBlocks& s) {
 void KVCacheManager::cache_full_blocks(SeqBlocks& s, Span<const Token> tokens, int64_t num_computed,
                                        std::string_view extra) {
   if (!prefix_caching_) return;
-  int64_t computed = std::min<int64_t>(num_computed, static_cast<int64_t>(tokens.size));
+  int64_t computed = std::min<int64_t>(num_computed, static_cast<int64_t>(tokens.size()));
   auto full = static_cast<int32_t>(std::min<int64_t>(computed / block_size_, static_cast<int64_t>(s.table.size())));
   for (int32_t i = s.num_offered; i < full; ++i) pool_.cache(s.table[i], hash_at(s, tokens, i, extra));
   s.num_offered = std::max(s.num_offered, full);

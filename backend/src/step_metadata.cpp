@@ -9,16 +9,16 @@ StepNeeds step_needs(const std::vector<StepEntry>& entries) {
   n.reqs = static_cast<int64_t>(entries.size());
   for (const auto& e : entries) {
     n.tokens += e.num_new;
-    n.table_width = std::max<int64_t>(n.table_width, static_cast<int64_t>(e.table.size));
+    n.table_width = std::max<int64_t>(n.table_width, static_cast<int64_t>(e.table.size()));
   }
   return n;
 }
 
 bool StepNeeds::fits(const StepBuffers& b) const {
   auto t = static_cast<size_t>(tokens), r = static_cast<size_t>(reqs);
-  return b.input_ids.size >= t && b.positions.size >= t && b.slot_mapping.size >= t &&
-         b.logits_indices.size >= t && b.query_start_loc.size >= r + 1 && b.seq_lens.size >= r &&
-         b.sample_rows.size >= r && b.block_tables.size >= r * static_cast<size_t>(table_width);
+  return b.input_ids.size() >= t && b.positions.size() >= t && b.slot_mapping.size() >= t &&
+         b.logits_indices.size() >= t && b.query_start_loc.size() >= r + 1 && b.seq_lens.size() >= r &&
+         b.sample_rows.size() >= r && b.block_tables.size() >= r * static_cast<size_t>(table_width);
 }
 
 StepLayout build_step_metadata(const std::vector<StepEntry>& entries, int32_t block_size,
@@ -35,8 +35,8 @@ StepLayout build_step_metadata(const std::vector<StepEntry>& entries, int32_t bl
   for (size_t b = 0; b < entries.size(); ++b) {
     const StepEntry& e = entries[b];
     const int64_t end = e.start + e.num_new;
-    check(end <= static_cast<int64_t>(e.tokens.size), "scheduled past the request's tokens");
-    check(blocks_for(end, block_size) <= static_cast<int64_t>(e.table.size),
+    check(end <= static_cast<int64_t>(e.tokens.size()), "scheduled past the request's tokens");
+    check(blocks_for(end, block_size) <= static_cast<int64_t>(e.table.size()),
           "block table too short for the scheduled positions");
     const int64_t row0 = t;
     for (int64_t p = e.start; p < end; ++p, ++t) {
@@ -46,9 +46,9 @@ StepLayout build_step_metadata(const std::vector<StepEntry>& entries, int32_t bl
     }
     out.query_start_loc[b + 1] = static_cast<int32_t>(t);
     out.seq_lens[b] = static_cast<int32_t>(end);
-    int32_t* row = out.block_tables.data + static_cast<int64_t>(b) * w;
+    int32_t* row = out.block_tables.data() + static_cast<int64_t>(b) * w;
     std::copy(e.table.begin(), e.table.end(), row);
-    std::fill(row + e.table.size, row + w, 0);
+    std::fill(row + e.table.size(), row + w, 0);
     if (e.context_logits && e.start < e.num_prompt) {
       // context logits: every prompt position computed in this chunk
       int64_t n_ctx = std::min<int64_t>(end, e.num_prompt) - e.start;

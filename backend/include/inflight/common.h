@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 namespace inflight {
 
@@ -14,18 +15,26 @@ using Handle = int64_t;  // a scheduler request: stable for the request's lifeti
 
 // Non-owning view of a contiguous array (C++17 has no std::span).
 template <class T>
-struct Span {
-  T* data = nullptr;
-  size_t size = 0;
-
+class Span {
+ public:
   Span() = default;
-  Span(T* d, size_t n) : data(d), size(n) {}
-  template <class Vec>
-  Span(Vec& v) : data(v.data()), size(v.size()) {}  // NOLINT: implicit from vectors on purpose
-  T& operator[](size_t i) const { return data[i]; }
-  T* begin() const { return data; }
-  T* end() const { return data + size; }
-  bool empty() const { return size == 0; }
+  Span(T* d, size_t n) : data_(d), size_(n) {}
+  // implicit from vectors on purpose: every caller passes one
+  template <class A, class Alloc>
+  Span(std::vector<A, Alloc>& v) : data_(v.data()), size_(v.size()) {}  // NOLINT
+  template <class A, class Alloc>
+  Span(const std::vector<A, Alloc>& v) : data_(v.data()), size_(v.size()) {}  // NOLINT
+
+  T* data() const { return data_; }
+  size_t size() const { return size_; }
+  bool empty() const { return size_ == 0; }
+  T& operator[](size_t i) const { return data_[i]; }
+  T* begin() const { return data_; }
+  T* end() const { return data_ + size_; }
+
+ private:
+  T* data_ = nullptr;
+  size_t size_ = 0;
 };
 
 // Thrown by check_integrity() and by internal consistency checks. The Python binding maps it

@@ -1,0 +1,144 @@
+"""Time each Triton kernel against its torch reference on a GPU (Llama-3.1-8B shapes).
+
+    python -m inflight.kernels.bench [--dtype bf16|fp16] [--only NAME]
+
+32 query heads, 8 kv heads, head dim 128, hidden 4096, intermediate 14336, block size 16.
+Times are medians of ``triton.testing.do_bench``; GB/s counts each input read once and
+each output written once; TFLOP/s counts the causal attention matmuls.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+
+HQ, HKV, D, HIDDEN, INTER, BLOCK = 32, 8, 128, 4096, 14336, 16
+
+
+@dataclass
+class Row:
+    name: str
+    shape: str
+    kernel: Callable[[], object]
+    ref: Callable[[], object]
+    nbytes: float = 0.0  # bytes moved at least once
+    flops: float = 0.0
+
+
+def _paged(lq: list[int], lens: list[int], dtype: torch.dtype) -> dict[str, object]:
+    """A random paged cache and metadata tensors for requests (new tokens, context)."""
+    dev = "cuda"
+    nblk = [-(-n // BLOCK) for n in lens]
+    perm = torch.randperm(sum(nblk) + 8, device=dev).int()
+    table = torch.zeros(len(lens), max(nblk), dtype=torch.int32, device=dev)
+    start = 0
+    for b, n in enumerate(nblk):
+        table[b, :n] = perm[start : start + n]
+        start += n
+    cache = torch.randn(2, sum(nblk) + 8, BLOCK, HKV, D, device=dev, dtype=dtype)
+    qsl = torch.tensor([0] + torch.tensor(lq).cumsum(0).tolist(), dtype=torch.int32, device=dev)
+    return {
+        "q": torch.randn(sum(lq), HQ, D, device=dev, dtype=dtype), "k_cache": cache[0],
+        "v_cache": cache[1], "block_tables": table, "query_start_loc": qsl,
+        "seq_lens": torch.tensor(lens, dtype=torch.int32, device=dev),
+    }
+
+
+def attention_rows(dtype: torch.dtype) -> list[Row]:
+    from inflight.kernels import (
+        attention_ref, paged_decode_attention, paged_decode_attention_ref,
+        paged_prefill_attention,
+    )
+
+    rows, scale, esize = [], D**-0.5, torch.finfo(dtype).bits // 8
+    for b, ctx in [(1, 32768), (8, 8192), (64, 2048), (256, 1024)]:
+        p = _paged([1] * b, [ctx] * b, dtype)
+        args = (p["q"], p["k_cache"], p["v_cache"], p["block_tables"], p["seq_lens"], scale)
+        rows.append(Row(
+            "paged_decode_attention", f"B={b} ctx={ctx}",
+            lambda a=args, m=ctx: paged_decode_attention(*a, max_seq_len=m),
+            lambda a=args: paged_decode_attention_ref(*a),
+            nbytes=2 * b * ctx * HKV * D * esize, flops=4 * b * ctx * HQ * D))
+    for lq, lens in [([2048], [2048]), ([512] * 4, [512] * 4), ([512], [16384]),
+                     ([8192], [8192])]:
+        p = _paged(lq, lens, dtype)
+        args = (p["q"], p["k_cache"], p["v_cache"], p["query_start_loc"], p["seq_lens"],
+                p["block_tables"], scale)
+        pairs = sum(q * (n - q) + q * (q + 1) // 2 for q, n in zip(lq, lens))
+        rows.append(Row(
+            "paged_prefill_attention", f"Lq={lq[0]}x{len(lq)} ctx={lens[0]}",
+            lambda a=args, m=max(lq): paged_prefill_attention(*a, max_query_len=m),
+            lambda a=args: attention_ref(*a),
+            flops=4 * pairs * HQ * D))
+    return rows
+
+
+def elementwise_rows(dtype: torch.dtype) -> list[Row]:
+    from inflight import kernels as K
+
+    dev, esize, rows = "cuda", torch.finfo(dtype).bits // 8, []
+    for t in [1, 256, 4096]:
+        x = torch.randn(t, HIDDEN, device=dev, dtype=dtype)
+        res, w = torch.randn_like(x), torch.randn(HIDDEN, device=dev, dtype=dtype)
+        rows.append(Row("rms_norm", f"T={t} H={HIDDEN}", lambda x=x, w=w: K.rms_norm(x, w, 1e-5),
+                        lambda x=x, w=w: K.rms_norm_ref(x, w, 1e-5), nbytes=2 * x.numel() * esize))
+        rows.append(Row("add_rms_norm", f"T={t} H={HIDDEN}",
+                        lambda x=x, r=res, w=w: K.add_rms_norm(x, r, w, 1e-5),
+                        lambda x=x, r=res, w=w: K.add_rms_norm_ref(x, r, w, 1e-5),
+                        nbytes=4 * x.numel() * esize))
+        g = torch.randn(t, 2 * INTER, device=dev, dtype=dtype)
+        rows.append(Row("silu_and_mul", f"T={t} I={INTER}", lambda g=g: K.silu_and_mul(g),
+                        lambda g=g: K.silu_and_mul_ref(g), nbytes=1.5 * g.numel() * esize))
+        q = torch.randn(t, HQ, D, device=dev, dtype=dtype)
+        k = torch.randn(t, HKV, D, device=dev, dtype=dtype)
+        pos = torch.randint(0, 8192, (t,), device=dev)
+        cs = torch.randn(8192, D, device=dev)
+        rows.append(Row("rotary_embedding", f"T={t} Hq={HQ} Hkv={HKV}",
+                        lambda p=pos, q=q, k=k, c=cs: K.rotary_embedding(p, q, k, c),
+                        lambda p=pos, q=q, k=k, c=cs: K.rotary_embedding_ref(p, q, k, c),
+                        nbytes=2 * (q.numel() + k.numel()) * esize))
+        kc = torch.empty(t // BLOCK + 1, BLOCK, HKV, D, device=dev, dtype=dtype)
+        vc, slots = torch.empty_like(kc), torch.randperm(kc.shape[0] * BLOCK, device=dev)[:t]
+        rows.append(Row("kv_cache_write", f"T={t} Hkv={HKV}",
+                        lambda k=k, kc=kc, vc=vc, s=slots: K.kv_cache_write(k, k, kc, vc, s),
+                        lambda k=k, kc=kc, vc=vc, s=slots: K.kv_cache_write_ref(k, k, kc, vc, s),
+                        nbytes=4 * k.numel() * esize))
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--dtype", choices=["bf16", "fp16"], default="bf16")
+    ap.add_argument("--only", default="", help="substring of the kernel names to run")
+    args = ap.parse_args(argv)
+    if not torch.cuda.is_available():
+        print("inflight.kernels.bench needs a CUDA GPU (torch.cuda.is_available() is False); "
+              "the kernels' correctness tests run on CPU: pytest tests/kernels",
+              file=sys.stderr)
+        return 2
+    import triton.testing
+
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[args.dtype]
+    torch.manual_seed(0)
+    print(f"# {torch.cuda.get_device_name()}  torch {torch.__version__}  "
+          f"triton {triton.__version__}  {args.dtype}")
+    print(f"{'kernel':24} {'shape':26} {'triton ms':>10} {'torch ms':>10} {'speedup':>8} "
+          f"{'GB/s':>7} {'TFLOP/s':>8}")
+    for row in elementwise_rows(dtype) + attention_rows(dtype):
+        if args.only not in row.name:
+            continue
+        t_k = triton.testing.do_bench(row.kernel, return_mode="median")
+        t_r = triton.testing.do_bench(row.ref, warmup=5, rep=50, return_mode="median")
+        gbs = f"{row.nbytes / t_k / 1e6:7.0f}" if row.nbytes else f"{'':7}"
+        tfs = f"{row.flops / t_k / 1e9:8.1f}" if row.flops else f"{'':8}"
+        print(f"{row.name:24} {row.shape:26} {t_k:10.4f} {t_r:10.4f} {t_r / t_k:7.1f}x "
+              f"{gbs} {tfs}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
