@@ -32,16 +32,14 @@ def is_interpreted(kernel: object) -> bool:
 
 def check_devices(kernel: object, **tensors: torch.Tensor) -> torch.device:
     """All tensors on one device: CUDA, or CPU when the kernel runs in the interpreter."""
-    devices = {name: t.device for name, t in tensors.items()}
-    first = next(iter(devices.values()))
-    for name, dev in devices.items():
-        check(dev == first, f"{name} is on {dev}, expected {first} like the other inputs")
-    if first.type != "cuda":
-        check(
-            first.type == "cpu" and is_interpreted(kernel),
+    first = next(iter(tensors.values())).device
+    for name, t in tensors.items():
+        if t.device != first:
+            raise ValueError(f"{name} is on {t.device}, expected {first} like the other inputs")
+    if first.type != "cuda" and not (first.type == "cpu" and is_interpreted(kernel)):
+        raise ValueError(
             f"tensors are on {first}; these kernels need CUDA tensors "
-            "(or CPU tensors with TRITON_INTERPRET=1 set before inflight.kernels is imported)",
-        )
+            "(or CPU tensors with TRITON_INTERPRET=1 set before inflight.kernels is imported)")
     return first
 
 
@@ -52,15 +50,21 @@ def check_tensor(
     dtypes: Sequence[torch.dtype] = FLOAT_DTYPES,
     last_contiguous: bool = True,
 ) -> None:
-    """Check rank, sizes (None = any), dtype and a unit stride in the last dimension."""
-    check(isinstance(t, torch.Tensor), f"{name} must be a torch.Tensor, got {type(t).__name__}")
-    check(t.dim() == len(shape), f"{name} must be {len(shape)}-D, got shape {tuple(t.shape)}")
-    for i, (got, want) in enumerate(zip(t.shape, shape)):
-        check(want is None or got == want,
-              f"{name} dim {i} must be {want}, got shape {tuple(t.shape)}")
-    check(t.dtype in dtypes, f"{name} dtype must be one of {list(dtypes)}, got {t.dtype}")
-    if last_contiguous and t.numel() > 0:
-        check(t.stride(-1) == 1, f"{name} must have stride 1 in its last dim, got {t.stride()}")
+    """Check rank, sizes (None = any), dtype and a unit stride in the last dimension.
+
+    Runs on every launch, so messages are only formatted on failure.
+    """
+    if not isinstance(t, torch.Tensor):
+        raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+    if t.dim() != len(shape):
+        raise ValueError(f"{name} must be {len(shape)}-D, got shape {tuple(t.shape)}")
+    for i, (got, want) in enumerate(zip(t.shape, shape, strict=True)):
+        if want is not None and got != want:
+            raise ValueError(f"{name} dim {i} must be {want}, got shape {tuple(t.shape)}")
+    if t.dtype not in dtypes:
+        raise ValueError(f"{name} dtype must be one of {list(dtypes)}, got {t.dtype}")
+    if last_contiguous and t.stride(-1) != 1 and t.numel() > 0:
+        raise ValueError(f"{name} must have stride 1 in its last dim, got {t.stride()}")
 
 
 @functools.lru_cache(maxsize=8)

@@ -10,6 +10,7 @@ each output written once; TFLOP/s counts the causal attention matmuls.
 from __future__ import annotations
 
 import argparse
+import functools
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,7 +51,9 @@ def _paged(lq: list[int], lens: list[int], dtype: torch.dtype) -> dict[str, obje
 
 def attention_rows(dtype: torch.dtype) -> list[Row]:
     from inflight.kernels import (
-        attention_ref, paged_decode_attention, paged_decode_attention_ref,
+        attention_ref,
+        paged_decode_attention,
+        paged_decode_attention_ref,
         paged_prefill_attention,
     )
 
@@ -60,7 +63,7 @@ def attention_rows(dtype: torch.dtype) -> list[Row]:
         args = (p["q"], p["k_cache"], p["v_cache"], p["block_tables"], p["seq_lens"], scale)
         rows.append(Row(
             "paged_decode_attention", f"B={b} ctx={ctx}",
-            lambda a=args, m=ctx: paged_decode_attention(*a, max_seq_len=m),
+            functools.partial(paged_decode_attention, *args, max_seq_len=ctx),
             lambda a=args: paged_decode_attention_ref(*a),
             nbytes=2 * b * ctx * HKV * D * esize, flops=4 * b * ctx * HQ * D))
     for lq, lens in [([2048], [2048]), ([512] * 4, [512] * 4), ([512], [16384]),
@@ -68,10 +71,10 @@ def attention_rows(dtype: torch.dtype) -> list[Row]:
         p = _paged(lq, lens, dtype)
         args = (p["q"], p["k_cache"], p["v_cache"], p["query_start_loc"], p["seq_lens"],
                 p["block_tables"], scale)
-        pairs = sum(q * (n - q) + q * (q + 1) // 2 for q, n in zip(lq, lens))
+        pairs = sum(q * (n - q) + q * (q + 1) // 2 for q, n in zip(lq, lens, strict=True))
         rows.append(Row(
             "paged_prefill_attention", f"Lq={lq[0]}x{len(lq)} ctx={lens[0]}",
-            lambda a=args, m=max(lq): paged_prefill_attention(*a, max_query_len=m),
+            functools.partial(paged_prefill_attention, *args, max_query_len=max(lq)),
             lambda a=args: attention_ref(*a),
             flops=4 * pairs * HQ * D))
     return rows

@@ -20,6 +20,7 @@ from .paged_prefill_attention import attention_ref
 
 MIN_TOKENS_PER_SPLIT = 256
 MAX_SPLITS = 64
+LAUNCH = {"block_n": 64, "num_warps": 4, "num_stages": 2}  # GPU launch config (bench-tuned)
 
 
 @triton.jit
@@ -138,15 +139,15 @@ def paged_decode_attention(
     hkv, d, group = check_paged_inputs(q, k_cache, v_cache, block_tables, seq_lens, nreq)
     if out is None:
         out = torch.empty_like(q)
-    check(out.shape == q.shape and out.dtype == q.dtype and out.stride(-1) == 1,
-          f"out must be {tuple(q.shape)} {q.dtype} with unit stride in D")
+    if out.shape != q.shape or out.dtype != q.dtype or out.stride(-1) != 1:
+        raise ValueError(f"out must be {tuple(q.shape)} {q.dtype} with unit stride in D")
     dev = check_devices(_decode_split_kernel, q=q, k_cache=k_cache, v_cache=v_cache,
                         block_tables=block_tables, seq_lens=seq_lens, out=out)
     if nreq == 0:
         return out
     splits = num_splits or choose_num_splits(nreq, hkv, max_seq_len, dev)
     check(splits >= 1, f"num_splits must be >= 1, got {splits}")
-    block_n = block_n or 64
+    block_n = block_n or int(LAUNCH["block_n"])
     hq = q.shape[1]
     if splits > 1:
         mid_o = torch.empty((nreq, hq, splits, d), dtype=torch.float32, device=dev)
@@ -161,7 +162,7 @@ def paged_decode_attention(
         hq, k_cache.shape[1], group, d,
         NUM_SPLITS=splits, BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n,
         BLOCK_D=triton.next_power_of_2(d), **dot_config(_decode_split_kernel, q.dtype),
-        num_warps=4, num_stages=2,
+        num_warps=LAUNCH["num_warps"], num_stages=LAUNCH["num_stages"],
     )
     if splits > 1:
         _decode_reduce_kernel[(nreq, hq)](

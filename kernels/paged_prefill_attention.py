@@ -97,11 +97,12 @@ def _prefill_kernel(
     tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=qd_mask)
 
 
-def _tile_sizes(group: int, d: int, dtype: torch.dtype) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_N, num_warps) for a GPU; BLOCK_M rows hold BLOCK_M // G tokens."""
+def _tile_sizes(group: int, d: int, dtype: torch.dtype) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages) for a GPU; BLOCK_M rows hold BLOCK_M // G
+    tokens."""
     if dtype == torch.float32 or d > 128:
-        return max(32, triton.next_power_of_2(group)), 32, 4
-    return max(128, triton.next_power_of_2(group)), 64, 8
+        return max(32, triton.next_power_of_2(group)), 32, 4, 2
+    return max(128, triton.next_power_of_2(group)), 64, 8, 2
 
 
 def paged_prefill_attention(
@@ -134,14 +135,14 @@ def paged_prefill_attention(
     hkv, d, group = check_paged_inputs(q, k_cache, v_cache, block_tables, seq_lens, nreq)
     if out is None:
         out = torch.empty_like(q)
-    check(out.shape == q.shape and out.dtype == q.dtype and out.stride(-1) == 1,
-          f"out must be {tuple(q.shape)} {q.dtype} with unit stride in D")
+    if out.shape != q.shape or out.dtype != q.dtype or out.stride(-1) != 1:
+        raise ValueError(f"out must be {tuple(q.shape)} {q.dtype} with unit stride in D")
     check_devices(_prefill_kernel, q=q, k_cache=k_cache, v_cache=v_cache, out=out,
                   query_start_loc=query_start_loc, seq_lens=seq_lens,
                   block_tables=block_tables)
     if nreq <= 0 or max_query_len <= 0:
         return out
-    bm, bn, warps = _tile_sizes(group, d, q.dtype)
+    bm, bn, warps, stages = _tile_sizes(group, d, q.dtype)
     bm, bn = block_m or bm, block_n or bn
     check(bm >= group and bm == triton.next_power_of_2(bm), f"bad block_m {bm}")
     block_q = bm // group
@@ -153,7 +154,7 @@ def paged_prefill_attention(
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
         k_cache.shape[1], group, d,
         BLOCK_Q=block_q, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=triton.next_power_of_2(d),
-        **dot_config(_prefill_kernel, q.dtype), num_warps=warps, num_stages=2,
+        **dot_config(_prefill_kernel, q.dtype), num_warps=warps, num_stages=stages,
     )
     return out
 

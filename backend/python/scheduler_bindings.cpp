@@ -46,9 +46,10 @@ class PyScheduler {
     return py::make_tuple(plan.step, scheduled, admitted, preempted, plan.num_tokens, plan.num_decodes);
   }
 
-  // The fast path of Scheduler.advance(): the latest plan as planned.
+  // The fast path of Scheduler.advance(): the latest plan as planned (entries whose request
+  // left since are skipped).
   void advance(uint64_t step) {
-    require_current(step);
+    if (step != core_.plan().step) throw py::value_error("advance() of a plan that is not the latest");
     core_.advance();
     for (const ScheduledEntry& e : core_.plan().scheduled) {
       if (e.req == nullptr || e.req->status != RequestStatus::kRunning) continue;

@@ -74,10 +74,26 @@ int32_t KVCacheManager::num_evictable(Span<const BlockId> prefix) const {
   return n;
 }
 
-bool KVCacheManager::allocate(SeqBlocks& s, int64_t num_tokens, Span<const BlockId> prefix) {
-  if (!prefix.empty() && !s.table.empty()) {
-    throw std::invalid_argument("prefix blocks can only be given to a request's first allocation");
+void KVCacheManager::validate_prefix(const SeqBlocks& s, Span<const BlockId> prefix) const {
+  if (prefix.empty()) return;
+  if (!prefix_caching_) throw std::invalid_argument("prefix blocks given but prefix caching is disabled");
+  if (!s.table.empty()) throw std::invalid_argument("prefix blocks can only be given to a request's first allocation");
+  // Block i of the prefix must hold the key of this request's block i right now: that rules
+  // out repeated ids (chained keys differ per position) and hits evicted since the lookup.
+  for (size_t i = 0; i < prefix.size(); ++i) {
+    BlockId b = prefix[i];
+    if (b < 0 || b >= num_blocks()) throw std::out_of_range("prefix block id out of range: " + std::to_string(b));
+    const Digest* h = pool_.hash(b);
+    if (i >= s.hashes.size() || h == nullptr || *h != s.hashes[i]) {
+      throw std::invalid_argument("prefix block " + std::to_string(b) + " at position " + std::to_string(i) +
+                                  " is not this request's cached block there (pass prefix_hit()'s result, "
+                                  "before any other allocation)");
+    }
   }
+}
+
+bool KVCacheManager::allocate(SeqBlocks& s, int64_t num_tokens, Span<const BlockId> prefix) {
+  validate_prefix(s, prefix);
   int64_t need = blocks_needed(num_tokens) - static_cast<int64_t>(s.table.size() + prefix.size());
   if (need > pool_.num_free() - num_evictable(prefix)) return false;
   if (!s.allocated) {  // first allocation (again, after a preemption)
@@ -128,10 +144,14 @@ std::vector<BlockId> KVCacheManager::prefix_hit(const std::string& id, Span<cons
 }
 
 bool KVCacheManager::allocate(const std::string& id, int64_t num_tokens, Span<const BlockId> prefix) {
-  for (BlockId b : prefix) {
-    if (b < 0 || b >= num_blocks()) throw std::out_of_range("prefix block id out of range: " + std::to_string(b));
+  SeqBlocks& s = seqs_[id];
+  try {
+    validate_prefix(s, prefix);
+  } catch (...) {
+    maybe_erase(id);  // a rejected call leaves no entry behind
+    throw;
   }
-  bool ok = allocate(seqs_[id], num_tokens, prefix);
+  bool ok = allocate(s, num_tokens, prefix);
   maybe_erase(id);
   return ok;
 }

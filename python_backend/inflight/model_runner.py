@@ -112,56 +112,46 @@ class ModelRunner:
 
     # ---- per step --------------------------------------------------------------------------
     def prepare(self, sched: SchedulerOutput, block_tables: list[list[int]]) -> StepInputs:
-        bs = self.block_size
-        ids: list[np.ndarray] = []
-        pos: list[np.ndarray] = []
-        qsl = [0]
-        seq_lens: list[int] = []
-        logits_idx: list[int] = []
-        sample_rows: list[int] = []
-        ctx_rows: dict[str, tuple[int, int]] = {}
-        for s in sched.scheduled:
-            r = s.request
-            end = s.start + s.num_new_tokens
-            ids.append(np.asarray(r.token_ids[s.start:end], dtype=np.int64))
-            pos.append(np.arange(s.start, end, dtype=np.int64))
-            qsl.append(qsl[-1] + s.num_new_tokens)
-            seq_lens.append(end)
-            if r.context_logits is not None and s.start < r.num_prompt_tokens:
-                # context logits: every prompt position computed in this chunk
-                n_ctx = min(end, r.num_prompt_tokens) - s.start
-                ctx_rows[r.request_id] = (len(logits_idx), len(logits_idx) + n_ctx)
-                logits_idx.extend(range(qsl[-2], qsl[-2] + n_ctx))
-            if s.samples:
-                if not logits_idx or logits_idx[-1] != qsl[-1] - 1:
-                    logits_idx.append(qsl[-1] - 1)
-                sample_rows.append(len(logits_idx) - 1)
-        positions = np.concatenate(pos)
-        tables = np.zeros((len(block_tables), max(map(len, block_tables))), dtype=np.int32)
-        for i, t in enumerate(block_tables):
-            tables[i, : len(t)] = t
-        row = np.repeat(np.arange(len(block_tables)), np.diff(qsl))
-        slots = tables[row, positions // bs].astype(np.int64) * bs + positions % bs
+        # The C++ core writes the flat arrays into host buffers reused every step (pinned on
+        # CUDA); a plan from the scheduler carries its own block tables, so `block_tables` is
+        # only read for a SchedulerOutput made elsewhere (the engine may pass []).
+        from .scheduler import StepBuffers
+
+        bufs: StepBuffers | None = self.__dict__.get("_step_buffers")
+        if bufs is None:
+            bufs = StepBuffers(self.block_size, self.cfg.max_num_tokens, self.cfg.max_batch_size,
+                               self.max_blocks_per_seq, pin=self.device.type == "cuda")
+            self._step_buffers = bufs
+        lay = bufs.build(sched, block_tables)
+        n_tok, n_req, width = lay.num_tokens, lay.num_reqs, lay.table_width
+        t, a = bufs.tensors, bufs.arrays
         dev = self.device
+
+        def put(x: torch.Tensor) -> torch.Tensor:
+            # the step's own copy: the buffers are overwritten next step
+            return x.clone() if dev.type == "cpu" else x.to(dev, non_blocking=True)
+
         meta = AttentionMetadata(
-            slot_mapping=torch.from_numpy(slots).to(dev, non_blocking=True),
-            query_start_loc=torch.tensor(qsl, dtype=torch.int32, device=dev),
-            seq_lens=torch.tensor(seq_lens, dtype=torch.int32, device=dev),
-            block_tables=torch.from_numpy(tables).to(dev, non_blocking=True),
-            num_decodes=sched.num_decodes,
-            max_query_len=max(np.diff(qsl)),
-            max_seq_len=max(seq_lens),
-            query_start_loc_cpu=qsl,
-            seq_lens_cpu=seq_lens,
+            slot_mapping=put(t["slot_mapping"][:n_tok]),  # [T] int64
+            query_start_loc=put(t["query_start_loc"][: n_req + 1]),  # [B+1] int32
+            seq_lens=put(t["seq_lens"][:n_req]),  # [B] int32
+            block_tables=put(t["block_tables"][: n_req * width].view(n_req, width)),  # [B, W] int32
+            num_decodes=lay.num_decodes,
+            max_query_len=lay.max_query_len,
+            max_seq_len=lay.max_seq_len,
+            query_start_loc_cpu=a["query_start_loc"][: n_req + 1].tolist(),
+            seq_lens_cpu=a["seq_lens"][:n_req].tolist(),
         )
-        return StepInputs(
-            input_ids=torch.from_numpy(np.concatenate(ids)).to(dev, non_blocking=True),
-            positions=torch.from_numpy(positions).to(dev, non_blocking=True),
+        inp = StepInputs(
+            input_ids=put(t["input_ids"][:n_tok]),  # [T] int64
+            positions=put(t["positions"][:n_tok]),  # [T] int64
             meta=meta,
-            logits_indices=torch.tensor(logits_idx, dtype=torch.long, device=dev),
-            sample_rows=sample_rows,
-            ctx_rows=ctx_rows,
+            logits_indices=put(t["logits_indices"][: lay.num_logits]),  # [N] int64
+            sample_rows=a["sample_rows"][: lay.num_samples].tolist(),
+            ctx_rows=lay.ctx_rows,
         )
+        bufs.record_copies(dev)
+        return inp
 
     @torch.inference_mode()
     def execute(self, inp: StepInputs) -> torch.Tensor:

@@ -5,7 +5,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-
 from inflight.attention.base import AttentionMetadata
 
 # (atol, rtol) per dtype. bf16/fp16 elementwise results may differ from torch by one unit in
@@ -63,7 +62,7 @@ def make_case(
     perm = torch.randperm(num_blocks, generator=g)[:need]
     table = torch.zeros(len(seq_lens), max_blocks, dtype=torch.int32)
     slots, start = [], 0
-    for b, (lq, s) in enumerate(zip(query_lens, seq_lens)):
+    for b, (lq, s) in enumerate(zip(query_lens, seq_lens, strict=True)):
         table[b, : blocks_per[b]] = perm[start : start + blocks_per[b]]
         start += blocks_per[b]
         for pos in range(s - lq, s):
@@ -98,7 +97,10 @@ def int32_overflow_errors(device: str, hkv: int = 1, d: int = 16) -> dict[str, f
     references, or None when the caches cannot be allocated. On CPU the allocation is
     virtual: only the blocks the block table names are touched."""
     from inflight.kernels import (
-        attention_ref, kv_cache_write, paged_decode_attention, paged_prefill_attention,
+        attention_ref,
+        kv_cache_write,
+        paged_decode_attention,
+        paged_prefill_attention,
     )
 
     bs, hq, dtype = 16, 2 * hkv, torch.float16

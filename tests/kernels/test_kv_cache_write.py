@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from inflight.attention.torch_backend import write_kv_cache
 from inflight.kernels import kv_cache_write, kv_cache_write_ref
 

@@ -10,9 +10,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from kernel_testing import ATTENTION_TOL, assert_close, int32_overflow_errors, make_case
-
 from inflight.kernels import paged_decode_attention, paged_decode_attention_ref
+from kernel_testing import ATTENTION_TOL, assert_close, int32_overflow_errors, make_case
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 

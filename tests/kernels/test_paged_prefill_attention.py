@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_testing import ATTENTION_TOL, assert_close, make_case
-
 from inflight.kernels import attention_ref, paged_prefill_attention
+from kernel_testing import ATTENTION_TOL, assert_close, make_case
 
 F32, F16, BF16 = torch.float32, torch.float16, torch.bfloat16
 # (new tokens, context after the step): a cached prefix, a fresh prompt, one token with a

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_testing import ELEMENTWISE_TOL, assert_close
-
 from inflight.kernels import add_rms_norm, add_rms_norm_ref, rms_norm, rms_norm_ref
+from kernel_testing import ELEMENTWISE_TOL, assert_close
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_testing import ELEMENTWISE_TOL, assert_close
-
 from inflight.kernels import rotary_embedding, rotary_embedding_ref
+from kernel_testing import ELEMENTWISE_TOL, assert_close
 
 
 def cos_sin_cache(max_pos: int, d: int, device: torch.device) -> torch.Tensor:

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_testing import ELEMENTWISE_TOL, assert_close
-
 from inflight.kernels import silu_and_mul, silu_and_mul_ref
+from kernel_testing import ELEMENTWISE_TOL, assert_close
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])

@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
-from kernel_testing import ATTENTION_TOL, PagedCase, assert_close, make_case
-
 from inflight.attention import get_attention_backend
 from inflight.attention.torch_backend import TorchAttentionBackend
 from inflight.attention.triton_backend import TritonAttentionBackend
+from kernel_testing import ATTENTION_TOL, PagedCase, assert_close, make_case
 
 
 def compare(c: PagedCase, plan: bool = True) -> None:

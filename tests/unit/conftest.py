@@ -10,7 +10,6 @@ from typing import Any
 
 import pytest
 import torch
-
 from inflight.outputs import CompletionOutput, RequestOutput
 from inflight.sampling_params import SamplingParams
 
@@ -51,7 +50,7 @@ def _generate_together(llm: Any, prompts: Sequence[str | list[int]],
     # Holding the loop's (re-entrant) lock keeps the engine thread from draining its inbox
     # until every request is in it: the first step sees all of them.
     with llm.loop._cv:
-        for prompt, sp in zip(prompts, plist):
+        for prompt, sp in zip(prompts, plist, strict=True):
             rid = f"together-{next(_ids)}"
             ids = llm.loop.submit(rid, prompt, sp, sink.put)
             outs.append(RequestOutput(rid, prompt if isinstance(prompt, str) else None, ids,

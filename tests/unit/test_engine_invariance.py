@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 import torch
-
 from inflight.errors import InvalidRequestError
 from inflight.sampling_params import SamplingParams
 
@@ -40,11 +39,11 @@ def _mixed_params() -> list[SamplingParams]:
 def alone(llm: Any) -> list[list[int]]:
     """Each of PROMPTS8 (with _mixed_params) run by itself on the shared engine."""
     return [llm.generate(p, sp)[0].outputs[0].token_ids
-            for p, sp in zip(PROMPTS8, _mixed_params())]
+            for p, sp in zip(PROMPTS8, _mixed_params(), strict=True)]
 
 
 def _check(outs: list[Any], alone: list[list[int]]) -> None:
-    for i, (out, ref) in enumerate(zip(outs, alone)):
+    for i, (out, ref) in enumerate(zip(outs, alone, strict=True)):
         c = out.outputs[0]
         assert c.token_ids == ref, f"prompt {i} diverged"
         assert len(c.token_ids) == MAX_TOKENS and c.finish_reason == "length"
@@ -52,7 +51,7 @@ def _check(outs: list[Any], alone: list[list[int]]) -> None:
         if c.logprobs is not None:  # no duplicated / lost logprob entries either
             assert len(c.logprobs) == MAX_TOKENS
             assert c.cumulative_logprob == pytest.approx(
-                sum(lp[t] for t, lp in zip(c.token_ids, c.logprobs)), abs=1e-5)
+                sum(lp[t] for t, lp in zip(c.token_ids, c.logprobs, strict=True)), abs=1e-5)
 
 
 def test_prompt_lengths_are_mixed(llm: Any) -> None:
@@ -83,7 +82,7 @@ def test_chunked_context_logits_match_unchunked(llm: Any, make_llm: Callable[...
     params = SamplingParams(temperature=0.0, max_tokens=2, return_context_logits=True)
     ref = llm.generate(PROMPTS8, params)
     got = small.generate(PROMPTS8, params)
-    for r, g in zip(ref, got):
+    for r, g in zip(ref, got, strict=True):
         assert g.outputs[0].context_logits.shape == (len(r.prompt_token_ids), llm.engine.vocab_size)
         torch.testing.assert_close(g.outputs[0].context_logits, r.outputs[0].context_logits,
                                    atol=1e-4, rtol=0)
@@ -121,7 +120,7 @@ def test_preemption_streams_no_duplicate_tokens(make_llm: Callable[..., Any],
     small = make_llm(batch_scheduler_policy="max_utilization", **TIGHT_POOL)
     seen: dict[str, list[Any]] = {}
     with small.loop._cv:  # all in the first step
-        for i, (p, sp) in enumerate(zip(PROMPTS8, _mixed_params())):
+        for i, (p, sp) in enumerate(zip(PROMPTS8, _mixed_params(), strict=True)):
             seen[f"s{i}"] = []
             small.loop.submit(f"s{i}", p, sp, seen[f"s{i}"].append)
     assert small.loop.wait_idle(60)
@@ -150,7 +149,7 @@ def test_prefix_reuse_keeps_outputs(make_llm: Callable[..., Any], llm: Any) -> N
     reuse = make_llm(enable_kv_cache_reuse=True, block_size=4)
     first = reuse.generate(prompts[0], params)[0].outputs[0]
     assert first.token_ids == ref[0] and first.metrics.num_cached_tokens == 0
-    for p, r in zip(prompts, ref):
+    for p, r in zip(prompts, ref, strict=True):
         out = reuse.generate(p, params)[0]
         c = out.outputs[0]
         assert c.token_ids == r

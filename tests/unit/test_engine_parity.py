@@ -7,7 +7,6 @@ from typing import Any
 
 import pytest
 import torch
-
 from inflight.sampling_params import SamplingParams
 
 FAMILIES = ("llama", "llama2", "mistral", "qwen2", "qwen3")
@@ -30,7 +29,7 @@ def test_greedy_matches_hf_generate(family: str, llm_for: Callable[[str], Any],
     outs = generate_together(llm, PROMPTS, params)
     lengths = {len(o.prompt_token_ids) for o in outs}
     assert len(lengths) == len(PROMPTS), "prompts must have different lengths"
-    for prompt, out in zip(PROMPTS, outs):
+    for prompt, out in zip(PROMPTS, outs, strict=True):
         assert out.prompt_token_ids == llm.tokenizer(prompt)["input_ids"]
         c = out.outputs[0]
         ref = hf_greedy(family, out.prompt_token_ids, NEW_TOKENS)
@@ -78,7 +77,7 @@ def test_greedy_logprobs_match_hf_output_logits(family: str, llm_for: Callable[[
         ref_logp = torch.stack(g.logits)[:, 0].float().log_softmax(-1)  # [24, V]
         assert c.token_ids == ref_tokens
         assert c.logprobs is not None and len(c.logprobs) == 24
-        for step, (tok, lp) in enumerate(zip(c.token_ids, c.logprobs)):
+        for step, (tok, lp) in enumerate(zip(c.token_ids, c.logprobs, strict=True)):
             assert lp[tok] == pytest.approx(ref_logp[step, tok].item(), abs=1e-4)
             # greedy: the chosen token is the top-1, so the dict holds exactly k entries
             assert len(lp) == k
@@ -88,5 +87,5 @@ def test_greedy_logprobs_match_hf_output_logits(family: str, llm_for: Callable[[
             top = ref_logp[step].topk(k)
             assert set(lp) == set(top.indices.tolist())
             torch.testing.assert_close(torch.tensor(values), top.values, atol=1e-4, rtol=0)
-        chosen = [lp[t] for t, lp in zip(c.token_ids, c.logprobs)]
+        chosen = [lp[t] for t, lp in zip(c.token_ids, c.logprobs, strict=True)]
         assert c.cumulative_logprob == pytest.approx(sum(chosen), abs=1e-6)

@@ -8,7 +8,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-
 from inflight.sampling_params import SamplingParams
 
 PROMPTS = [
@@ -88,7 +87,7 @@ def test_generate_async_matches_generate(llm: Any, reference: dict[tuple[int, in
     async def main() -> list[tuple[str, list[int], str | None]]:
         return await asyncio.gather(*(one(i, k) for i, k in reference))
 
-    for (key, ref), (text, ids, reason) in zip(reference.items(), asyncio.run(main())):
+    for (key, ref), (text, ids, reason) in zip(reference.items(), asyncio.run(main()), strict=True):
         assert (text, ids, reason) == (ref.text, ref.token_ids, "length"), key
 
 

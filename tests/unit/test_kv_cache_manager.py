@@ -4,7 +4,6 @@ eviction and the integrity checker (block size 4, 11 blocks)."""
 from __future__ import annotations
 
 import pytest
-
 from inflight.kv_cache_manager import KVCacheManager, hash_block
 
 BS, NB = 4, 11
@@ -180,29 +179,43 @@ def test_prefix_caching_disabled_never_hits() -> None:
 
 
 def test_check_integrity_detects_a_corrupted_ref_count() -> None:
+    # The pool's state lives in the C++ core (the attributes are snapshots), so the only way
+    # to corrupt it from here is through the API: a prefix list naming block 0 twice gives
+    # block 0 three references from two tables.
     kv = _kv()
-    kv.allocate("a", 8)
+    assert kv.allocate("a", 8)
     kv.check_integrity()
-    kv.ref_cnt[1] += 1
-    with pytest.raises(AssertionError, match="ref counts"):
-        kv.check_integrity()
-    kv.ref_cnt[1] -= 1
-    kv.check_integrity()
-
-
-def test_check_integrity_detects_queue_and_table_corruption() -> None:
-    kv = _kv(prefix_caching=True)
-    kv.allocate("a", 8)
-    kv.free_queue[0] = None  # an in-use block also in the free queue
+    try:
+        kv.allocate("b", 12, [0, 0])
+    except ValueError:
+        pytest.skip("allocate() now rejects duplicate prefix blocks: no API path corrupts the pool")
+    assert kv.ref_cnt[0] == 3
     with pytest.raises(AssertionError, match="block 0"):
         kv.check_integrity()
-    del kv.free_queue[0]
-    kv.req_blocks["a"].append(0)  # a block twice in one table
-    with pytest.raises(AssertionError, match="twice"):
-        kv.check_integrity()
-    kv.req_blocks["a"].pop()
-    kv.block_hash[5] = b"stale"  # a hash the cache map does not know
     with pytest.raises(AssertionError):
+        kv.assert_all_free()
+
+
+def test_snapshots_cannot_corrupt_the_pool() -> None:
+    kv = _kv()
+    kv.allocate("a", 8)
+    kv.ref_cnt[1] += 1  # a copy: the pool is unchanged
+    kv.free_queue.append(0)
+    kv.req_blocks["a"].append(0)
+    assert kv.ref_cnt[:3] == [1, 1, 0] and kv.block_table("a") == [0, 1]
+    kv.check_integrity()
+
+
+@pytest.mark.xfail(reason="KVCacheManager.allocate accepts a prefix list with a repeated block id "
+                          "and corrupts the pool (ref count 3, block twice in one table)",
+                   strict=True)
+def test_allocate_rejects_repeated_prefix_blocks() -> None:
+    kv = _kv(prefix_caching=True)
+    _run(kv, "a", list(range(9)))
+    try:
+        with pytest.raises(ValueError):
+            kv.allocate("b", 12, [0, 0])
+    finally:
         kv.check_integrity()
 
 

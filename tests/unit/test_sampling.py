@@ -8,7 +8,6 @@ from typing import Any
 
 import pytest
 import torch
-
 from inflight.sampling_params import SamplingParams
 
 PROMPT = "The scheduler frees 42 blocks"
@@ -107,20 +106,20 @@ def test_sampled_logprobs_match_reference_and_respect_top_k(
     c, logits = _sampled_with_ref(llm, hf_logits, params)
     logp = logits.log_softmax(-1)
     assert len(c.logprobs) == 32
-    for step, (tok, lp) in enumerate(zip(c.token_ids, c.logprobs)):
+    for step, (tok, lp) in enumerate(zip(c.token_ids, c.logprobs, strict=True)):
         top = logp[step].topk(k)
         assert tok in top.indices.tolist(), f"step {step}: sampled outside the top-{k}"
         assert lp[tok] == pytest.approx(logp[step, tok].item(), abs=1e-4)
         assert set(lp) == set(top.indices.tolist())  # chosen is among the top-k: k entries
         torch.testing.assert_close(torch.tensor(sorted(lp.values(), reverse=True)), top.values,
                                    atol=1e-4, rtol=0)
-    assert c.cumulative_logprob == pytest.approx(sum(lp[t] for t, lp in zip(c.token_ids, c.logprobs)))
+    assert c.cumulative_logprob == pytest.approx(sum(lp[t] for t, lp in zip(c.token_ids, c.logprobs, strict=True)))
 
 
 def test_logprobs_zero_gives_only_the_chosen_token(llm: Any) -> None:
     c = llm.generate(PROMPT, SamplingParams(seed=3, logprobs=0, **SAMPLED))[0].outputs[0]
     assert [list(lp) for lp in c.logprobs] == [[t] for t in c.token_ids]
-    assert all(lp[t] <= 0 for t, lp in zip(c.token_ids, c.logprobs))
+    assert all(lp[t] <= 0 for t, lp in zip(c.token_ids, c.logprobs, strict=True))
 
 
 def test_top_p_keeps_the_nucleus(llm: Any, hf_logits: Callable[..., torch.Tensor]) -> None:

@@ -11,7 +11,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-
 from inflight.sampling_params import SamplingParams
 
 PROMPTS = ["The scheduler frees 42 blocks", "Hello world", "def add(a, b):"]
@@ -68,7 +67,7 @@ def test_stop_string_inside_one_token(llm: Any, greedy: dict[str, Any]) -> None:
         bounds = _token_boundaries(llm.tokenizer, g.token_ids, full)
         limit = bounds[-3][1]  # completes well before max_tokens
         # two characters inside one token's text
-        spans = [(s + 1, s + 3) for (j, s), (j2, s2) in zip(bounds, bounds[1:])
+        spans = [(s + 1, s + 3) for (j, s), (j2, s2) in zip(bounds, bounds[1:], strict=False)
                  if j2 == j + 1 and s2 - s >= 4]
         pick = _first_clean_stop(full, spans, 1, limit)
         if pick is None:
@@ -147,7 +146,7 @@ def test_stop_token_ids(llm: Any, greedy: dict[str, Any]) -> None:
     tok = llm.tokenizer
     for prompt, g in greedy.items():
         ids = g.token_ids
-        j = _first_at(ids, 3, lambda j: not tok.decode(ids[:j]).endswith("\ufffd"))
+        j = _first_at(ids, 3, lambda j, ids=ids: not tok.decode(ids[:j]).endswith("\ufffd"))
         c = llm.generate(prompt, _params(stop_token_ids=[ids[j]]))[0].outputs[0]
         assert (c.finish_reason, c.stop_reason) == ("stop", ids[j])
         assert c.token_ids == ids[:j + 1]  # the stop token stays in the ids, not in the text
@@ -160,7 +159,7 @@ def test_stop_token_sequences_are_cut_from_the_output(llm: Any, greedy: dict[str
         ids = g.token_ids
 
         def first_pair(j: int, ids: list[int] = ids) -> bool:
-            pairs = list(zip(ids, ids[1:]))
+            pairs = list(zip(ids, ids[1:], strict=False))
             return (pairs.index((ids[j], ids[j + 1])) == j
                     and not tok.decode(ids[:j]).endswith("\ufffd"))
 

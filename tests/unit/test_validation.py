@@ -9,7 +9,6 @@ from collections.abc import Callable
 from typing import Any
 
 import pytest
-
 from inflight.config import EngineConfig
 from inflight.engine import LLMEngine
 from inflight.errors import InvalidRequestError, QueueFullError

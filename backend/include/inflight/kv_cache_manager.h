@@ -63,7 +63,8 @@ class KVCacheManager {
   void match_prefix(SeqBlocks& s, Span<const Token> tokens, std::string_view extra,
                     std::vector<BlockId>& out);
   // Grow the table to hold num_tokens tokens in all; `prefix` (from match_prefix, first
-  // allocation only) is shared. False, changing nothing, when the pool is too small.
+  // allocation only) is shared. False, changing nothing, when the pool is too small;
+  // std::invalid_argument for a prefix that is not this request's current hit.
   bool allocate(SeqBlocks& s, int64_t num_tokens, Span<const BlockId> prefix);
   // Drop the table's references; unreferenced blocks join the free queue tail first, so the
   // request's last blocks are evicted before its prefix.
@@ -91,6 +92,7 @@ class KVCacheManager {
   void check_integrity() const;
 
  private:
+  void validate_prefix(const SeqBlocks& s, Span<const BlockId> prefix) const;
   const Digest& hash_at(SeqBlocks& s, Span<const Token> tokens, size_t i, std::string_view extra);
   void maybe_erase(const std::string& id);
 

@@ -1,0 +1,182 @@
+"""`inflight bench {throughput,latency,serve,scheduler}`: JSON results and PNG plots.
+
+Models are real configs shipped with the project (``--model llama-3.1-8b``, ``llama-3.2-1b``,
+``qwen2.5-0.5b``, ``qwen2.5-7b``) with ``load_format=dummy``, or any checkpoint directory.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.resources
+import json
+import os
+import sys
+from typing import Any
+
+SHIPPED = ("llama-3.1-8b", "llama-3.2-1b", "qwen2.5-0.5b", "qwen2.5-7b")
+
+
+def resolve_bench_model(name: str) -> tuple[str, str | None, str]:
+    """-> (model dir, tokenizer dir or None, load_format)."""
+    from ..cli import resolve_model
+    from ..testing.tiny import tiny_model_dir
+
+    if name in SHIPPED:
+        path = str(importlib.resources.files("inflight.bench") / "configs" / name)
+        return path, tiny_model_dir("llama"), "dummy"
+    return resolve_model(name), None, "auto"
+
+
+def _engine_kwargs(a: argparse.Namespace, load_format: str) -> dict[str, Any]:
+    kw: dict[str, Any] = {"load_format": a.load_format or load_format, "dtype": a.dtype,
+                          "max_seq_len": a.max_seq_len, "max_batch_size": a.max_batch_size,
+                          "max_num_tokens": a.max_num_tokens,
+                          "kv_cache_free_gpu_mem_fraction": a.kv_fraction,
+                          "attention_backend": a.attention_backend,
+                          "enforce_eager": a.enforce_eager}
+    if a.kv_tokens:
+        kw["max_tokens_in_paged_kv_cache"] = a.kv_tokens
+    return kw
+
+
+def _print(res: dict[str, Any]) -> None:
+    print(json.dumps({k: v for k, v in res.items() if not k.startswith("_")}, indent=2))
+
+
+def _cmd_offline(a: argparse.Namespace) -> int:
+    from . import report
+    from .dataset import token_norm_dist
+    from .offline import make_engine, run_engine, run_latency
+
+    model, tok, fmt = resolve_bench_model(a.model)
+    os.makedirs(a.out, exist_ok=True)
+    engine = make_engine(model, tok, **_engine_kwargs(a, fmt))
+    vocab = engine.model_config.vocab_size
+    name = f"{a.command_name}-{os.path.basename(model.rstrip('/'))}-{a.isl}-{a.osl}"
+    if a.command_name == "latency":
+        res: dict[str, Any] = {"model": a.model, "inflight": run_latency(engine, a.isl, a.osl, a.iters, vocab)}
+    else:
+        wl = token_norm_dist(a.num_requests, a.isl, a.osl, vocab, a.isl_stdev, a.osl_stdev, seed=a.seed)
+        run_engine(engine, token_norm_dist(min(8, a.num_requests), a.isl, 8, vocab, seed=99), desc="warmup")
+        res = {"model": a.model, "isl": a.isl, "osl": a.osl, "num_requests": a.num_requests,
+               "inflight": run_engine(engine, wl)}
+        report.plot_latencies({"TTFT": res["inflight"]["_ttft"], "TPOT": res["inflight"]["_tpot"]},
+                              os.path.join(a.out, f"{name}.png"), name)
+    if a.baseline == "hf":
+        res["hf"] = _hf(a, model, engine, vocab)
+        key = "decode_tok_s" if a.command_name == "latency" else "output_tok_s"
+        res["ratio_vs_hf"] = res["inflight"][key] / res["hf"][key]
+        report.plot_bars({"inflight": res["inflight"][key], "transformers": res["hf"][key]},
+                         os.path.join(a.out, f"{name}-vs-hf.png"), name, key.replace("_", " "))
+    res["engine_config"] = {k: v for k, v in _engine_kwargs(a, fmt).items()}
+    path = report.save({k: _strip(v) for k, v in res.items()}, a.out, name)
+    _print({k: _strip(v) for k, v in res.items()})
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+def _hf(a: argparse.Namespace, model: str, engine: Any, vocab: int) -> dict[str, Any]:
+    import torch
+
+    from .dataset import token_norm_dist
+    from .hf_baseline import load_hf, run_hf
+
+    dev, dtype = engine.runner.device, engine.runner.dtype
+    del engine  # free the KV pool before loading a second copy of the weights
+    torch.cuda.empty_cache() if dev.type == "cuda" else None
+    hf = load_hf(model, dtype, dev)
+    n = 1 if a.command_name == "latency" else min(a.num_requests, a.hf_requests)
+    wl = token_norm_dist(n, a.isl, a.osl, vocab, seed=a.seed)
+    res = run_hf(hf, wl, 1 if a.command_name == "latency" else a.hf_batch_size, dev)
+    if a.command_name == "latency":
+        res["decode_tok_s"] = a.osl / res["wall_s"]
+    return res
+
+
+def _strip(v: Any) -> Any:
+    return {k: x for k, x in v.items() if not k.startswith("_")} if isinstance(v, dict) else v
+
+
+def _cmd_serve(a: argparse.Namespace) -> int:
+    from transformers import AutoTokenizer
+
+    from . import report
+    from .dataset import sharegpt_like, token_norm_dist
+    from .serve import run_serve
+
+    tok = AutoTokenizer.from_pretrained(a.tokenizer or resolve_bench_model("llama-3.1-8b")[1])
+    vocab = len(tok) - 3
+    wl = (sharegpt_like(a.num_requests, vocab, a.seed) if a.dataset == "sharegpt"
+          else token_norm_dist(a.num_requests, a.isl, a.osl, vocab, seed=a.seed))
+    prompts = [tok.decode(p) for p in wl.prompts]
+    os.makedirs(a.out, exist_ok=True)
+    res = run_serve(a.url, a.served_model, prompts, wl.output_lens, rate=a.rate,
+                    concurrency=a.concurrency, streams=a.streams, seed=a.seed)
+    name = f"serve-{a.served_model}-{a.dataset}-{a.num_requests}"
+    report.plot_latencies({"TTFT": res["_ttft"], "ITL": res["_itl"], "TPOT": res["_tpot"]},
+                          os.path.join(a.out, f"{name}.png"), name)
+    path = report.save(_strip(res), a.out, name)
+    _print(res)
+    print(f"wrote {path}", file=sys.stderr)
+    return 0 if res["errors"] == 0 else 1
+
+
+def _engine_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="llama-3.1-8b",
+                   help=f"shipped config ({', '.join(SHIPPED)}; dummy weights) or a checkpoint dir")
+    p.add_argument("--dtype", default="auto")
+    p.add_argument("--load-format", default=None, choices=["auto", "dummy", "safetensors"])
+    p.add_argument("--max-seq-len", type=int, default=4096)
+    p.add_argument("--max-batch-size", type=int, default=256)
+    p.add_argument("--max-num-tokens", type=int, default=8192)
+    p.add_argument("--kv-fraction", type=float, default=0.9, help="kv_cache_free_gpu_mem_fraction")
+    p.add_argument("--kv-tokens", type=int, default=None, help="max_tokens_in_paged_kv_cache")
+    p.add_argument("--attention-backend", default="auto", choices=["auto", "torch", "triton"])
+    p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
+    p.add_argument("--baseline", choices=["hf"], default=None,
+                   help="also run the workload through transformers.generate in this run")
+    p.add_argument("--hf-batch-size", type=int, default=64)
+    p.add_argument("--hf-requests", type=int, default=256, help="cap on requests sent to the HF baseline")
+    p.add_argument("--out", default="bench-results", help="directory for JSON and PNG files")
+
+
+def add_bench_parser(sub: Any) -> argparse.ArgumentParser:
+    p = sub.add_parser("bench", help="benchmarks (throughput, latency, serve, scheduler)",
+                       description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    bs = p.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
+    t = bs.add_parser("throughput", help="offline: all requests queued at once")
+    _engine_args(t)
+    t.add_argument("--num-requests", type=int, default=1000)
+    t.add_argument("--isl", type=int, default=128, help="input length mean")
+    t.add_argument("--osl", type=int, default=128, help="output length mean")
+    t.add_argument("--isl-stdev", type=float, default=0.0)
+    t.add_argument("--osl-stdev", type=float, default=0.0)
+    t.add_argument("--seed", type=int, default=0)
+    t.set_defaults(func=_cmd_offline, command_name="throughput")
+    lat = bs.add_parser("latency", help="batch 1: tok/s per user, ms per token")
+    _engine_args(lat)
+    lat.add_argument("--isl", type=int, default=128)
+    lat.add_argument("--osl", type=int, default=256)
+    lat.add_argument("--iters", type=int, default=3)
+    lat.set_defaults(func=_cmd_offline, command_name="latency")
+    s = bs.add_parser("serve", help="drive a running tritonserver with tritonclient streaming")
+    s.add_argument("--url", default="localhost:8001", help="gRPC host:port")
+    s.add_argument("--served-model", default="ensemble", help="ensemble | llm | bls")
+    s.add_argument("--dataset", default="sharegpt", choices=["sharegpt", "fixed"])
+    s.add_argument("--num-requests", type=int, default=1000)
+    s.add_argument("--isl", type=int, default=128)
+    s.add_argument("--osl", type=int, default=128)
+    s.add_argument("--rate", type=float, default=float("inf"), help="Poisson requests/s (inf: all at once)")
+    s.add_argument("--concurrency", type=int, default=1000)
+    s.add_argument("--streams", type=int, default=4, help="gRPC streams to spread requests over")
+    s.add_argument("--tokenizer", default=None, help="tokenizer dir used to make prompt text")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--out", default="bench-results")
+    s.set_defaults(func=_cmd_serve)
+    try:
+        from .scheduler_bench import add_parser as add_scheduler
+
+        add_scheduler(bs)
+    except (ImportError, AttributeError):
+        pass
+    return p
