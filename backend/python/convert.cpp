@@ -14,7 +14,7 @@ void read_tokens(py::handle seq, std::vector<Token>& out, size_t from) {
   if (!fast) throw py::error_already_set();
   Py_ssize_t n = PySequence_Fast_GET_SIZE(fast.ptr());
   PyObject** items = PySequence_Fast_ITEMS(fast.ptr());
-  out.reserve(static_cast<size_t>(n));
+  if (from == 0) out.reserve(static_cast<size_t>(n));  // appends keep the vector's geometric growth
   for (Py_ssize_t i = static_cast<Py_ssize_t>(from); i < n; ++i) {
     long long v = PyLong_AsLongLong(items[i]);
     if (v == -1 && PyErr_Occurred()) throw py::error_already_set();

@@ -48,7 +48,7 @@ void BlockPool::acquire(BlockId b) {
 }
 
 void BlockPool::release(BlockId b) {
-  check(ref_.at(b) > 0, "release of block " + std::to_string(b) + " with ref count 0");
+  check(ref_.at(b) > 0, [&] { return "release of block " + std::to_string(b) + " with ref count 0"; });
   if (--ref_[b] == 0) push_back(b);
 }
 
@@ -88,8 +88,8 @@ void BlockPool::check_integrity() const {
   BlockId prev = num_blocks_;
   for (BlockId b = next_[num_blocks_]; b != num_blocks_; b = next_[b]) {
     check(b >= 0 && b < num_blocks_, "free queue holds an invalid block id");
-    check(!queued[b], "block " + std::to_string(b) + " is twice in the free queue");
-    check(prev_[b] == prev, "free queue: broken back link at block " + std::to_string(b));
+    check(!queued[b], [&] { return "block " + std::to_string(b) + " is twice in the free queue"; });
+    check(prev_[b] == prev, [&] { return "free queue: broken back link at block " + std::to_string(b); });
     queued[b] = true;
     prev = b;
     check(++n <= num_blocks_, "free queue is longer than the pool");
@@ -97,15 +97,14 @@ void BlockPool::check_integrity() const {
   check(prev_[num_blocks_] == prev, "free queue: broken tail link");
   check(n == num_free_, "free queue length disagrees with the free count");
   for (BlockId b = 0; b < num_blocks_; ++b) {
-    check(ref_[b] >= 0, "block " + std::to_string(b) + " has a negative ref count");
-    check((ref_[b] == 0) == queued[b], "block " + std::to_string(b) + ": free queue vs ref count");
+    check(ref_[b] >= 0, [&] { return "block " + std::to_string(b) + " has a negative ref count"; });
+    check((ref_[b] == 0) == queued[b], [&] { return "block " + std::to_string(b) + ": free queue vs ref count"; });
   }
   size_t hashed = 0;
   for (BlockId b = 0; b < num_blocks_; ++b) hashed += hashed_[b] ? 1 : 0;
   check(hashed == cached_.size(), "hashed blocks disagree with the cache map");
   for (const auto& kv : cached_) {
-    check(hashed_[kv.second] && hash_[kv.second] == kv.first,
-          "block " + std::to_string(kv.second) + ": cache map vs block hash");
+    check(hashed_[kv.second] && hash_[kv.second] == kv.first, [&] { return "block " + std::to_string(kv.second) + ": cache map vs block hash"; });
   }
 }
 

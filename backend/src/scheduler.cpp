@@ -269,25 +269,24 @@ void Scheduler::check_integrity() const {
   int64_t last = -1;
   for (const RequestState* r : running_) {
     const std::string& id = r->id;
-    check(r->status == RequestStatus::kRunning, "request " + id + " is in the running list but not running");
-    check(r->seniority > last, "running list is not in seniority order at " + id);
+    check(r->status == RequestStatus::kRunning, [&] { return "request " + id + " is in the running list but not running"; });
+    check(r->seniority > last, [&] { return "running list is not in seniority order at " + id; });
     last = r->seniority;
-    check(r->blocks->allocated, "running request " + id + " has no block table");
-    check(static_cast<int64_t>(r->blocks->table.size()) >= kv_.blocks_needed(r->num_computed),
-          "running request " + id + " has fewer blocks than computed tokens need");
-    check(r->num_computed <= r->num_tokens(), "request " + id + " computed more tokens than it has");
+    check(r->blocks->allocated, [&] { return "running request " + id + " has no block table"; });
+    check(static_cast<int64_t>(r->blocks->table.size()) >= kv_.blocks_needed(r->num_computed), [&] { return "running request " + id + " has fewer blocks than computed tokens need"; });
+    check(r->num_computed <= r->num_tokens(), [&] { return "request " + id + " computed more tokens than it has"; });
   }
   for (const auto& k : waiting_) {
     auto it = requests_.find(k.h);
     check(it != requests_.end(), "waiting queue holds an unknown request");
     const RequestState& r = it->second;
-    check(r.status != RequestStatus::kRunning, "request " + r.id + " is waiting and running");
-    check(!r.blocks->allocated && r.blocks->table.empty(), "waiting request " + r.id + " holds blocks");
-    check(r.num_computed == 0, "waiting request " + r.id + " has computed tokens");
-    check(k.cls == wait_key(r).cls && k.a == wait_key(r).a, "waiting request " + r.id + " is out of order");
+    check(r.status != RequestStatus::kRunning, [&] { return "request " + r.id + " is waiting and running"; });
+    check(!r.blocks->allocated && r.blocks->table.empty(), [&] { return "waiting request " + r.id + " holds blocks"; });
+    check(r.num_computed == 0, [&] { return "waiting request " + r.id + " has computed tokens"; });
+    check(k.cls == wait_key(r).cls && k.a == wait_key(r).a, [&] { return "waiting request " + r.id + " is out of order"; });
   }
   for (const auto& kv : requests_) {
-    check(kv.second.blocks->pins > 0, "request " + kv.second.id + " is not pinned in the KV manager");
+    check(kv.second.blocks->pins > 0, [&] { return "request " + kv.second.id + " is not pinned in the KV manager"; });
   }
 }
 

@@ -186,7 +186,7 @@ class EngineConfig:
     max_bad_words: int = 64
     # runner
     attention_backend: str = "auto"  # auto | torch | triton
-    enforce_eager: bool = True
+    enforce_eager: bool = False  # True: no CUDA graphs (GPU only)
     trust_remote_code: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 

@@ -44,18 +44,23 @@ def checkpoint_files(model_dir: str) -> list[str]:
 
 
 def iter_checkpoint(files: list[str]) -> Iterator[tuple[str, torch.Tensor]]:
+    """(name, tensor) over every shard, with a progress bar over tensors."""
     from safetensors import safe_open
 
-    for path in tqdm(files, desc="Loading safetensors shards", unit="shard",
-                     disable=env.disable_progress() or len(files) < 2):
-        try:
-            with safe_open(path, framework="pt") as f:
-                for name in f.keys():  # noqa: SIM118 - safe_open has no __iter__
-                    yield name, f.get_tensor(name)
-        except Exception as e:  # safetensors raises its own error types
-            if isinstance(e, ConfigError):
-                raise
-            raise ConfigError(f"cannot read {path}: {e}") from None
+    try:
+        handles = [(path, safe_open(path, framework="pt")) for path in files]
+    except Exception as e:  # safetensors raises its own error types
+        raise ConfigError(f"cannot read checkpoint shard: {e}") from None
+    total = sum(len(list(h.keys())) for _, h in handles)
+    with tqdm(total=total, desc="Loading weights", unit="tensor", disable=env.disable_progress()) as bar:
+        for path, h in handles:
+            for name in h.keys():  # noqa: SIM118 - safe_open has no __iter__
+                try:
+                    t = h.get_tensor(name)
+                except Exception as e:  # noqa: BLE001
+                    raise ConfigError(f"cannot read tensor {name!r} from {path}: {e}") from None
+                bar.update(1)
+                yield name, t
 
 
 def _shard_target(model: nn.Module, name: str) -> tuple[str, str | None]:

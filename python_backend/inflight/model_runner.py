@@ -16,6 +16,7 @@ import torch
 
 from .attention import AttentionMetadata, get_attention_backend
 from .config import EngineConfig, ModelConfig
+from .cuda_graphs import DecodeGraphs
 from .errors import ConfigError
 from .loader import init_dummy_weights, load_weights
 from .models import model_class
@@ -73,6 +74,12 @@ class ModelRunner:
             c.num_layers, 2, self.num_blocks, cfg.block_size, c.num_kv_heads, c.head_dim,
             dtype=self.dtype, device=self.device,
         )
+        self.graphs: DecodeGraphs | None = None
+        if self.device.type == "cuda" and not cfg.enforce_eager and self.backend.name == "triton":
+            self.graphs = DecodeGraphs(self.model, self.kv_cache, self.backend,
+                                       min(cfg.max_batch_size, 256), self.max_blocks_per_seq,
+                                       max_seq_len, c.hidden_size, self.dtype, self.device)
+            self.graphs.capture()
 
     def _load_model(self) -> torch.nn.Module:
         cls = model_class(self.model_cfg)
@@ -90,10 +97,20 @@ class ModelRunner:
         c = self.model_cfg
         return 2 * c.num_layers * c.num_kv_heads * c.head_dim * torch.finfo(self.dtype).bits // 8
 
+    def workspace_bytes(self) -> int:
+        """GPU memory kept out of the KV pool: one step's activations at max_num_tokens,
+        fp32 logits of a full batch, and 1 GiB for CUDA graphs and the allocator."""
+        c = self.model_cfg
+        width = 4 * c.hidden_size + 3 * c.intermediate_size + c.q_size + 2 * c.kv_size
+        act = self.cfg.max_num_tokens * width * torch.finfo(self.dtype).bits // 8
+        logits = 3 * self.cfg.max_batch_size * c.vocab_size * 4
+        return act + logits + (1 << 30)
+
     def _num_kv_blocks(self) -> int:
         per_token = self.kv_bytes_per_token()
         if self.device.type == "cuda":
             free, _total = torch.cuda.mem_get_info(self.device)
+            free -= self.workspace_bytes()  # activations, logits, CUDA graphs
             tokens = int(free * self.cfg.kv_cache_free_gpu_mem_fraction) // per_token
         else:
             ram = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
@@ -115,27 +132,32 @@ class ModelRunner:
         # The C++ core writes the flat arrays into host buffers reused every step (pinned on
         # CUDA); a plan from the scheduler carries its own block tables, so `block_tables` is
         # only read for a SchedulerOutput made elsewhere (the engine may pass []).
-        from .scheduler import StepBuffers
-
-        bufs: StepBuffers | None = self.__dict__.get("_step_buffers")
+        bufs = self.__dict__.get("_step_buffers")
         if bufs is None:
+            from .scheduler import StepBuffers
+
             bufs = StepBuffers(self.block_size, self.cfg.max_num_tokens, self.cfg.max_batch_size,
                                self.max_blocks_per_seq, pin=self.device.type == "cuda")
             self._step_buffers = bufs
         lay = bufs.build(sched, block_tables)
         n_tok, n_req, width = lay.num_tokens, lay.num_reqs, lay.table_width
-        t, a = bufs.tensors, bufs.arrays
         dev = self.device
+        a = bufs.arrays
+        if dev.type == "cpu":  # the step's own copy: the buffers are overwritten next step
 
-        def put(x: torch.Tensor) -> torch.Tensor:
-            # the step's own copy: the buffers are overwritten next step
-            return x.clone() if dev.type == "cpu" else x.to(dev, non_blocking=True)
+            def put(name: str, n: int) -> torch.Tensor:
+                return torch.from_numpy(a[name][:n].copy())
+        else:  # async copies from pinned memory; bufs waits for them before its next write
+            t = bufs.tensors
+
+            def put(name: str, n: int) -> torch.Tensor:
+                return t[name][:n].to(dev, non_blocking=True)
 
         meta = AttentionMetadata(
-            slot_mapping=put(t["slot_mapping"][:n_tok]),  # [T] int64
-            query_start_loc=put(t["query_start_loc"][: n_req + 1]),  # [B+1] int32
-            seq_lens=put(t["seq_lens"][:n_req]),  # [B] int32
-            block_tables=put(t["block_tables"][: n_req * width].view(n_req, width)),  # [B, W] int32
+            slot_mapping=put("slot_mapping", n_tok),  # [T] int64
+            query_start_loc=put("query_start_loc", n_req + 1),  # [B+1] int32
+            seq_lens=put("seq_lens", n_req),  # [B] int32
+            block_tables=put("block_tables", n_req * width).view(n_req, width),  # [B, W] int32
             num_decodes=lay.num_decodes,
             max_query_len=lay.max_query_len,
             max_seq_len=lay.max_seq_len,
@@ -143,10 +165,10 @@ class ModelRunner:
             seq_lens_cpu=a["seq_lens"][:n_req].tolist(),
         )
         inp = StepInputs(
-            input_ids=put(t["input_ids"][:n_tok]),  # [T] int64
-            positions=put(t["positions"][:n_tok]),  # [T] int64
+            input_ids=put("input_ids", n_tok),  # [T] int64
+            positions=put("positions", n_tok),  # [T] int64
             meta=meta,
-            logits_indices=put(t["logits_indices"][: lay.num_logits]),  # [N] int64
+            logits_indices=put("logits_indices", lay.num_logits),  # [N] int64
             sample_rows=a["sample_rows"][: lay.num_samples].tolist(),
             ctx_rows=lay.ctx_rows,
         )
@@ -156,6 +178,12 @@ class ModelRunner:
     @torch.inference_mode()
     def execute(self, inp: StepInputs) -> torch.Tensor:
         """Runs the model; returns fp32 logits [N, V] for inp.logits_indices."""
-        self.backend.plan(inp.meta)
-        hidden = self.model(inp.input_ids, inp.positions, self.kv_cache, self.backend, inp.meta)
+        meta = inp.meta
+        g = self.graphs
+        if (g is not None and meta.num_decodes == meta.num_reqs
+                and g.padded_size(meta.num_reqs) is not None):
+            hidden = g.run(inp.input_ids, inp.positions, meta)
+        else:
+            self.backend.plan(meta)
+            hidden = self.model(inp.input_ids, inp.positions, self.kv_cache, self.backend, meta)
         return self.model.compute_logits(hidden[inp.logits_indices])  # type: ignore[operator]

@@ -257,7 +257,7 @@ def stream_model_writer() -> Callable[..., Path]:
 def stream_model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The decoupled ``stream`` model (its model.py imports torch too) and ``llm`` echo."""
     repo = tmp_path_factory.mktemp("stream_repo")
-    write_stream_model(repo, import_torch=False)
+    write_stream_model(repo, import_torch=True)
     write_echo_llm_model(repo)
     return repo
 
@@ -266,6 +266,6 @@ def stream_model_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def stream_server(
     triton_server_factory: TritonServerFactory, stream_model_repo: Path
 ) -> Iterator[RunningServer]:
-    running = triton_server_factory(stream_model_repo, log_verbose=1)
+    running = triton_server_factory(stream_model_repo)
     yield running
     running.stop()

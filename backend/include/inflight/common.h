@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace inflight {
@@ -44,8 +45,14 @@ class IntegrityError : public std::logic_error {
   using std::logic_error::logic_error;
 };
 
-inline void check(bool ok, const std::string& what) {
+// The message is only built on failure: pass a literal, or a callable that returns a string
+// (checks sit on per-block and per-request paths).
+inline void check(bool ok, const char* what) {
   if (!ok) throw IntegrityError(what);
+}
+template <class MakeMessage, class = decltype(std::declval<MakeMessage>()())>
+inline void check(bool ok, MakeMessage&& make) {
+  if (!ok) throw IntegrityError(make());
 }
 
 inline int64_t blocks_for(int64_t num_tokens, int64_t block_size) {

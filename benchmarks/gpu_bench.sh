@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine (H100/H200), from the repo root, with the wheels prepared by
+# ../shared/tools/device-wheels.sh in .whl/ (tritonclient, python-rapidjson, tritonserver).
+#   bash benchmarks/gpu_bench.sh test      # kernel + engine parity tests on the GPU
+#   bash benchmarks/gpu_bench.sh offline   # latency / throughput benchmarks (+ HF baseline)
+#   bash benchmarks/gpu_bench.sh serve     # tritonserver ensemble benchmark vs the offline engine
+# Results (JSON, PNG, logs) go to $OUT (default bench-results/).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-bench-results}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1 INFLIGHT_NO_PROGRESS=1
+if [ ! -d /tmp/site/pytriton ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+  tar xJf .whl/tritonserver-py312.tar.xz -C /tmp/site
+fi
+export PYTHONPATH=/tmp/site
+python3 -c "import inflight._core" 2>/dev/null || python3 -m pip install -q -e . --no-deps --no-build-isolation 2>&1 | tail -3
+nvidia-smi --query-gpu=name,memory.used,memory.total,driver_version --format=csv
+python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)"
+B="python3 -m inflight.cli bench"
+case "${1:-all}" in
+  test)
+    python3 -m pytest -q -p no:cacheprovider tests/kernels tests/unit/test_engine_parity.py 2>&1 | tee "$OUT/gpu-tests.log" | tail -25
+    ;;
+  offline)
+    $B latency --model llama-3.1-8b --isl 128 --osl 256 --baseline hf --out "$OUT" 2>&1 | tail -4
+    $B latency --model llama-3.2-1b --isl 128 --osl 256 --out "$OUT" 2>&1 | tail -4
+    $B throughput --model llama-3.1-8b --isl 128 --osl 128 --num-requests 2000 --baseline hf --hf-requests 256 --out "$OUT" 2>&1 | tail -4
+    $B throughput --model llama-3.1-8b --isl 2048 --osl 128 --num-requests 500 --max-num-tokens 16384 --out "$OUT" 2>&1 | tail -4
+    $B throughput --model llama-3.1-8b --isl 1000 --osl 1000 --num-requests 400 --out "$OUT" 2>&1 | tail -4
+    ;;
+  serve)
+    python3 - "$OUT" <<'EOF'
+import json, os, sys, subprocess
+from inflight.bench.cli import resolve_bench_model
+from inflight.bench.dataset import sharegpt_like
+from inflight.bench.offline import make_engine, run_engine
+from inflight.repo import build
+out = sys.argv[1]
+model, tok, _ = resolve_bench_model("llama-3.1-8b")
+kw = {"load_format": "dummy", "dtype": "bfloat16", "max_seq_len": "4096", "max_batch_size": "256",
+      "stream_interval": os.environ.get("STREAM_INTERVAL", "1")}
+repo = "/tmp/serve-repo"
+build(model, repo, "ensemble", {**kw, "tokenizer_dir": tok}, force=True)
+build(model, repo, "llm", {**kw, "tokenizer_dir": tok}, force=True)
+print("repo ready", flush=True)
+EOF
+    python3 -m inflight.cli serve /tmp/serve-repo --http-port 8000 --grpc-port 8001 --metrics-port 8002 \
+        -- --model-control-mode=explicit --load-model=preprocessing --load-model=engine \
+        --load-model=postprocessing --load-model=ensemble > "$OUT/tritonserver.log" 2>&1 &
+    SERVER=$!
+    for i in $(seq 1 240); do curl -sf localhost:8000/v2/health/ready >/dev/null && break; sleep 1; done
+    $B serve --served-model ensemble --dataset sharegpt --num-requests 1000 --out "$OUT" 2>&1 | tail -30
+    curl -s localhost:8002/metrics | grep -E "^(nv_trt_llm|inflight)" > "$OUT/metrics.txt"
+    kill -INT $SERVER; wait $SERVER
+    python3 - "$OUT" <<'EOF'
+import json, sys
+from inflight.bench.cli import resolve_bench_model
+from inflight.bench.dataset import sharegpt_like
+from inflight.bench.offline import make_engine, run_engine
+from inflight.bench.report import save
+from transformers import AutoTokenizer
+out = sys.argv[1]
+model, tok, _ = resolve_bench_model("llama-3.1-8b")
+t = AutoTokenizer.from_pretrained(tok)
+wl = sharegpt_like(1000, len(t) - 3, 0)
+# the same prompts as the serve run, re-tokenized the way preprocessing does
+wl = type(wl)([t(t.decode(p))["input_ids"] for p in wl.prompts], wl.output_lens)
+eng = make_engine(model, tok, load_format="dummy", dtype="bfloat16", max_seq_len=4096, max_batch_size=256)
+res = run_engine(eng, wl, desc="offline")
+res = {k: v for k, v in res.items() if not k.startswith("_")}
+save({"model": "llama-3.1-8b", "inflight": res}, out, "offline-sharegpt-1000")
+print(json.dumps(res, indent=1))
+EOF
+    ;;
+esac
