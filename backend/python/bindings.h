@@ -40,12 +40,14 @@ class StepBufferViews {
   StepBuffers bufs_;
 };
 
-// StepLayout plus the request ids of its context-logits rows, as prepare() wants them.
+// StepLayout plus what prepare() hands on as Python objects: the host copies of
+// query_start_loc / seq_lens, the sampling rows, and the context-logits rows by request id.
 struct PyStepLayout {
   StepLayout lay;
+  py::list query_start_loc, seq_lens, sample_rows;
   py::dict ctx_rows;  // request id -> (first logits row, end)
 };
-PyStepLayout make_layout(StepLayout lay, const std::vector<py::object>& ids);
+PyStepLayout make_layout(StepLayout lay, const StepBuffers& bufs, const std::vector<py::object>& ids);
 
 void bind_kv(py::module_& m);
 void bind_scheduler(py::module_& m);

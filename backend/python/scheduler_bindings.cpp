@@ -25,7 +25,8 @@ class PyScheduler {
   void add(const py::object& req, const std::string& id, const py::object& token_ids, int32_t num_prompt,
            int64_t max_total, int32_t priority, int64_t arrival, bool context_logits, const std::string& extra) {
     RequestSpec spec{id, to_tokens(token_ids), num_prompt, max_total, priority, arrival, extra, context_logits};
-    Handle h = core_.add(std::move(spec));
+    // objs_ holds the strong reference; the core keeps the borrowed pointer for the hot paths
+    Handle h = core_.add(std::move(spec), req.ptr());
     objs_.emplace(h, req);
   }
 
@@ -36,7 +37,7 @@ class PyScheduler {
     py::list scheduled(plan.scheduled.size());
     for (size_t i = 0; i < plan.scheduled.size(); ++i) {
       const ScheduledEntry& e = plan.scheduled[i];
-      PyObject* o = new_scheduled(obj(e.req->handle).ptr(), e.num_new, e.start, e.samples ? 1 : 0);
+      PyObject* o = new_scheduled(pyobj(*e.req), e.num_new, e.start, e.samples ? 1 : 0);
       if (o == nullptr) throw py::error_already_set();
       PyList_SET_ITEM(scheduled.ptr(), i, o);
     }
@@ -54,7 +55,7 @@ class PyScheduler {
     for (const ScheduledEntry& e : core_.plan().scheduled) {
       if (e.req == nullptr || e.req->status != RequestStatus::kRunning) continue;
       py::object n = py::reinterpret_steal<py::object>(PyLong_FromLongLong(e.req->num_computed));
-      if (PyObject_SetAttr(obj(e.req->handle).ptr(), num_computed_.ptr(), n.ptr()) < 0) throw py::error_already_set();
+      if (PyObject_SetAttr(pyobj(*e.req), num_computed_.ptr(), n.ptr()) < 0) throw py::error_already_set();
     }
   }
 
@@ -82,24 +83,21 @@ class PyScheduler {
     return r->num_preemptions;
   }
 
-  // The latest plan's sizes, or None when it is no longer what will run (a request of it
-  // finished or was preempted since, or a newer plan exists).
-  py::object plan_needs(uint64_t step) {
-    if (!plan_current(step)) return py::none();
+  // The latest plan's metadata written into `bufs`: a StepLayout; or (tokens, requests,
+  // table width) when the buffers are too small for it (grow them and call again); or None
+  // when the plan is no longer what will run (a request of it finished or was preempted
+  // since, or a newer plan exists): the caller takes the generic path.
+  py::object build_step(uint64_t step, const StepBufferViews& bufs) {
+    if (step != core_.plan().step || !core_.plan().intact) return py::none();
     fill_entries();
-    StepNeeds n = step_needs(entries_);
-    return py::make_tuple(n.tokens, n.reqs, n.table_width);
-  }
-
-  PyStepLayout build_step(uint64_t step, const StepBufferViews& bufs) {
-    require_current(step);
-    fill_entries();
-    std::vector<py::object> ids;
+    StepNeeds needs = step_needs(entries_);
+    if (!needs.fits(bufs.buffers())) return py::make_tuple(needs.tokens, needs.reqs, needs.table_width);
     StepLayout lay = build_step_metadata(entries_, core_.kv().block_size(), bufs.buffers());
+    std::vector<py::object> ids;
     if (!lay.context_rows.empty()) {
       for (const auto& e : core_.plan().scheduled) ids.push_back(py::str(e.req->id));
     }
-    return make_layout(std::move(lay), ids);
+    return py::cast(make_layout(std::move(lay), bufs.buffers(), ids));
   }
 
   py::list waiting() { return objects(core_.waiting()); }
@@ -119,6 +117,7 @@ class PyScheduler {
 
  private:
   const py::object& obj(Handle h) const { return objs_.at(h); }
+  static PyObject* pyobj(const RequestState& r) { return static_cast<PyObject*>(r.user); }
 
   py::list objects(const std::vector<Handle>& hs) const {
     py::list out(hs.size());
@@ -132,7 +131,7 @@ class PyScheduler {
 
   // Pick up tokens the engine appended to the Python list (or a stop sequence it cut).
   void sync_tokens(RequestState& r) {
-    py::object lst = py::reinterpret_steal<py::object>(PyObject_GetAttr(obj(r.handle).ptr(), token_ids_.ptr()));
+    py::object lst = py::reinterpret_steal<py::object>(PyObject_GetAttr(pyobj(r), token_ids_.ptr()));
     if (!lst) throw py::error_already_set();
     Py_ssize_t n = PyList_Check(lst.ptr()) ? PyList_GET_SIZE(lst.ptr()) : py::len(lst);
     auto have = static_cast<Py_ssize_t>(r.tokens.size());
@@ -141,12 +140,6 @@ class PyScheduler {
     } else if (n < have) {
       core_.truncate_tokens(r, static_cast<size_t>(n));
     }
-  }
-
-  bool plan_current(uint64_t step) const { return step == core_.plan().step && core_.plan().intact; }
-
-  void require_current(uint64_t step) const {
-    if (!plan_current(step)) throw py::value_error("this SchedulerOutput is not the scheduler's latest intact plan");
   }
 
   void fill_entries() {
@@ -186,7 +179,6 @@ void bind_scheduler(py::module_& m) {
       .def("advance_one", &PyScheduler::advance_one, py::arg("request_id"), py::arg("num_computed"))
       .def("finish", &PyScheduler::finish, py::arg("request_id"))
       .def("preempt", &PyScheduler::preempt, py::arg("request_id"))
-      .def("plan_needs", &PyScheduler::plan_needs, py::arg("step"))
       .def("build_step", &PyScheduler::build_step, py::arg("step"), py::arg("buffers"))
       .def("waiting", &PyScheduler::waiting)
       .def("running", &PyScheduler::running)

@@ -32,8 +32,22 @@ StepBufferViews::StepBufferViews(py::array input_ids, py::array positions, py::a
   keep_ = {input_ids, positions, slot_mapping, logits_indices, query_start_loc, seq_lens, sample_rows, block_tables};
 }
 
-PyStepLayout make_layout(StepLayout lay, const std::vector<py::object>& ids) {
-  PyStepLayout out{std::move(lay), py::dict()};
+namespace {
+
+py::list int_list(Span<const int32_t> xs) {
+  py::list out(xs.size());
+  for (size_t i = 0; i < xs.size(); ++i) PyList_SET_ITEM(out.ptr(), i, PyLong_FromLong(xs[i]));
+  return out;
+}
+
+}  // namespace
+
+PyStepLayout make_layout(StepLayout lay, const StepBuffers& bufs, const std::vector<py::object>& ids) {
+  auto reqs = static_cast<size_t>(lay.num_reqs);
+  auto samples = static_cast<size_t>(lay.num_samples);
+  PyStepLayout out{std::move(lay), int_list({bufs.query_start_loc.data(), reqs + 1}),
+                   int_list({bufs.seq_lens.data(), reqs}), int_list({bufs.sample_rows.data(), samples}),
+                   py::dict()};
   for (const ContextRows& c : out.lay.context_rows) {
     out.ctx_rows[ids.at(c.entry)] = py::make_tuple(c.begin, c.end);
   }
@@ -56,6 +70,9 @@ void bind_step(py::module_& m) {
       .def_property_readonly("num_decodes", [](const PyStepLayout& l) { return l.lay.num_decodes; })
       .def_property_readonly("max_query_len", [](const PyStepLayout& l) { return l.lay.max_query_len; })
       .def_property_readonly("max_seq_len", [](const PyStepLayout& l) { return l.lay.max_seq_len; })
+      .def_readonly("query_start_loc", &PyStepLayout::query_start_loc)
+      .def_readonly("seq_lens", &PyStepLayout::seq_lens)
+      .def_readonly("sample_rows", &PyStepLayout::sample_rows)
       .def_readonly("ctx_rows", &PyStepLayout::ctx_rows);
 
   // entries: (request_id, token_ids, start, num_new, num_prompt, samples, context_logits)
@@ -81,7 +98,7 @@ void bind_step(py::module_& m) {
           es[i].context_logits = t[6].cast<bool>();
           es[i].table = tabs[i];
         }
-        return make_layout(build_step_metadata(es, block_size, bufs.buffers()), ids);
+        return make_layout(build_step_metadata(es, block_size, bufs.buffers()), bufs.buffers(), ids);
       },
       py::arg("entries"), py::arg("tables"), py::arg("block_size"), py::arg("buffers"));
 }

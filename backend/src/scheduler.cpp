@@ -25,7 +25,7 @@ Scheduler::~Scheduler() {
 
 // ---- requests ----------------------------------------------------------------------------
 
-Handle Scheduler::add(RequestSpec spec) {
+Handle Scheduler::add(RequestSpec spec, void* user) {
   if (spec.tokens.empty()) throw std::invalid_argument("request " + spec.id + " has no tokens");
   if (by_id_.count(spec.id)) throw std::invalid_argument("request " + spec.id + " is already scheduled");
   Handle h = next_handle_++;
@@ -40,6 +40,7 @@ Handle Scheduler::add(RequestSpec spec) {
   r.arrival = spec.arrival_order;
   r.extra_key = std::move(spec.extra_key);
   r.context_logits = spec.context_logits;
+  r.user = user;
   by_id_.emplace(r.id, h);
   waiting_.insert(wait_key(r));
   return h;

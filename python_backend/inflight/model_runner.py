@@ -161,15 +161,15 @@ class ModelRunner:
             num_decodes=lay.num_decodes,
             max_query_len=lay.max_query_len,
             max_seq_len=lay.max_seq_len,
-            query_start_loc_cpu=a["query_start_loc"][: n_req + 1].tolist(),
-            seq_lens_cpu=a["seq_lens"][:n_req].tolist(),
+            query_start_loc_cpu=lay.query_start_loc,
+            seq_lens_cpu=lay.seq_lens,
         )
         inp = StepInputs(
             input_ids=put("input_ids", n_tok),  # [T] int64
             positions=put("positions", n_tok),  # [T] int64
             meta=meta,
             logits_indices=put("logits_indices", lay.num_logits),  # [N] int64
-            sample_rows=a["sample_rows"][: lay.num_samples].tolist(),
+            sample_rows=lay.sample_rows,
             ctx_rows=lay.ctx_rows,
         )
         bufs.record_copies(dev)

@@ -218,10 +218,13 @@ class StepBuffers:
             self._copied.synchronize()
             self._copied = None
         plan = getattr(sched, "_plan", None)
-        needs = plan[0].plan_needs(plan[1]) if plan is not None else None
-        if needs is not None:
-            self.ensure(*needs)
-            return plan[0].build_step(plan[1], self.views)
+        if plan is not None:
+            lay = plan[0].build_step(plan[1], self.views)
+            if isinstance(lay, tuple):  # too small for this step: grow once, write again
+                self.ensure(*lay)
+                lay = plan[0].build_step(plan[1], self.views)
+            if lay is not None:
+                return lay
         entries = [(s.request.request_id, s.request.token_ids, s.start, s.num_new_tokens,
                     s.request.num_prompt_tokens, s.samples, s.request.context_logits is not None)
                    for s in sched.scheduled]

@@ -178,45 +178,35 @@ def test_prefix_caching_disabled_never_hits() -> None:
     assert kv.prefix_hit("b", a) == [] and not kv.cached
 
 
-def test_check_integrity_detects_a_corrupted_ref_count() -> None:
-    # The pool's state lives in the C++ core (the attributes are snapshots), so the only way
-    # to corrupt it from here is through the API: a prefix list naming block 0 twice gives
-    # block 0 three references from two tables.
-    kv = _kv()
-    assert kv.allocate("a", 8)
-    kv.check_integrity()
-    try:
-        kv.allocate("b", 12, [0, 0])
-    except ValueError:
-        pytest.skip("allocate() now rejects duplicate prefix blocks: no API path corrupts the pool")
-    assert kv.ref_cnt[0] == 3
-    with pytest.raises(AssertionError, match="block 0"):
-        kv.check_integrity()
-    with pytest.raises(AssertionError):
-        kv.assert_all_free()
-
-
 def test_snapshots_cannot_corrupt_the_pool() -> None:
+    # The pool lives in the C++ core; ref_cnt, free_queue and req_blocks are copies.
     kv = _kv()
     kv.allocate("a", 8)
-    kv.ref_cnt[1] += 1  # a copy: the pool is unchanged
+    kv.ref_cnt[1] += 1
     kv.free_queue.append(0)
     kv.req_blocks["a"].append(0)
     assert kv.ref_cnt[:3] == [1, 1, 0] and kv.block_table("a") == [0, 1]
     kv.check_integrity()
 
 
-@pytest.mark.xfail(reason="KVCacheManager.allocate accepts a prefix list with a repeated block id "
-                          "and corrupts the pool (ref count 3, block twice in one table)",
-                   strict=True)
-def test_allocate_rejects_repeated_prefix_blocks() -> None:
+def test_bad_prefix_blocks_are_rejected_and_change_nothing() -> None:
     kv = _kv(prefix_caching=True)
-    _run(kv, "a", list(range(9)))
-    try:
-        with pytest.raises(ValueError):
-            kv.allocate("b", 12, [0, 0])
-    finally:
+    a = list(range(9))
+    _run(kv, "a", a)  # blocks 0, 1 cached, 2 partial
+    state = (kv.ref_cnt, kv.free_queue, kv.req_blocks)
+    kv.prefix_hit("b", a)
+    bad: list[list[int]] = [[0, 0], [1, 0], [2], [0, 1, 2], [99], [-1]]
+    for prefix in bad:
+        with pytest.raises((ValueError, IndexError)):
+            kv.allocate("b", 12, prefix)
+        assert (kv.ref_cnt, kv.free_queue, kv.req_blocks) == state, prefix
         kv.check_integrity()
+    assert kv.allocate("b", 12, [0, 1])  # the real hit is accepted
+    with pytest.raises(ValueError):  # prefixes only on a request's first allocation
+        kv.allocate("b", 16, [0])
+    with pytest.raises(ValueError):  # and only with prefix caching on
+        _kv(prefix_caching=False).allocate("c", 4, [0])
+    kv.check_integrity()
 
 
 def test_assert_all_free_detects_a_holder() -> None:

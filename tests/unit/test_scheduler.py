@@ -224,3 +224,14 @@ def test_finish_removes_a_waiting_or_running_request() -> None:
     sim.s.finish(a, RequestStatus.FINISHED_ABORTED)  # running, holds blocks
     assert not sim.s.running and not sim.s.has_work()
     sim.kv.assert_all_free()
+
+
+def test_check_integrity_detects_blocks_freed_behind_the_schedulers_back() -> None:
+    sim = Sim()
+    sim.add("a", 6, max_tokens=5)
+    sim.step()
+    sim.s.check_integrity()
+    sim.kv.free("a")  # corrupt: the KV manager forgets a running request's blocks
+    sim.kv.check_integrity()  # consistent on its own ...
+    with pytest.raises(AssertionError, match="a"):
+        sim.s.check_integrity()  # ... but not with the scheduler

@@ -67,6 +67,7 @@ struct RequestState {
   int32_t num_preemptions = 0;
   int64_t seniority = -1;       // number of its first admission; -1 until admitted
   uint64_t scheduled_step = 0;  // the last step that scheduled it
+  void* user = nullptr;         // opaque to the core: the binding's handle on its own object
 
   int64_t num_tokens() const { return static_cast<int64_t>(tokens.size()); }
 };
@@ -99,7 +100,7 @@ class Scheduler {
   Scheduler(const Scheduler&) = delete;
   Scheduler& operator=(const Scheduler&) = delete;
 
-  Handle add(RequestSpec spec);
+  Handle add(RequestSpec spec, void* user = nullptr);
   RequestState* get(Handle h);
   RequestState* find(const std::string& id);
   void set_token_sync(TokenSync fn) { sync_ = std::move(fn); }
