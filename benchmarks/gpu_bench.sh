@@ -2,7 +2,8 @@
 # Runs on the GPU machine (H100/H200), from the repo root, with the wheels prepared by
 # ../shared/tools/device-wheels.sh in .whl/ (tritonclient, python-rapidjson, tritonserver).
 #   bash benchmarks/gpu_bench.sh test      # kernel + engine parity tests on the GPU
-#   bash benchmarks/gpu_bench.sh offline   # latency / throughput benchmarks (+ HF baseline)
+#   bash benchmarks/gpu_bench.sh latency     # batch-1 latency, 8B (+ HF baseline) and 1B shapes
+#   bash benchmarks/gpu_bench.sh throughput  # offline throughput benchmarks (+ HF baseline)
 #   bash benchmarks/gpu_bench.sh serve     # tritonserver ensemble benchmark vs the offline engine
 # Results (JSON, PNG, logs) go to $OUT (default bench-results/).
 set -uo pipefail
@@ -23,9 +24,11 @@ case "${1:-all}" in
   test)
     python3 -m pytest -q -p no:cacheprovider tests/kernels tests/unit/test_engine_parity.py 2>&1 | tee "$OUT/gpu-tests.log" | tail -25
     ;;
-  offline)
+  latency)
     $B latency --model llama-3.1-8b --isl 128 --osl 256 --baseline hf --out "$OUT" 2>&1 | tail -4
     $B latency --model llama-3.2-1b --isl 128 --osl 256 --out "$OUT" 2>&1 | tail -4
+    ;;
+  throughput)
     $B throughput --model llama-3.1-8b --isl 128 --osl 128 --num-requests 2000 --baseline hf --hf-requests 256 --out "$OUT" 2>&1 | tail -4
     $B throughput --model llama-3.1-8b --isl 2048 --osl 128 --num-requests 500 --max-num-tokens 16384 --out "$OUT" 2>&1 | tail -4
     $B throughput --model llama-3.1-8b --isl 1000 --osl 1000 --num-requests 400 --out "$OUT" 2>&1 | tail -4

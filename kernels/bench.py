@@ -14,10 +14,10 @@ each input read once and each output written once, TFLOP/s the causal attention 
 from __future__ import annotations
 
 import argparse
-import functools
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial as P
 
 import torch
 
@@ -34,7 +34,7 @@ class Row:
     flops: float = 0.0
 
 
-def _paged(lq: list[int], lens: list[int], dtype: torch.dtype) -> dict[str, object]:
+def _paged(lq: list[int], lens: list[int], dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """A random paged cache and metadata tensors for requests (new tokens, context)."""
     dev = "cuda"
     nblk = [-(-n // BLOCK) for n in lens]
@@ -54,12 +54,7 @@ def _paged(lq: list[int], lens: list[int], dtype: torch.dtype) -> dict[str, obje
 
 
 def attention_rows(dtype: torch.dtype) -> list[Row]:
-    from inflight.kernels import (
-        attention_ref,
-        paged_decode_attention,
-        paged_decode_attention_ref,
-        paged_prefill_attention,
-    )
+    from inflight import kernels as K
 
     rows, scale, esize = [], D**-0.5, torch.finfo(dtype).bits // 8
     for b, ctx in [(1, 32768), (8, 8192), (64, 2048), (256, 1024)]:
@@ -67,20 +62,19 @@ def attention_rows(dtype: torch.dtype) -> list[Row]:
         args = (p["q"], p["k_cache"], p["v_cache"], p["block_tables"], p["seq_lens"], scale)
         rows.append(Row(
             "paged_decode_attention", f"B={b} ctx={ctx}",
-            functools.partial(paged_decode_attention, *args, max_seq_len=ctx),
-            lambda a=args: paged_decode_attention_ref(*a),
+            P(K.paged_decode_attention, *args, max_seq_len=ctx),
+            P(K.paged_decode_attention_ref, *args),
             nbytes=2 * b * ctx * HKV * D * esize, flops=4 * b * ctx * HQ * D))
     for lq, lens in [([2048], [2048]), ([512] * 4, [512] * 4), ([512], [16384]),
                      ([8192], [8192])]:
         p = _paged(lq, lens, dtype)
-        args = (p["q"], p["k_cache"], p["v_cache"], p["query_start_loc"], p["seq_lens"],
-                p["block_tables"], scale)
+        pargs = (p["q"], p["k_cache"], p["v_cache"], p["query_start_loc"], p["seq_lens"],
+                 p["block_tables"], scale)
         pairs = sum(q * (n - q) + q * (q + 1) // 2 for q, n in zip(lq, lens, strict=True))
         rows.append(Row(
             "paged_prefill_attention", f"Lq={lq[0]}x{len(lq)} ctx={lens[0]}",
-            functools.partial(paged_prefill_attention, *args, max_query_len=max(lq)),
-            lambda a=args: attention_ref(*a),
-            flops=4 * pairs * HQ * D))
+            P(K.paged_prefill_attention, *pargs, max_query_len=max(lq)),
+            P(K.attention_ref, *pargs), flops=4 * pairs * HQ * D))
     return rows
 
 
@@ -91,29 +85,27 @@ def elementwise_rows(dtype: torch.dtype) -> list[Row]:
     for t in [1, 256, 4096]:
         x = torch.randn(t, HIDDEN, device=dev, dtype=dtype)
         res, w = torch.randn_like(x), torch.randn(HIDDEN, device=dev, dtype=dtype)
-        rows.append(Row("rms_norm", f"T={t} H={HIDDEN}", lambda x=x, w=w: K.rms_norm(x, w, 1e-5),
-                        lambda x=x, w=w: K.rms_norm_ref(x, w, 1e-5), nbytes=2 * x.numel() * esize))
-        rows.append(Row("add_rms_norm", f"T={t} H={HIDDEN}",
-                        lambda x=x, r=res, w=w: K.add_rms_norm(x, r, w, 1e-5),
-                        lambda x=x, r=res, w=w: K.add_rms_norm_ref(x, r, w, 1e-5),
-                        nbytes=4 * x.numel() * esize))
+        n = x.numel() * esize
+        rows.append(Row("rms_norm", f"T={t} H={HIDDEN}", P(K.rms_norm, x, w, 1e-5),
+                        P(K.rms_norm_ref, x, w, 1e-5), nbytes=2 * n))
+        rows.append(Row("add_rms_norm", f"T={t} H={HIDDEN}", P(K.add_rms_norm, x, res, w, 1e-5),
+                        P(K.add_rms_norm_ref, x, res, w, 1e-5), nbytes=4 * n))
         g = torch.randn(t, 2 * INTER, device=dev, dtype=dtype)
-        rows.append(Row("silu_and_mul", f"T={t} I={INTER}", lambda g=g: K.silu_and_mul(g),
-                        lambda g=g: K.silu_and_mul_ref(g), nbytes=1.5 * g.numel() * esize))
+        rows.append(Row("silu_and_mul", f"T={t} I={INTER}", P(K.silu_and_mul, g),
+                        P(K.silu_and_mul_ref, g), nbytes=1.5 * g.numel() * esize))
         q = torch.randn(t, HQ, D, device=dev, dtype=dtype)
         k = torch.randn(t, HKV, D, device=dev, dtype=dtype)
         pos = torch.randint(0, 8192, (t,), device=dev)
         cs = torch.randn(8192, D, device=dev)
         rows.append(Row("rotary_embedding", f"T={t} Hq={HQ} Hkv={HKV}",
-                        lambda p=pos, q=q, k=k, c=cs: K.rotary_embedding(p, q, k, c),
-                        lambda p=pos, q=q, k=k, c=cs: K.rotary_embedding_ref(p, q, k, c),
+                        P(K.rotary_embedding, pos, q, k, cs),
+                        P(K.rotary_embedding_ref, pos, q, k, cs),
                         nbytes=2 * (q.numel() + k.numel()) * esize))
         kc = torch.empty(t // BLOCK + 1, BLOCK, HKV, D, device=dev, dtype=dtype)
         vc, slots = torch.empty_like(kc), torch.randperm(kc.shape[0] * BLOCK, device=dev)[:t]
         rows.append(Row("kv_cache_write", f"T={t} Hkv={HKV}",
-                        lambda k=k, kc=kc, vc=vc, s=slots: K.kv_cache_write(k, k, kc, vc, s),
-                        lambda k=k, kc=kc, vc=vc, s=slots: K.kv_cache_write_ref(k, k, kc, vc, s),
-                        nbytes=4 * k.numel() * esize))
+                        P(K.kv_cache_write, k, k, kc, vc, slots),
+                        P(K.kv_cache_write_ref, k, k, kc, vc, slots), nbytes=4 * k.numel() * esize))
     return rows
 
 

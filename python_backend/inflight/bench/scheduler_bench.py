@@ -11,6 +11,9 @@ Each step times what the engine does around the model, with fake requests (rando
   ``Scheduler.advance()``; finished requests are finished and replaced as the engine does.
 
 ``plan + meta`` is the figure the issue targets (<= 100 us per step at 256 running).
+``--vs-python COMMIT`` also runs the pure-Python scheduler/KV manager/prepare() of an older
+commit (extracted read-only with ``git archive``, run in a subprocess with this same
+benchmark module), alternating with the installed one, and prints the speed-up.
 
 Scenarios: ``decode256`` / ``decode1024`` (N requests, all decoding) and ``mixed256``
 (256 live requests with short outputs: finished ones are replaced by new prompts that are
@@ -25,11 +28,17 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
+import io
 import json
 import os
 import platform
 import random
+import shutil
 import statistics
+import subprocess
+import sys
+import tarfile
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -267,22 +276,79 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--policy", default="guaranteed_no_evict",
                    choices=("guaranteed_no_evict", "max_utilization"))
+    p.add_argument("--rounds", type=int, default=1,
+                   help="runs per scenario (alternating with --vs-python); the median run is shown")
+    p.add_argument("--vs-python", default=None, metavar="COMMIT",
+                   help="also run the pure-Python implementation of this git commit")
     p.add_argument("--json", default=None, help="also write the results to this file")
 
 
+# Runs the benchmark module inside an extracted tree, past the editable install's finder.
+_BOOTSTRAP = ("import sys; sys.meta_path = [f for f in sys.meta_path if 'editable' not in "
+              "type(f).__module__]; sys.path.insert(0, sys.argv[1]); "
+              "from inflight.bench.scheduler_bench import main; raise SystemExit(main(sys.argv[2:]))")
+
+
+def reference_tree(commit: str, dest: str) -> str:
+    """python_backend/ of ``commit`` extracted into ``dest``, with this benchmark in it."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    root = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=here, check=True,
+                          capture_output=True, text=True).stdout.strip()
+    tar = subprocess.run(["git", "archive", commit, "python_backend"], cwd=root, check=True,
+                         capture_output=True).stdout
+    with tarfile.open(fileobj=io.BytesIO(tar)) as tf:
+        tf.extractall(dest)  # noqa: S202 - our own repository's archive
+    bench = os.path.join(dest, "python_backend", "inflight", "bench")
+    os.makedirs(bench, exist_ok=True)
+    if not os.path.exists(os.path.join(bench, "__init__.py")):
+        open(os.path.join(bench, "__init__.py"), "w").close()
+    shutil.copy(os.path.abspath(__file__), os.path.join(bench, "scheduler_bench.py"))
+    return os.path.join(dest, "python_backend")
+
+
+def run_reference(pkg: str, name: str, args: argparse.Namespace) -> Result:
+    with tempfile.NamedTemporaryFile(suffix=".json") as out:
+        subprocess.run([sys.executable, "-c", _BOOTSTRAP, pkg, "--scenarios", name,
+                        "--steps", str(args.steps), "--warmup", str(args.warmup), "--seed",
+                        str(args.seed), "--policy", args.policy, "--json", out.name],
+                       check=True, capture_output=True)
+        with open(out.name, encoding="utf-8") as f:
+            return Result(**json.load(f)["results"][0])
+
+
+def _median_run(runs: list[Result]) -> Result:
+    return sorted(runs, key=lambda r: r.plan_meta_cpu_us)[len(runs) // 2]
+
+
 def main_args(args: argparse.Namespace, echo: Callable[[str], None] = print) -> int:
-    results: list[Result] = []
+    names = args.scenarios.split(",")
+    unknown = [n for n in names if n not in SCENARIOS]
+    if unknown:
+        raise SystemExit(f"unknown scenario(s) {unknown}; known: {', '.join(SCENARIOS)}")
     echo(f"# {datetime.date.today()} {machine()}")
-    echo(HEADER)
-    echo("|---|---|---|---|---|---|---|---|")
-    for name in args.scenarios.split(","):
-        if name not in SCENARIOS:
-            raise SystemExit(f"unknown scenario {name!r}; known: {', '.join(SCENARIOS)}")
-        sc = SCENARIOS[name]
-        r = run("auto", sc.num_running, scenario=sc, steps=args.steps, warmup=args.warmup,
-                seed=args.seed, policy=args.policy)
-        results.append(r)
-        echo(format_row(r))
+    echo(HEADER + (" speed-up |" if args.vs_python else ""))
+    echo("|---|---|---|---|---|---|---|---|" + ("---|" if args.vs_python else ""))
+    results: list[Result] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        pkg = reference_tree(args.vs_python, tmp) if args.vs_python else ""
+        for name in names:
+            sc = SCENARIOS[name]
+            cur: list[Result] = []
+            ref: list[Result] = []
+            for _ in range(args.rounds):  # alternate, so both see the same machine load
+                if pkg:
+                    ref.append(run_reference(pkg, name, args))
+                cur.append(run("auto", sc.num_running, scenario=sc, steps=args.steps,
+                               warmup=args.warmup, seed=args.seed, policy=args.policy))
+            r = _median_run(cur)
+            if ref:
+                p = _median_run(ref)
+                results.append(p)
+                echo(format_row(p) + " |")
+                echo(format_row(r) + f" {p.plan_meta_cpu_us / r.plan_meta_cpu_us:.1f}x |")
+            else:
+                echo(format_row(r))
+            results.append(r)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"machine": machine(), "date": str(datetime.date.today()),
