@@ -12,7 +12,7 @@ OUT=${OUT:-bench-results}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 INFLIGHT_NO_PROGRESS=1
 if [ ! -d /tmp/site/pytriton ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/*.whl
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/tritonclient-*.whl .whl/python_rapidjson-*.whl
   tar xJf .whl/tritonserver-py312.tar.xz -C /tmp/site
 fi
 export PYTHONPATH=/tmp/site

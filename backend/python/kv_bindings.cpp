@@ -2,6 +2,7 @@
 // replaces, plus read-only snapshots (ref_cnt, free_queue, block_hash, cached, req_blocks)
 // that tests read. Snapshots copy: they are for tests and metrics, not the step path.
 #include "inflight/kv_cache_manager.h"
+#include "inflight/testing.h"
 
 #include <string>
 
@@ -99,6 +100,22 @@ void bind_kv(py::module_& m) {
         return py::make_tuple(kv.pool().num_cached(), kv.counters().reused_blocks_total,
                               kv.counters().lookup_blocks_total);
       });
+
+  m.def(
+      "_testing_corrupt",
+      [](KVCacheManager& kv, const std::string& what, BlockId block, const std::string& id) {
+        using testing::Corruption;
+        static const std::pair<const char*, Corruption> kinds[] = {
+            {"ref_count", Corruption::kRefCount},          {"queue_insert", Corruption::kQueueInsert},
+            {"queue_unlink", Corruption::kQueueUnlink},    {"table_duplicate", Corruption::kTableDuplicate},
+            {"stale_hash", Corruption::kStaleHash}};
+        for (const auto& k : kinds) {
+          if (what == k.first) return testing::corrupt(kv, k.second, block, id);
+        }
+        throw py::value_error("unknown corruption " + what);
+      },
+      py::arg("kv"), py::arg("what"), py::arg("block"), py::arg("req_id") = "",
+      "Tests only: break the pool's state on purpose so check_integrity() can be seen to notice.");
 }
 
 }  // namespace inflight::py_bind

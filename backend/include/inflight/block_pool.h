@@ -9,6 +9,7 @@
 #pragma once
 
 #include <optional>
+#include <string>
 #include <unordered_map>
 #include <vector>
 
@@ -16,6 +17,12 @@
 #include "inflight/sha256.h"
 
 namespace inflight {
+
+class KVCacheManager;
+namespace testing {
+enum class Corruption;
+void corrupt(KVCacheManager& kv, Corruption what, BlockId block, const std::string& id);
+}  // namespace testing
 
 class BlockPool {
  public:
@@ -47,6 +54,7 @@ class BlockPool {
   void check_integrity() const;
 
  private:
+  friend void testing::corrupt(KVCacheManager&, testing::Corruption, BlockId, const std::string&);
   void unlink(BlockId b);
   void push_back(BlockId b);
 

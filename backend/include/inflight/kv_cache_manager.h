@@ -92,6 +92,7 @@ class KVCacheManager {
   void check_integrity() const;
 
  private:
+  friend void testing::corrupt(KVCacheManager&, testing::Corruption, BlockId, const std::string&);
   void validate_prefix(const SeqBlocks& s, Span<const BlockId> prefix) const;
   const Digest& hash_at(SeqBlocks& s, Span<const Token> tokens, size_t i, std::string_view extra);
   void maybe_erase(const std::string& id);

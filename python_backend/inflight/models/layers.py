@@ -98,8 +98,9 @@ class RotaryEmbedding(nn.Module):
         inv = rope_inv_freq(cfg, head_dim)
         t = torch.arange(max_positions, dtype=torch.float32)
         freqs = torch.outer(t, inv)  # [P, D/2]
-        # cos_sin_cache: [P, D] = cos half | sin half, kept in fp32
-        self.register_buffer("cos_sin_cache", torch.cat([freqs.cos(), freqs.sin()], -1), persistent=False)
+        # cos_sin_cache: [P, D] = cos half | sin half. A plain attribute, not a buffer, so
+        # model.to(bfloat16) leaves it in fp32 (it is built on the model's device).
+        self.cos_sin_cache = torch.cat([freqs.cos(), freqs.sin()], -1)
 
     def forward(
         self, positions: torch.Tensor, q: torch.Tensor, k: torch.Tensor
