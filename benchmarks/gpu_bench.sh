@@ -11,11 +11,11 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-bench-results}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 INFLIGHT_NO_PROGRESS=1
-if [ ! -d /tmp/site/pytriton ]; then
-  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/site .whl/tritonclient-*.whl .whl/python_rapidjson-*.whl
-  tar xJf .whl/tritonserver-py312.tar.xz -C /tmp/site
+if [ ! -d /tmp/isite/pytriton ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/isite .whl/tritonclient-*.whl .whl/python_rapidjson-*.whl
+  tar xJf .whl/tritonserver-py312.tar.xz -C /tmp/isite
 fi
-export PYTHONPATH=/tmp/site
+export PYTHONPATH=/tmp/isite
 python3 -c "import inflight._core" 2>/dev/null || python3 -m pip install -q -e . --no-deps --no-build-isolation 2>&1 | tail -3
 nvidia-smi --query-gpu=name,memory.used,memory.total,driver_version --format=csv
 python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)"

@@ -138,6 +138,7 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--hf-batch-size", type=int, default=64)
     p.add_argument("--hf-requests", type=int, default=256, help="cap on requests sent to the HF baseline")
     p.add_argument("--out", default="bench-results", help="directory for JSON and PNG files")
+    p.add_argument("--seed", type=int, default=0, help="workload seed")
 
 
 def add_bench_parser(sub: Any) -> argparse.ArgumentParser:
@@ -151,7 +152,6 @@ def add_bench_parser(sub: Any) -> argparse.ArgumentParser:
     t.add_argument("--osl", type=int, default=128, help="output length mean")
     t.add_argument("--isl-stdev", type=float, default=0.0)
     t.add_argument("--osl-stdev", type=float, default=0.0)
-    t.add_argument("--seed", type=int, default=0)
     t.set_defaults(func=_cmd_offline, command_name="throughput")
     lat = bs.add_parser("latency", help="batch 1: tok/s per user, ms per token")
     _engine_args(lat)
