@@ -19,9 +19,14 @@ class IncrementalDetokenizer:
                  stop: list[str] | None = None, include_stop: bool = False) -> None:
         self.tok = tokenizer
         self.skip = skip_special_tokens
-        self.ids: list[int] = list(prompt_ids[-_CONTEXT:])
-        self.prefix_offset = 0
+        self.ids: list[int] = list(prompt_ids[-2 * _CONTEXT:])
+        # if the prompt ends inside a multi-byte character, start reading before it so the
+        # output token that completes it emits the whole character
         self.read_offset = len(self.ids)
+        while (self.read_offset > 0 and len(self.ids) - self.read_offset < 4
+               and self._decode(self.ids[: self.read_offset]).endswith("\ufffd")):
+            self.read_offset -= 1
+        self.prefix_offset = max(self.read_offset - _CONTEXT, 0)
         self.text = ""  # all decoded output text (stop string cut once found)
         self.sent = 0  # characters of self.text already emitted
         self.stop = stop or []

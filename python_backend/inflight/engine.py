@@ -122,6 +122,14 @@ class LLMEngine:
                 "max_tokens", f"prompt ({n} tokens) + max_tokens ({max_tokens}) exceeds "
                 f"max_seq_len ({self.max_seq_len}); allowed max_tokens <= {self.max_seq_len - n}")
         c = self.cfg
+        if not c.enable_chunked_context:
+            # without chunking a prompt (and, under max_utilization, a preempted request's
+            # whole recompute) must fit into one step's token budget
+            limit = n if c.batch_scheduler_policy == "guaranteed_no_evict" else n + max_tokens
+            if limit > c.max_num_tokens:
+                raise InvalidRequestError(
+                    "input_ids", f"{limit} tokens exceed max_num_tokens ({c.max_num_tokens}) and "
+                    "enable_chunked_context is false; shorten the prompt or enable chunking")
         p.validate_for(vocab_size=self.vocab_size, max_n=c.max_num_return_sequences,
                        max_logprobs=c.max_logprobs, max_stop_words=c.max_stop_words,
                        max_bad_words=c.max_bad_words)
@@ -137,8 +145,8 @@ class LLMEngine:
         return [self.tokenizer.encode(w, add_special_tokens=False) for w in words]
 
     def make_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
-                     callback: UpdateCallback | None = None, priority: int = 0
-                     ) -> tuple[list[int], list[_Seq]]:
+                     callback: UpdateCallback | None = None, priority: int = 0,
+                     queued_elsewhere: int = 0) -> tuple[list[int], list[_Seq]]:
         """Validate and build the request's sequences without touching engine state (safe
         from any thread). Raises InvalidRequestError or QueueFullError."""
         prompt_ids = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
@@ -147,13 +155,14 @@ class LLMEngine:
             params.bad_words = []
         max_tokens = self._resolve(prompt_ids, params)
         cap = self.cfg.max_queue_size
-        if cap and self.scheduler.num_waiting + params.n > cap:
+        if cap and self.scheduler.num_waiting + queued_elsewhere + params.n > cap:
             raise QueueFullError(f"request {request_id!r} exceeds maximum queue size ({cap})")
         ids = [request_id] if params.n == 1 else [f"{request_id}#{i}" for i in range(params.n)]
         hold = max((len(w) for w in params.stop_words_ids), default=1) - 1
         seqs: list[_Seq] = []
         for i, sid in enumerate(ids):
-            req = Request(sid, prompt_ids, params, max_tokens, self.eos_token_ids, priority=priority,
+            eos = frozenset({params.end_id}) if params.end_id is not None else self.eos_token_ids
+            req = Request(sid, prompt_ids, params, max_tokens, eos, priority=priority,
                           seq_index=i, parent_id=request_id, arrival_order=next(self._order))
             if params.seed is not None:
                 seed = (params.seed + i * 0x9E3779B97F4A7C15) % 2**64
@@ -248,7 +257,8 @@ class LLMEngine:
             status, drop_last = self._check_stop(req, token)
             seq.feed(status is not None, drop_last)
             if seq.detok is not None:
-                if status is None and seq.detok.stopped_by is not None:
+                stoppable = status is None or status is RequestStatus.FINISHED_LENGTH
+                if stoppable and seq.detok.stopped_by is not None:
                     status, req.stop_reason = RequestStatus.FINISHED_STOPPED, seq.detok.stopped_by
             if status is not None:
                 updates.append(self._finish(seq, status, emit=False))

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from .config import EngineConfig
 from .engine import LLMEngine, UpdateCallback
-from .errors import EngineDeadError, InvalidRequestError
+from .errors import EngineDeadError, InvalidRequestError, QueueFullError
 from .kv_cache_manager import KVStats
 from .sampling_params import SamplingParams
 
@@ -41,6 +41,7 @@ class EngineLoop:
         self._cv = threading.Condition()
         self._inbox: list[Callable[[], None]] = []
         self._live: set[str] = set()  # client request ids accepted and not yet final
+        self._inbox_seqs = 0  # sequences submitted but not yet in the scheduler
         self._stopping = False
         self.dead_reason: str | None = None
         self.stats = self._snapshot(0)
@@ -58,18 +59,33 @@ class EngineLoop:
         """Validate (raising InvalidRequestError / QueueFullError at once) and queue."""
         if not self.alive:
             raise EngineDeadError(f"engine is not running: {self.dead_reason or 'stopped'}")
-        prompt_ids, seqs = self.engine.make_request(request_id, prompt, params, self._wrap(callback), priority)
+        with self._cv:
+            queued = self._inbox_seqs
+        prompt_ids, seqs = self.engine.make_request(request_id, prompt, params, self._wrap(callback),
+                                                    priority, queued_elsewhere=queued)
         with self._cv:
             if request_id in self._live:
                 raise InvalidRequestError("request_id", f"{request_id!r} is already in flight")
+            cap = self.engine.cfg.max_queue_size
+            if cap and self.engine.scheduler.num_waiting + self._inbox_seqs + len(seqs) > cap:
+                raise QueueFullError(f"request {request_id!r} exceeds maximum queue size ({cap})")
             self._live.add(request_id)
-            self._inbox.append(lambda: self.engine.enqueue(request_id, seqs))
+            self._inbox_seqs += len(seqs)
+            self._inbox.append(lambda: self._enqueue(request_id, seqs))
             self._cv.notify()
         return prompt_ids
 
+    def _enqueue(self, request_id: str, seqs: list) -> None:  # type: ignore[type-arg]
+        with self._cv:
+            self._inbox_seqs -= len(seqs)
+        self.engine.enqueue(request_id, seqs)
+
     def _wrap(self, callback: UpdateCallback) -> UpdateCallback:
         def cb(u):  # type: ignore[no-untyped-def]
-            callback(u)
+            try:
+                callback(u)
+            except Exception:  # noqa: BLE001 - a consumer's fault must not kill the engine
+                log.exception("output callback of %s failed; dropping its update", u.request_id)
             if u.finished:
                 self._maybe_release(u.request_id)
         return cb

@@ -112,8 +112,13 @@ class LLM:
         params = params or SamplingParams()
         aq: asyncio.Queue[SequenceUpdate] = asyncio.Queue()
         loop = asyncio.get_running_loop()
-        rid, _ = self._submit(prompt, params, request_id,
-                              lambda u: loop.call_soon_threadsafe(aq.put_nowait, u), priority)
+        def sink(u: SequenceUpdate) -> None:
+            try:
+                loop.call_soon_threadsafe(aq.put_nowait, u)
+            except RuntimeError:  # the consumer's event loop is closed: nobody to tell
+                pass
+
+        rid, _ = self._submit(prompt, params, request_id, sink, priority)
         remaining = params.n
         try:
             while remaining:

@@ -11,7 +11,6 @@ import logging
 import os
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 
 from .attention import AttentionMetadata, get_attention_backend

@@ -176,9 +176,6 @@ def test_async_close_and_cancel_abort(llm: Any, assert_no_leak: Callable[..., No
     assert_no_leak(llm)
 
 
-@pytest.mark.xfail(reason="llm.py generate_async: the update callback calls call_soon_threadsafe on "
-                          "a closed event loop, raises in the engine thread and kills the engine",
-                   strict=True)
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")
 def test_async_consumer_whose_loop_closed_does_not_kill_the_engine(
         tiny_model_dir: Callable[[str], str]) -> None:

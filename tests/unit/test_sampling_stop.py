@@ -115,8 +115,6 @@ def test_earliest_of_several_stop_strings_wins(llm: Any, greedy: dict[str, Any])
     assert (c.stop_reason, c.text) == (first[0], full[:first[1]])
 
 
-@pytest.mark.xfail(reason="engine.py _postprocess: a stop string completed by the max_tokens-th "
-                          "token cuts the text but reports finish_reason 'length'", strict=True)
 def test_stop_string_completed_by_the_last_allowed_token(llm: Any, greedy: dict[str, Any]) -> None:
     prompt = PROMPTS[0]
     g = greedy[prompt]
@@ -243,8 +241,6 @@ def test_generation_config_eos_ends_and_ignore_eos_and_min_tokens(
                                     min_new_tokens=j + 3)
 
 
-@pytest.mark.xfail(reason="SamplingParams.end_id is validated but never used by the engine",
-                   strict=True)
 def test_end_id_ends_generation(llm: Any, eos_case: tuple[str, int, int],
                                 greedy: dict[str, Any]) -> None:
     _dir, eos, j = eos_case

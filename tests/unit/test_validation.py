@@ -216,9 +216,6 @@ def test_max_queue_size(sync_engine: Callable[..., LLMEngine]) -> None:
     _drain(eng)
 
 
-@pytest.mark.xfail(reason="engine.py make_request checks max_queue_size against the scheduler's "
-                          "waiting list only; requests still in the loop's inbox are not counted",
-                   strict=True)
 def test_max_queue_size_holds_for_a_burst(make_llm: Callable[..., Any]) -> None:
     small = make_llm(max_queue_size=2)
     sink: queue.SimpleQueue[Any] = queue.SimpleQueue()
@@ -234,9 +231,6 @@ def test_max_queue_size_holds_for_a_burst(make_llm: Callable[..., Any]) -> None:
     assert accepted == 2
 
 
-@pytest.mark.xfail(reason="with enable_chunked_context=False a prompt longer than max_num_tokens "
-                          "is accepted but can never be scheduled: it blocks the queue forever",
-                   strict=True)
 def test_prompt_over_the_step_budget_without_chunking_is_rejected(
         make_llm: Callable[..., Any]) -> None:
     small = make_llm(max_num_tokens=16, enable_chunked_context=False)

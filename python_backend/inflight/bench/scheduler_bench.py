@@ -279,7 +279,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rounds", type=int, default=1,
                    help="runs per scenario (alternating with --vs-python); the median run is shown")
     p.add_argument("--vs-python", default=None, metavar="COMMIT",
-                   help="also run the pure-Python implementation of this git commit")
+                   help="also run the pure-Python implementation of this git commit (or of a "
+                        "directory holding that commit's python_backend/)")
     p.add_argument("--json", default=None, help="also write the results to this file")
 
 
@@ -290,14 +291,18 @@ _BOOTSTRAP = ("import sys; sys.meta_path = [f for f in sys.meta_path if 'editabl
 
 
 def reference_tree(commit: str, dest: str) -> str:
-    """python_backend/ of ``commit`` extracted into ``dest``, with this benchmark in it."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    root = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=here, check=True,
-                          capture_output=True, text=True).stdout.strip()
-    tar = subprocess.run(["git", "archive", commit, "python_backend"], cwd=root, check=True,
-                         capture_output=True).stdout
-    with tarfile.open(fileobj=io.BytesIO(tar)) as tf:
-        tf.extractall(dest)  # noqa: S202 - our own repository's archive
+    """python_backend/ of ``commit`` (or a copy of a directory holding an extracted
+    python_backend/, for machines without the git history) in ``dest``, with this benchmark."""
+    if os.path.isdir(commit):
+        shutil.copytree(os.path.join(commit, "python_backend"), os.path.join(dest, "python_backend"))
+    else:
+        here = os.path.dirname(os.path.abspath(__file__))
+        root = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=here, check=True,
+                              capture_output=True, text=True).stdout.strip()
+        tar = subprocess.run(["git", "archive", commit, "python_backend"], cwd=root, check=True,
+                             capture_output=True).stdout
+        with tarfile.open(fileobj=io.BytesIO(tar)) as tf:
+            tf.extractall(dest)  # noqa: S202 - our own repository's archive
     bench = os.path.join(dest, "python_backend", "inflight", "bench")
     os.makedirs(bench, exist_ok=True)
     if not os.path.exists(os.path.join(bench, "__init__.py")):
