@@ -29,9 +29,10 @@ case "${1:-all}" in
     $B latency --model llama-3.2-1b --isl 128 --osl 256 --out "$OUT" 2>&1 | tail -4
     ;;
   throughput)
-    $B throughput --model llama-3.1-8b --isl 128 --osl 128 --num-requests 2000 --baseline hf --hf-requests 256 --out "$OUT" 2>&1 | tail -4
-    $B throughput --model llama-3.1-8b --isl 2048 --osl 128 --num-requests 500 --max-num-tokens 16384 --out "$OUT" 2>&1 | tail -4
-    $B throughput --model llama-3.1-8b --isl 1000 --osl 1000 --num-requests 400 --out "$OUT" 2>&1 | tail -4
+    N=${SCALE:-1}
+    timeout 150 $B throughput --model llama-3.1-8b --isl 128 --osl 128 --num-requests $((1000 * N)) --baseline hf --hf-requests 128 --out "$OUT" 2>&1 | tail -4
+    timeout 100 $B throughput --model llama-3.1-8b --isl 2048 --osl 128 --num-requests $((200 * N)) --max-num-tokens 16384 --out "$OUT" 2>&1 | tail -4
+    timeout 110 $B throughput --model llama-3.1-8b --isl 1000 --osl 1000 --num-requests $((128 * N)) --out "$OUT" 2>&1 | tail -4
     ;;
   serve)
     python3 - "$OUT" <<'EOF'
