@@ -7,7 +7,6 @@ import importlib.resources
 
 import pytest
 import torch
-
 from inflight.config import EngineConfig
 from inflight.engine import LLMEngine
 from inflight.models.layers import KernelSwitch

@@ -13,7 +13,7 @@ from ..engine_loop import EngineLoop
 from ..errors import EngineDeadError, InvalidRequestError, QueueFullError
 from .convert import ItemRequest
 from .params import ServingConfig, parse_parameters, raw_parameters
-from .serving import OutputBuilder, ServingCore
+from .serving import ServingCore
 
 log = logging.getLogger(__name__)
 
