@@ -47,16 +47,15 @@ kw = {"load_format": "dummy", "dtype": "bfloat16", "max_seq_len": "4096", "max_b
       "stream_interval": os.environ.get("STREAM_INTERVAL", "1")}
 repo = "/tmp/serve-repo"
 build(model, repo, "ensemble", {**kw, "tokenizer_dir": tok}, force=True)
-build(model, repo, "llm", {**kw, "tokenizer_dir": tok}, force=True)
 print("repo ready", flush=True)
 EOF
     python3 -m inflight.cli serve /tmp/serve-repo --http-port 8000 --grpc-port 8001 --metrics-port 8002 \
-        -- --model-control-mode=explicit --load-model=preprocessing --load-model=engine \
-        --load-model=postprocessing --load-model=ensemble > "$OUT/tritonserver.log" 2>&1 &
+        > /tmp/tritonserver.log 2>&1 &
     SERVER=$!
     for i in $(seq 1 240); do curl -sf localhost:8000/v2/health/ready >/dev/null && break; sleep 1; done
+    echo "server ready after ${i}s"; grep -iE "error|fail" /tmp/tritonserver.log | head -5
     $B serve --served-model ensemble --dataset sharegpt --num-requests 1000 --out "$OUT" 2>&1 | tail -30
-    curl -s localhost:8002/metrics | grep -E "^(nv_trt_llm|inflight)" > "$OUT/metrics.txt"
+    curl -s localhost:8002/metrics | grep -E "^(nv_trt_llm|inflight)" | grep -v bucket > "$OUT/serve-metrics.txt"
     kill -INT $SERVER; wait $SERVER
     python3 - "$OUT" <<'EOF'
 import json, sys
