@@ -54,7 +54,7 @@ EOF
     SERVER=$!
     for i in $(seq 1 240); do curl -sf localhost:8000/v2/health/ready >/dev/null && break; sleep 1; done
     echo "server ready after ${i}s"; grep -iE "error|fail" /tmp/tritonserver.log | head -5
-    $B serve --served-model ensemble --dataset sharegpt --num-requests 1000 --out "$OUT" 2>&1 | tail -30
+    timeout 200 $B serve --served-model ensemble --dataset sharegpt --num-requests 1000 --out "$OUT" 2>&1 | tail -30
     curl -s localhost:8002/metrics | grep -E "^(nv_trt_llm|inflight)" | grep -v bucket > "$OUT/serve-metrics.txt"
     kill -INT $SERVER; wait $SERVER
     python3 - "$OUT" <<'EOF'
