@@ -35,6 +35,7 @@ case "${1:-all}" in
     timeout 110 $B throughput --model llama-3.1-8b --isl 1000 --osl 1000 --num-requests $((128 * N)) --out "$OUT" 2>&1 | tail -4
     ;;
   serve)
+    pkill -9 -f tritonserver; pkill -9 -f triton_python_backend_stub; sleep 1  # leftovers of an earlier run
     python3 - "$OUT" <<'EOF'
 import json, os, sys, subprocess
 from inflight.bench.cli import resolve_bench_model
@@ -46,15 +47,16 @@ model, tok, _ = resolve_bench_model("llama-3.1-8b")
 kw = {"load_format": "dummy", "dtype": "bfloat16", "max_seq_len": "4096", "max_batch_size": "256",
       "stream_interval": os.environ.get("STREAM_INTERVAL", "1")}
 repo = "/tmp/serve-repo"
+import shutil; shutil.rmtree(repo, ignore_errors=True)
 build(model, repo, "ensemble", {**kw, "tokenizer_dir": tok}, force=True)
 print("repo ready", flush=True)
 EOF
     python3 -m inflight.cli serve /tmp/serve-repo --http-port 8000 --grpc-port 8001 --metrics-port 8002 \
         > /tmp/tritonserver.log 2>&1 &
     SERVER=$!
-    for i in $(seq 1 240); do curl -sf localhost:8000/v2/health/ready >/dev/null && break; sleep 1; done
+    for i in $(seq 1 240); do curl -sf localhost:8000/v2/health/ready >/dev/null && break; kill -0 $SERVER 2>/dev/null || break; sleep 1; done
     echo "server ready after ${i}s"; grep -iE "error|fail" /tmp/tritonserver.log | head -5
-    timeout 200 $B serve --served-model ensemble --dataset sharegpt --num-requests 1000 --out "$OUT" 2>&1 | tail -30
+    timeout 150 $B serve --served-model ensemble --dataset sharegpt --num-requests 1000 --out "$OUT" 2>&1 | tail -30
     curl -s localhost:8002/metrics | grep -E "^(nv_trt_llm|inflight)" | grep -v bucket > "$OUT/serve-metrics.txt"
     kill -INT $SERVER; wait $SERVER
     python3 - "$OUT" <<'EOF'
