@@ -35,7 +35,7 @@ case "${1:-all}" in
     timeout 110 $B throughput --model llama-3.1-8b --isl 1000 --osl 1000 --num-requests $((128 * N)) --out "$OUT" 2>&1 | tail -4
     ;;
   serve)
-    pkill -9 -f tritonserver; pkill -9 -f triton_python_backend_stub; sleep 1  # leftovers of an earlier run
+    pkill -9 -x tritonserver; pkill -9 -f triton_python_backend_stub; sleep 1  # leftovers of an earlier run
     python3 - "$OUT" <<'EOF'
 import json, os, sys, subprocess
 from inflight.bench.cli import resolve_bench_model
