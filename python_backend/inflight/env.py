@@ -30,3 +30,11 @@ def disable_progress() -> bool:
 def tritonserver_path() -> str:
     """Explicit tritonserver binary; otherwise PATH, then the nvidia-pytriton wheel."""
     return _get("TRITONSERVER", "")
+
+
+def allow_fault_injection() -> bool:
+    """Tests only: lets config.pbtxt's ``fault_injection_step`` make the engine raise.
+
+    Unset in production, so a repository parameter alone can never break a live engine.
+    """
+    return _get("ALLOW_FAULT_INJECTION", "0") == "1"

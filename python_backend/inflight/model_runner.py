@@ -89,7 +89,7 @@ class ModelRunner:
             init_dummy_weights(model, self.cfg.seed)
         else:
             load_weights(model, self.model_cfg, self.cfg.model)
-        model.eval()
+        model.eval().requires_grad_(False)
         return model
 
     def kv_bytes_per_token(self) -> int:
