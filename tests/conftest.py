@@ -4,8 +4,13 @@
 from __future__ import annotations
 
 import os
+import shutil
 
 os.environ["INFLIGHT_NO_PROGRESS"] = "1"  # before inflight reads it: no tqdm bars in tests
+if shutil.which("nvidia-smi") is None:
+    # No GPU: OpenAI-Triton kernels run in the interpreter. Set before anything imports
+    # triton (torch and transformers may), since triton caches the setting on first read.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 import functools
 from collections.abc import Callable, Iterator
