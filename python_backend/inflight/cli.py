@@ -124,7 +124,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     _add_generate(sub)
     for mod, fn in (("serve.launcher", "add_serve_parser"), ("repo", "add_repo_parser"),
-                    ("demo", "add_demo_parser"), ("bench.cli", "add_bench_parser")):
+                    ("demo", "add_demo_parser"), ("bench.cli", "add_bench_parser"),
+                    ("soak", "add_soak_parser")):
         try:
             import importlib
 

@@ -109,6 +109,11 @@ class EngineLoop:
             self._cv.notify()
         self._thread.join(timeout)
 
+    def wait_stopped(self, timeout: float | None = None) -> bool:
+        """Block until the engine thread ended (shutdown or fault); True if it has."""
+        self._thread.join(timeout)
+        return not self._thread.is_alive()
+
     def wait_idle(self, timeout: float = 30.0) -> bool:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -199,7 +199,7 @@ class RunningServer:
 
 
 class TritonServerFactory:
-    """Callable: ``factory(repo, extra_args=..., ready_timeout=...) -> RunningServer``."""
+    """Callable: ``factory(repo, extra_args=..., ready_timeout=..., env=...) -> RunningServer``."""
 
     def __init__(self, log_dir: Path) -> None:
         self.log_dir = log_dir
@@ -212,6 +212,7 @@ class TritonServerFactory:
         extra_args: Sequence[str] = ("--exit-timeout-secs=10",),
         ready_timeout: float = 60.0,
         log_verbose: int = 0,
+        env: dict[str, str] | None = None,
     ) -> RunningServer:
         log_path = self.log_dir / f"tritonserver-{len(self.started)}.log"
         server = TritonServer(log_path=log_path)
@@ -224,6 +225,7 @@ class TritonServerFactory:
             metrics_port=0,
             log_verbose=log_verbose,
             extra_args=extra_args,
+            env=env,
         )
         server.wait_ready(timeout=ready_timeout)  # raises with the log tail on failure
         return running

@@ -12,6 +12,7 @@ import numpy as np
 from ..engine_loop import EngineLoop
 from ..errors import EngineDeadError, InvalidRequestError, QueueFullError
 from .convert import ItemRequest
+from .health import EngineWatcher, fault_hook
 from .params import ServingConfig, parse_parameters, raw_parameters
 from .serving import ServingCore
 
@@ -67,6 +68,11 @@ class EngineModel:
 
         cfg = EngineConfig.from_kwargs(**engine_kwargs)
         self.loop = EngineLoop(cfg)
+        srv = self.serving
+        if srv.fault_injection_step or srv.fault_injection_step_delay_ms:
+            self.loop._fault_hook = fault_hook(self.loop, srv.fault_injection_step,
+                                               srv.fault_injection_step_delay_ms)
+        self.watcher = EngineWatcher(self.pb, self.model_name, self.loop)
         self.tokenizer = self.loop.engine.tokenizer
         self.metrics = Metrics(self.pb, self.model_name, args.get("model_version", "1"), self.loop)
         self.core = ServingCore(self.loop, self.pb, self.build_outputs,
@@ -91,6 +97,7 @@ class EngineModel:
                     flags=self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
 
     def finalize(self) -> None:
+        self.watcher.close()
         self.metrics.close()
         self.loop.shutdown()
         self.core.shutdown()

@@ -70,6 +70,18 @@ def batch_size(tensors: dict[str, np.ndarray], anchor: str) -> int:
     return int(arr.shape[0]) if arr.ndim >= 2 else 1
 
 
+def _row(arr: np.ndarray, name: str, item: int) -> np.ndarray:
+    """Batch item `item` of a [B, ...] tensor ([N] / scalar: one row for every item)."""
+    if arr.size == 0:
+        raise InvalidRequestError(name, f"must not be empty, got shape {arr.shape}")
+    rows = arr.reshape(arr.shape[0], -1) if arr.ndim >= 2 else arr.reshape(1, -1)
+    if rows.shape[0] == 1:
+        return rows[0]
+    if item >= rows.shape[0]:
+        raise InvalidRequestError(name, f"has batch size {rows.shape[0]}; item {item} is missing")
+    return rows[item]
+
+
 def scalar(tensors: dict[str, np.ndarray], name: str, item: int) -> Any:
     """The value of a [B, 1] (or [1]) tensor for batch item `item`, type-checked."""
     arr = tensors[name]
@@ -77,8 +89,7 @@ def scalar(tensors: dict[str, np.ndarray], name: str, item: int) -> Any:
     if arr.dtype.kind not in kinds:
         want = {"iu": "an integer", "f": "a float", "b": "a bool"}[kinds]
         raise InvalidRequestError(name, f"must be {want} tensor, got dtype {arr.dtype}")
-    flat = arr.reshape(arr.shape[0], -1) if arr.ndim >= 2 else arr.reshape(1, -1)
-    row = flat[item if flat.shape[0] > 1 else 0]
+    row = _row(arr, name, item)
     if row.size != 1:
         raise InvalidRequestError(name, f"must hold one value per batch item, got shape {arr.shape}")
     v = row[0].item()
@@ -88,10 +99,16 @@ def scalar(tensors: dict[str, np.ndarray], name: str, item: int) -> Any:
 
 
 def text_item(tensors: dict[str, np.ndarray], name: str, item: int) -> str:
+    if name not in tensors:
+        raise InvalidRequestError(name, "is required")
     arr = tensors[name]
     if arr.dtype.kind not in "OSU":
         raise InvalidRequestError(name, f"must be a BYTES/string tensor, got dtype {arr.dtype}")
+    if arr.size == 0:
+        raise InvalidRequestError(name, f"must not be empty, got shape {arr.shape}")
     flat = arr.reshape(-1) if arr.ndim < 2 else arr.reshape(arr.shape[0], -1)[:, 0]
+    if flat.shape[0] > 1 and item >= flat.shape[0]:
+        raise InvalidRequestError(name, f"has batch size {flat.shape[0]}; item {item} is missing")
     v = flat[item if flat.shape[0] > 1 else 0]
     raw = v if isinstance(v, bytes) else str(v).encode()
     if len(raw) > MAX_TEXT_BYTES:
@@ -102,6 +119,15 @@ def text_item(tensors: dict[str, np.ndarray], name: str, item: int) -> str:
         raise InvalidRequestError(name, f"is not valid UTF-8 ({e.reason} at byte {e.start})") from None
 
 
+def prompt_text(tensors: dict[str, np.ndarray], name: str, item: int) -> str:
+    """A text prompt: like `text_item`, and an empty prompt is an error (not a BOS-only
+    prompt the model would continue from nothing)."""
+    text = text_item(tensors, name, item)
+    if not text:
+        raise InvalidRequestError(name, "is empty; send a non-empty prompt")
+    return text
+
+
 def word_list(tensors: dict[str, np.ndarray], name: str, item: int) -> list[str]:
     """TensorRT-LLM `stop_words`/`bad_words`: a [B, N] BYTES tensor of strings."""
     if name not in tensors:
@@ -109,8 +135,9 @@ def word_list(tensors: dict[str, np.ndarray], name: str, item: int) -> list[str]
     arr = tensors[name]
     if arr.dtype.kind not in "OSU":
         raise InvalidRequestError(name, f"must be a BYTES tensor of strings, got dtype {arr.dtype}")
-    rows = arr.reshape(arr.shape[0], -1) if arr.ndim >= 2 else arr.reshape(1, -1)
-    row = rows[item if rows.shape[0] > 1 else 0]
+    if arr.size == 0:
+        return []
+    row = _row(arr, name, item)
     out = []
     for v in row:
         s = v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v)
@@ -174,15 +201,13 @@ def input_ids_item(tensors: dict[str, np.ndarray], item: int) -> list[int]:
     ids = tensors["input_ids"]
     if ids.dtype.kind not in "iu":
         raise InvalidRequestError("input_ids", f"must be an integer tensor, got dtype {ids.dtype}")
-    rows = ids.reshape(ids.shape[0], -1) if ids.ndim >= 2 else ids.reshape(1, -1)
-    row = rows[item if rows.shape[0] > 1 else 0]
+    row = _row(ids, "input_ids", item) if ids.size else ids.reshape(-1)
     n = row.shape[0]
     if "input_lengths" in tensors:
         lens = tensors["input_lengths"]
         if lens.dtype.kind not in "iu":
             raise InvalidRequestError("input_lengths", f"must be an integer tensor, got {lens.dtype}")
-        flat = lens.reshape(-1)
-        n = int(flat[item if flat.shape[0] > 1 else 0])
+        n = int(_row(lens.reshape(-1, 1), "input_lengths", item)[0])
         if not 0 <= n <= row.shape[0]:
             raise InvalidRequestError("input_lengths", f"must be in [0, {row.shape[0]}], got {n}")
     return [int(t) for t in row[:n]]
@@ -191,7 +216,7 @@ def input_ids_item(tensors: dict[str, np.ndarray], item: int) -> list[int]:
 def item_from_tensors(tensors: dict[str, np.ndarray], item: int, *, text_input: str | None,
                       defaults: dict[str, bool], max_beam_width: int = 1) -> ItemRequest:
     """One batch item of an `ensemble` (text_input) or `engine` (input_ids) request."""
-    prompt: str | list[int] = (text_item(tensors, text_input, item) if text_input
+    prompt: str | list[int] = (prompt_text(tensors, text_input, item) if text_input
                                else input_ids_item(tensors, item))
     sp, flags = sampling_from_tensors(tensors, item, require_max_tokens=True,
                                       max_beam_width=max_beam_width)
@@ -248,12 +273,13 @@ def _coerce(name: str, typ: type, v: Any) -> Any:
                 raise ValueError(v)
             return int(v)
         out = float(v)
-        if not math.isfinite(out):
-            raise InvalidRequestError(f"sampling_parameters.{name}", f"must be finite, got {v!r}")
-        return out
     except (TypeError, ValueError):
         raise InvalidRequestError(f"sampling_parameters.{name}",
                                   f"must be {typ.__name__}, got {v!r}") from None
+    # outside the try: InvalidRequestError is a ValueError and would be re-worded above
+    if not math.isfinite(out):
+        raise InvalidRequestError(f"sampling_parameters.{name}", f"must be finite, got {v!r}")
+    return out
 
 
 def sampling_from_json(raw: str) -> SamplingParams:

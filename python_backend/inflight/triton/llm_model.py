@@ -13,7 +13,7 @@ import numpy as np
 from ..errors import InvalidRequestError
 from ..outputs import SequenceUpdate
 from .base import EngineModel, read_inputs
-from .convert import ItemRequest, sampling_from_json, text_item
+from .convert import ItemRequest, prompt_text, sampling_from_json, text_item
 from .serving import ItemStream
 
 _FLAGS = ("stream", "exclude_input_in_output", "return_finish_reason", "return_cumulative_logprob",
@@ -38,7 +38,7 @@ def llm_item(tensors: dict[str, np.ndarray], defaults: dict[str, bool],
              default_max_tokens: int | None) -> ItemRequest:
     if "text_input" not in tensors:
         raise InvalidRequestError("text_input", "is required")
-    prompt = text_item(tensors, "text_input", 0)
+    prompt = prompt_text(tensors, "text_input", 0)
     raw = text_item(tensors, "sampling_parameters", 0) if "sampling_parameters" in tensors else ""
     params = sampling_from_json(raw)
     if params.max_tokens is None and default_max_tokens is not None:

@@ -19,7 +19,8 @@ _RENAMES = {"gpt_model_path": "model", "model_path": "model", "tokenizer_dir": "
             "tokens_per_block": "block_size"}
 SERVING_KEYS = {"stream_interval": int, "exclude_input_in_output": bool, "max_beam_width": int,
                 "default_max_tokens": int, "allow_trust_remote_code": bool,
-                "max_inflight_requests": int, "fault_injection_step": int}
+                "max_inflight_requests": int, "fault_injection_step": int,
+                "fault_injection_step_delay_ms": int}
 IGNORED_KEYS = {"FORCE_CPU_ONLY_INPUT_TENSORS", "add_special_tokens", "skip_special_tokens",
                 "executor_worker_path", "gpt_model_type", "decoupled_mode"}
 
@@ -59,6 +60,7 @@ class ServingConfig:
     allow_trust_remote_code: bool = False
     max_inflight_requests: int = 0
     fault_injection_step: int = 0  # tests: honoured only with INFLIGHT_ALLOW_FAULT_INJECTION=1
+    fault_injection_step_delay_ms: int = 0  # likewise
 
 
 def engine_fields() -> dict[str, Any]:

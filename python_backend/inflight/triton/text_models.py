@@ -16,7 +16,7 @@ import numpy as np
 from ..engine import load_tokenizer
 from ..errors import InvalidRequestError
 from .base import input_names, pb_module, read_inputs, triton_error
-from .convert import batch_size, text_item
+from .convert import batch_size, prompt_text
 from .params import raw_parameters
 
 # engine outputs postprocessing forwards when the engine produced them
@@ -72,7 +72,7 @@ def tokenize_batch(tokenizer: Any, texts: list[str], pad_id: int) -> tuple[np.nd
 class PreprocessingModel(_TokenizerModel):
     def convert(self, tensors: dict[str, np.ndarray]) -> list[Any]:
         n = batch_size(tensors, "text_input")
-        texts = [text_item(tensors, "text_input", i) for i in range(n)]
+        texts = [prompt_text(tensors, "text_input", i) for i in range(n)]
         pad = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
         ids, lens = tokenize_batch(self.tokenizer, texts, pad)
         return [self.pb.Tensor("input_ids", ids), self.pb.Tensor("input_lengths", lens)]
