@@ -170,9 +170,7 @@ class ServingCore:
                 if m.finished or (interval is not None and len(m.token_ids) >= interval):
                     ready.append(m)
                     stream.pending[idx] = []
-                elif interval is not None:
-                    stream.pending[idx] = [m]
-                else:  # non-streaming: keep accumulating until the final update
+                else:  # below stream_interval, or non-streaming: keep accumulating
                     stream.pending[idx] = [m]
         return ready
 
