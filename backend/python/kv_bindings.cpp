@@ -33,7 +33,9 @@ void bind_kv(py::module_& m) {
           "ref_cnt",
           [](const KVCacheManager& kv) {
             py::list out(kv.num_blocks());
-            for (BlockId b = 0; b < kv.num_blocks(); ++b) PyList_SET_ITEM(out.ptr(), b, PyLong_FromLong(kv.pool().ref_count(b)));
+            for (BlockId b = 0; b < kv.num_blocks(); ++b) {
+              PyList_SET_ITEM(out.ptr(), b, PyLong_FromLong(kv.pool().ref_count(b)));
+            }
             return out;
           },
           "ref count of every block (a snapshot)")
@@ -67,8 +69,13 @@ void bind_kv(py::module_& m) {
             return out;
           },
           "request id -> block table, for requests that hold one (a snapshot)")
-      .def("block_table", [](const KVCacheManager& kv, const std::string& id) { return to_list(Span<const BlockId>(kv.block_table(id))); },
-           py::arg("req_id"))
+      .def(
+          "block_table",
+          [](const KVCacheManager& kv, const std::string& id) {
+            const SeqBlocks* s = kv.find(id);  // no intermediate copy: straight into a list
+            return s == nullptr ? py::list() : to_list(Span<const BlockId>(s->table));
+          },
+          py::arg("req_id"), "the request's block ids (a copy; empty for an unknown request)")
       .def("blocks_needed", &KVCacheManager::blocks_needed, py::arg("num_tokens"))
       .def("request_block_counts", &KVCacheManager::request_block_counts, py::arg("req_id"),
            "(reused, newly allocated, total) blocks of a request: the Triton kv-reuse outputs")

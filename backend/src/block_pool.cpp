@@ -98,13 +98,15 @@ void BlockPool::check_integrity() const {
   check(n == num_free_, "free queue length disagrees with the free count");
   for (BlockId b = 0; b < num_blocks_; ++b) {
     check(ref_[b] >= 0, [&] { return "block " + std::to_string(b) + " has a negative ref count"; });
-    check((ref_[b] == 0) == queued[b], [&] { return "block " + std::to_string(b) + ": free queue vs ref count"; });
+    check((ref_[b] == 0) == queued[b],
+          [&] { return "block " + std::to_string(b) + ": free queue vs ref count"; });
   }
   size_t hashed = 0;
   for (BlockId b = 0; b < num_blocks_; ++b) hashed += hashed_[b] ? 1 : 0;
   check(hashed == cached_.size(), "hashed blocks disagree with the cache map");
   for (const auto& kv : cached_) {
-    check(hashed_[kv.second] && hash_[kv.second] == kv.first, [&] { return "block " + std::to_string(kv.second) + ": cache map vs block hash"; });
+    check(hashed_[kv.second] && hash_[kv.second] == kv.first,
+          [&] { return "block " + std::to_string(kv.second) + ": cache map vs block hash"; });
   }
 }
 

@@ -77,7 +77,9 @@ int32_t KVCacheManager::num_evictable(Span<const BlockId> prefix) const {
 void KVCacheManager::validate_prefix(const SeqBlocks& s, Span<const BlockId> prefix) const {
   if (prefix.empty()) return;
   if (!prefix_caching_) throw std::invalid_argument("prefix blocks given but prefix caching is disabled");
-  if (!s.table.empty()) throw std::invalid_argument("prefix blocks can only be given to a request's first allocation");
+  if (!s.table.empty()) {
+    throw std::invalid_argument("prefix blocks can only be given to a request's first allocation");
+  }
   // Block i of the prefix must hold the key of this request's block i right now: that rules
   // out repeated ids (chained keys differ per position) and hits evicted since the lookup.
   for (size_t i = 0; i < prefix.size(); ++i) {
@@ -207,18 +209,23 @@ void KVCacheManager::check_integrity() const {
   int64_t table_no = 0;
   for (const auto& kv : seqs_) {
     const SeqBlocks& s = kv.second;
-    check(s.allocated || s.table.empty(), [&] { return "request " + kv.first + " holds blocks without a table"; });
+    check(s.allocated || s.table.empty(),
+          [&] { return "request " + kv.first + " holds blocks without a table"; });
     for (BlockId b : s.table) {
-      check(b >= 0 && b < pool_.num_blocks(), [&] { return "request " + kv.first + " holds an invalid block id"; });
-      check(seen[b] != table_no, [&] { return "block " + std::to_string(b) + " appears twice in the table of " + kv.first; });
+      check(b >= 0 && b < pool_.num_blocks(),
+            [&] { return "request " + kv.first + " holds an invalid block id"; });
+      check(seen[b] != table_no,
+            [&] { return "block " + std::to_string(b) + " appears twice in the table of " + kv.first; });
       seen[b] = table_no;
       ++refs[b];
     }
-    check(s.num_offered <= static_cast<int32_t>(s.table.size()) || !s.allocated, [&] { return "request " + kv.first + ": more blocks offered to the cache than it holds"; });
+    check(s.num_offered <= static_cast<int32_t>(s.table.size()) || !s.allocated,
+          [&] { return "request " + kv.first + ": more blocks offered to the cache than it holds"; });
     ++table_no;
   }
   for (BlockId b = 0; b < pool_.num_blocks(); ++b) {
-    check(refs[b] == pool_.ref_count(b), [&] { return "ref counts disagree with block tables: block " + std::to_string(b) +
+    check(refs[b] == pool_.ref_count(b),
+          [&] { return "ref counts disagree with block tables: block " + std::to_string(b) +
                                              " has ref count " + std::to_string(pool_.ref_count(b)) +
                                              " but is held by " + std::to_string(refs[b]) + " table(s)"; });
   }

@@ -77,8 +77,8 @@ Scheduler::WaitKey Scheduler::wait_key(const RequestState& r) {
 }
 
 void Scheduler::insert_running(RequestState* r) {
-  auto pos = std::upper_bound(running_.begin(), running_.end(), r,
-                              [](const RequestState* a, const RequestState* b) { return a->seniority < b->seniority; });
+  auto by_seniority = [](const RequestState* a, const RequestState* b) { return a->seniority < b->seniority; };
+  auto pos = std::upper_bound(running_.begin(), running_.end(), r, by_seniority);
   running_.insert(pos, r);
 }
 
@@ -185,7 +185,11 @@ void Scheduler::schedule_waiting(int64_t budget) {
     auto head = waiting_.begin();
     RequestState* r = get(head->h);
     sync(*r);
-    kv_.match_prefix(*r->blocks, r->tokens, r->extra_key, prefix_);
+    if (r->context_logits) {
+      prefix_.clear();  // its logits are wanted at every prompt position: compute them all
+    } else {
+      kv_.match_prefix(*r->blocks, r->tokens, r->extra_key, prefix_);
+    }
     auto hit = static_cast<int64_t>(prefix_.size());
     int64_t start = hit * kv_.block_size();
     int64_t n = num_new(*r, start, budget);
@@ -270,24 +274,30 @@ void Scheduler::check_integrity() const {
   int64_t last = -1;
   for (const RequestState* r : running_) {
     const std::string& id = r->id;
-    check(r->status == RequestStatus::kRunning, [&] { return "request " + id + " is in the running list but not running"; });
+    check(r->status == RequestStatus::kRunning,
+          [&] { return "request " + id + " is in the running list but not running"; });
     check(r->seniority > last, [&] { return "running list is not in seniority order at " + id; });
     last = r->seniority;
     check(r->blocks->allocated, [&] { return "running request " + id + " has no block table"; });
-    check(static_cast<int64_t>(r->blocks->table.size()) >= kv_.blocks_needed(r->num_computed), [&] { return "running request " + id + " has fewer blocks than computed tokens need"; });
-    check(r->num_computed <= r->num_tokens(), [&] { return "request " + id + " computed more tokens than it has"; });
+    check(static_cast<int64_t>(r->blocks->table.size()) >= kv_.blocks_needed(r->num_computed),
+          [&] { return "running request " + id + " has fewer blocks than computed tokens need"; });
+    check(r->num_computed <= r->num_tokens(),
+          [&] { return "request " + id + " computed more tokens than it has"; });
   }
   for (const auto& k : waiting_) {
     auto it = requests_.find(k.h);
     check(it != requests_.end(), "waiting queue holds an unknown request");
     const RequestState& r = it->second;
     check(r.status != RequestStatus::kRunning, [&] { return "request " + r.id + " is waiting and running"; });
-    check(!r.blocks->allocated && r.blocks->table.empty(), [&] { return "waiting request " + r.id + " holds blocks"; });
+    check(!r.blocks->allocated && r.blocks->table.empty(),
+          [&] { return "waiting request " + r.id + " holds blocks"; });
     check(r.num_computed == 0, [&] { return "waiting request " + r.id + " has computed tokens"; });
-    check(k.cls == wait_key(r).cls && k.a == wait_key(r).a, [&] { return "waiting request " + r.id + " is out of order"; });
+    check(k.cls == wait_key(r).cls && k.a == wait_key(r).a,
+          [&] { return "waiting request " + r.id + " is out of order"; });
   }
   for (const auto& kv : requests_) {
-    check(kv.second.blocks->pins > 0, [&] { return "request " + kv.second.id + " is not pinned in the KV manager"; });
+    check(kv.second.blocks->pins > 0,
+          [&] { return "request " + kv.second.id + " is not pinned in the KV manager"; });
   }
 }
 

@@ -3,6 +3,12 @@
 #include <algorithm>
 #include <cstring>
 
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <cpuid.h>
+#include <immintrin.h>
+#define INFLIGHT_SHA_NI 1
+#endif
+
 namespace inflight {
 namespace {
 
@@ -18,13 +24,80 @@ constexpr std::array<uint32_t, 64> kRound = {
 
 inline uint32_t rotr(uint32_t x, int n) { return (x >> n) | (x << (32 - n)); }
 
+#ifdef INFLIGHT_SHA_NI
+// The x86 SHA extensions (most x86 server CPUs since 2017-2019): several times faster than
+// the portable rounds, which matters because every full KV block is hashed once.
+bool cpu_has_sha_ni() {
+  unsigned a = 0, b = 0, c = 0, d = 0;
+  if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return false;
+  bool sha = (b >> 29) & 1;
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return false;
+  bool sse41 = (c >> 19) & 1, ssse3 = (c >> 9) & 1;
+  return sha && sse41 && ssse3;
+}
+
+__attribute__((target("sha,sse4.1,ssse3"))) void compress_sha_ni(uint32_t* state, const uint8_t* p) {
+  const __m128i bswap = _mm_set_epi64x(0x0c0d0e0f08090a0bULL, 0x0405060700010203ULL);
+  // state as the instructions want it: ABEF and CDGH
+  __m128i tmp = _mm_shuffle_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(state)), 0xB1);
+  __m128i cdgh = _mm_shuffle_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(state + 4)), 0x1B);
+  __m128i abef = _mm_alignr_epi8(tmp, cdgh, 8);
+  cdgh = _mm_blend_epi16(cdgh, tmp, 0xF0);
+  const __m128i abef0 = abef, cdgh0 = cdgh;
+  __m128i w[16];  // message words of rounds 4k..4k+3
+  for (int k = 0; k < 16; ++k) {
+    if (k < 4) {
+      w[k] = _mm_shuffle_epi8(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 16 * k)), bswap);
+    } else {  // w[t] = s1(w[t-2]) + w[t-7] + s0(w[t-15]) + w[t-16], four at a time
+      __m128i x = _mm_add_epi32(_mm_sha256msg1_epu32(w[k - 4], w[k - 3]), _mm_alignr_epi8(w[k - 1], w[k - 2], 4));
+      w[k] = _mm_sha256msg2_epu32(x, w[k - 1]);
+    }
+    __m128i msg = _mm_add_epi32(w[k], _mm_loadu_si128(reinterpret_cast<const __m128i*>(&kRound[4 * k])));
+    cdgh = _mm_sha256rnds2_epu32(cdgh, abef, msg);
+    abef = _mm_sha256rnds2_epu32(abef, cdgh, _mm_shuffle_epi32(msg, 0x0E));
+  }
+  abef = _mm_add_epi32(abef, abef0);
+  cdgh = _mm_add_epi32(cdgh, cdgh0);
+  tmp = _mm_shuffle_epi32(abef, 0x1B);                // FEBA
+  cdgh = _mm_shuffle_epi32(cdgh, 0xB1);               // DCHG
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(state), _mm_blend_epi16(tmp, cdgh, 0xF0));  // DCBA
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(state + 4), _mm_alignr_epi8(cdgh, tmp, 8));  // HGFE
+}
+#endif
+
+bool& use_hw() {
+#ifdef INFLIGHT_SHA_NI
+  static bool on = cpu_has_sha_ni();
+#else
+  static bool on = false;
+#endif
+  return on;
+}
+
 }  // namespace
+
+bool sha256_hw_available() {
+#ifdef INFLIGHT_SHA_NI
+  static const bool has = cpu_has_sha_ni();
+  return has;
+#else
+  return false;
+#endif
+}
+
+void sha256_use_hw(bool on) { use_hw() = on && sha256_hw_available(); }
 
 Sha256::Sha256()
     : state_{0x6a09e667, 0xbb67ae85, 0x3c6ef372, 0xa54ff53a, 0x510e527f, 0x9b05688c, 0x1f83d9ab,
              0x5be0cd19} {}
 
 void Sha256::compress(const uint8_t* p) {
+#ifdef INFLIGHT_SHA_NI
+  if (use_hw()) {
+    compress_sha_ni(state_.data(), p);
+    return;
+  }
+#endif
   uint32_t w[64];
   for (int i = 0; i < 16; ++i) {
     w[i] = (uint32_t(p[4 * i]) << 24) | (uint32_t(p[4 * i + 1]) << 16) |
@@ -77,13 +150,16 @@ void Sha256::update(const void* data, size_t len) {
 
 Digest Sha256::finish() {
   uint64_t bits = total_bytes_ * 8;
-  uint8_t pad = 0x80;
-  update(&pad, 1);
-  uint8_t zero = 0;
-  while (buffered_ != 56) update(&zero, 1);
-  uint8_t len_be[8];
-  for (int i = 0; i < 8; ++i) len_be[i] = uint8_t(bits >> (56 - 8 * i));
-  update(len_be, 8);
+  // padding: 0x80, zeros up to 56 mod 64, then the length in bits, big-endian
+  buffer_[buffered_++] = 0x80;
+  if (buffered_ > 56) {
+    std::fill(buffer_.begin() + buffered_, buffer_.end(), 0);
+    compress(buffer_.data());
+    buffered_ = 0;
+  }
+  std::fill(buffer_.begin() + buffered_, buffer_.begin() + 56, 0);
+  for (int i = 0; i < 8; ++i) buffer_[56 + i] = uint8_t(bits >> (56 - 8 * i));
+  compress(buffer_.data());
   Digest out;
   for (int i = 0; i < 8; ++i) {
     for (int j = 0; j < 4; ++j) out[4 * i + j] = uint8_t(state_[i] >> (24 - 8 * j));

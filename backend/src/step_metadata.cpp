@@ -36,7 +36,8 @@ StepLayout build_step_metadata(const std::vector<StepEntry>& entries, int32_t bl
     const StepEntry& e = entries[b];
     const int64_t end = e.start + e.num_new;
     check(end <= static_cast<int64_t>(e.tokens.size()), "scheduled past the request's tokens");
-    check(blocks_for(end, block_size) <= static_cast<int64_t>(e.table.size()), "block table too short for the scheduled positions");
+    check(blocks_for(end, block_size) <= static_cast<int64_t>(e.table.size()),
+          "block table too short for the scheduled positions");
     const int64_t row0 = t;
     for (int64_t p = e.start; p < end; ++p, ++t) {
       out.input_ids[t] = e.tokens[p];

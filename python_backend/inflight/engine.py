@@ -218,8 +218,7 @@ class LLMEngine:
             return []
         self.num_steps += 1
         self.last_step_tokens = sched.num_tokens
-        tables = [self.kv.block_table(s.request.request_id) for s in sched.scheduled]
-        inp = self.runner.prepare(sched, tables)
+        inp = self.runner.prepare(sched, [])  # the plan carries its block tables
         logits = self.runner.execute(inp)
         sampling = [s.request for s in sched.scheduled if s.samples]
         out = self.sampler(logits[inp.sample_rows], sampling) if sampling else None

@@ -126,7 +126,7 @@ class EngineLoop:
     # ---- engine thread ---------------------------------------------------------------------
     def _snapshot(self, step_tokens: int) -> EngineStats:
         s = self.engine.scheduler
-        return EngineStats(len(s.waiting), len(s.running), self.engine.num_steps,
+        return EngineStats(s.num_waiting, s.num_running, self.engine.num_steps,
                            self.engine.kv.stats(), step_tokens, time.monotonic())
 
     def _run(self) -> None:

@@ -105,6 +105,10 @@ class Scheduler:
     def num_waiting(self) -> int:
         return int(self._core.num_waiting)
 
+    @property
+    def num_running(self) -> int:
+        return int(self._core.num_running)
+
     def add(self, req: Request, extra_key: str = "") -> None:
         """Queue a request. ``extra_key`` goes into its KV block keys (e.g. an adapter id)."""
         self._core.add(req, req.request_id, req.token_ids, req.num_prompt_tokens,

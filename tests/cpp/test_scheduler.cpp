@@ -158,6 +158,28 @@ TEST(random_stress_keeps_every_invariant) {
   }
 }
 
+TEST(context_logits_requests_skip_the_prefix_cache) {
+  Sim sim(64, config(64), /*reuse=*/true);
+  sim.add(13, 1);
+  sim.step();  // computes and caches 3 full blocks of the prompt 1..13
+  RequestSpec spec;
+  spec.id = "ctx";
+  for (int i = 1; i <= 13; ++i) spec.tokens.push_back(i);
+  spec.num_prompt_tokens = 13;
+  spec.max_total_tokens = 14;
+  spec.context_logits = true;
+  sim.s.add(spec);
+  spec.id = "plain";
+  spec.context_logits = false;
+  sim.s.add(spec);
+  const StepPlan& plan = sim.s.schedule();
+  CHECK_EQ(plan.scheduled.size(), size_t{2});
+  CHECK_EQ(plan.scheduled[0].req->id, std::string("plain"));  // a hit leaves 1 token: a "decode"
+  CHECK_EQ(plan.scheduled[0].start, int64_t{12});
+  CHECK_EQ(plan.scheduled[1].req->id, std::string("ctx"));
+  CHECK_EQ(plan.scheduled[1].start, int64_t{0});
+}
+
 TEST(bad_config) {
   KVCacheManager kv(4, 4, false);
   CHECK_THROWS(Scheduler(config(0), kv), std::invalid_argument);

@@ -177,6 +177,18 @@ def test_prefix_reuse_through_the_scheduler() -> None:
     assert sim.kv.stats().hit_rate > 0
 
 
+def test_context_logits_requests_compute_the_whole_prompt() -> None:
+    sim = Sim(reuse=True, max_num_tokens=64)
+    prompt = list(range(10, 31))
+    sim.add("first", prompt, max_tokens=1)
+    sim.drain()
+    req = Request("ctx", prompt, SamplingParams(max_tokens=1, return_context_logits=True), 1,
+                  frozenset())
+    sim.s.add(req)
+    assert plan(sim.s.schedule()) == [("ctx", 0, 21)]  # no prefix hit: logits for every position
+    assert req.num_cached_prompt_tokens == 0
+
+
 def test_abort_at_any_point() -> None:
     sim = Sim(max_num_tokens=64)
     w = sim.add("waiting", 3)

@@ -160,8 +160,6 @@ def test_prefix_reuse_keeps_outputs(make_llm: Callable[..., Any], llm: Any) -> N
         assert c.metrics.num_cached_tokens % 4 == 0 and c.metrics.num_cached_tokens > 0
 
 
-@pytest.mark.xfail(reason="prefix-cache hits skip the context logits of the cached prompt "
-                          "positions (engine returns [uncached, V])", strict=True)
 def test_context_logits_with_prefix_hit_cover_whole_prompt(make_llm: Callable[..., Any],
                                                            llm: Any) -> None:
     prompt = "The scheduler frees 42 blocks and then allocates more of them"

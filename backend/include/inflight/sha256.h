@@ -30,6 +30,11 @@ class Sha256 {
   uint64_t total_bytes_ = 0;
 };
 
+// Whether this CPU has the x86 SHA extensions, which compress() then uses; sha256_use_hw
+// switches them off (or back on, where available) so tests can compare both paths.
+bool sha256_hw_available();
+void sha256_use_hw(bool on);
+
 // Key of a full block: sha256(parent key, or one zero byte for the first block;
 // the block's token ids as little-endian int64; the extra key's bytes). The extra key is the
 // slot for anything else that changes the KV (a LoRA adapter id, a cache salt).
