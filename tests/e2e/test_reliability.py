@@ -83,7 +83,10 @@ def tight_server(triton_server_factory, model_dir: str, tmp_path_factory):
     for model in ("engine", "llm"):
         add_parameter(repo / model / "config.pbtxt", "fault_injection_step_delay_ms",
                       str(STEP_DELAY_MS))
-    running = triton_server_factory(repo, ready_timeout=240, env=FAULTS_ALLOWED)
+    # scenario 15 SIGTERMs this server with streams in flight: give the drain and the stubs'
+    # torch teardown room on a loaded 2-core machine (the default of 10 s was seen to expire)
+    running = triton_server_factory(repo, ready_timeout=240, env=FAULTS_ALLOWED,
+                                    extra_args=("--exit-timeout-secs=90",))
     yield running
     running.stop()
 
