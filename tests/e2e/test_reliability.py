@@ -535,7 +535,7 @@ def test_sigterm_drains_active_streams(tight_server) -> None:
     time.sleep(0.5)
     refused = run_stream(tight_server.grpc_url, "llm", llm(), timeout=20)
     assert refused.errors or refused.timed_out, "a new request was accepted after SIGTERM"
-    code = tight_server.server.wait(60)
+    code = tight_server.server.wait(120)
     load.join(60)
     assert code == 0, tight_server.logs()[-2000:]
     assert len(results) == 3
