@@ -9,13 +9,12 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
-
 from inflight import LLM, SamplingParams
 from inflight.config import EngineConfig, ModelConfig
 from inflight.errors import ConfigError
 from inflight.model_runner import ModelRunner
 from inflight.testing.tiny import build_tiny_model, tiny_model_dir
+from safetensors.torch import load_file, save_file
 
 
 def _copy(tmp_path: Path) -> Path:
