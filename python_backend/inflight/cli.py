@@ -6,8 +6,8 @@ Run ``inflight COMMAND --help`` for each command's options.
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
-from collections.abc import Callable
 from typing import Any
 
 TINY_PREFIX = "tiny:"
@@ -110,13 +110,6 @@ def _add_generate(sub: Any) -> None:
     p.set_defaults(func=_cmd_generate)
 
 
-def _optional(register: Callable[[Any], None], sub: Any) -> None:
-    try:
-        register(sub)
-    except ImportError:  # pragma: no cover - optional extras not installed
-        pass
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="inflight", description="inflight: LLM serving for NVIDIA Triton Inference Server",
@@ -126,12 +119,11 @@ def build_parser() -> argparse.ArgumentParser:
     for mod, fn in (("serve.launcher", "add_serve_parser"), ("repo", "add_repo_parser"),
                     ("demo", "add_demo_parser"), ("bench.cli", "add_bench_parser"),
                     ("soak", "add_soak_parser")):
-        try:
-            import importlib
-
-            _optional(getattr(importlib.import_module(f"inflight.{mod}"), fn), sub)
-        except (ImportError, AttributeError):
+        try:  # a command whose optional extras are missing is left out, not fatal
+            register = getattr(importlib.import_module(f"inflight.{mod}"), fn)
+        except ImportError:
             continue
+        register(sub)
     return parser
 
 
