@@ -65,10 +65,11 @@ class _Seq:
         """Detokenize output tokens that can no longer be part of a stop-word sequence."""
         if self.detok is None:
             return
-        out = self.req.output_token_ids
-        end = len(out) - (1 if drop_last else 0) - (0 if finished else self.hold)
+        req = self.req
+        base = req.num_prompt_tokens  # index into token_ids: no copy of the output per step
+        end = req.num_output_tokens - (1 if drop_last else 0) - (0 if finished else self.hold)
         if end > self.fed:
-            self.detok.add(out[self.fed:end])
+            self.detok.add(req.token_ids[base + self.fed:base + end])
             self.fed = end
 
 
@@ -259,20 +260,14 @@ class LLMEngine:
                 stoppable = status is None or status is RequestStatus.FINISHED_LENGTH
                 if stoppable and seq.detok.stopped_by is not None:
                     status, req.stop_reason = RequestStatus.FINISHED_STOPPED, seq.detok.stopped_by
-            if status is not None:
-                updates.append(self._finish(seq, status, emit=False))
-            else:
-                updates.append(self._delta(seq, final=False))
-        for u in updates:
-            cb = self.seqs[self._sid(u)].callback if self._sid(u) in self.seqs else None
-            if cb is not None:
-                cb(u)
-        self._drop_finished(updates)
+            u = self._finish(seq, status, emit=False) if status is not None else self._delta(seq, final=False)
+            updates.append(u)
+            if seq.callback is not None:
+                seq.callback(u)
+        for req in reqs:
+            if req.is_finished:
+                self._drop(req)
         return updates
-
-    def _sid(self, u: SequenceUpdate) -> str:
-        ids = self.children.get(u.request_id, [])
-        return ids[u.index] if u.index < len(ids) else u.request_id
 
     def _check_stop(self, req: Request, token: int) -> tuple[RequestStatus | None, bool]:
         """Token-level stop rules. Returns (status or None, whether the last token stays out
@@ -282,9 +277,10 @@ class LLMEngine:
             if (token in req.eos_token_ids and not p.ignore_eos) or token in p.stop_token_ids:
                 req.stop_reason = token
                 return RequestStatus.FINISHED_STOPPED, not p.include_stop_str_in_output
-            out = req.output_token_ids
-            for word in p.stop_words_ids:
-                if len(out) >= len(word) and out[-len(word):] == list(word):
+            tail = req.token_ids
+            for word in p.stop_words_ids:  # compare the tail in place (no copy of the output)
+                n = len(word)
+                if req.num_output_tokens >= n and tail[len(tail) - n:] == list(word):
                     req.stop_reason = str(list(word))
                     if not p.include_stop_str_in_output:
                         del req.token_ids[len(req.token_ids) - len(word):]
@@ -296,9 +292,9 @@ class LLMEngine:
     # ---- outputs ---------------------------------------------------------------------------
     def _delta(self, seq: _Seq, final: bool) -> SequenceUpdate:
         req = seq.req
-        out_ids = req.output_token_ids
-        limit = len(out_ids) if final else max(len(out_ids) - seq.hold, seq.emitted_tokens)
-        new_ids = out_ids[seq.emitted_tokens:limit]
+        n_out, base = req.num_output_tokens, req.num_prompt_tokens
+        limit = n_out if final else max(n_out - seq.hold, seq.emitted_tokens)
+        new_ids = req.token_ids[base + seq.emitted_tokens:base + limit]
         seq.emitted_tokens = limit
         lps = None
         if req.logprobs is not None:
@@ -331,15 +327,13 @@ class LLMEngine:
         if emit:
             if seq.callback is not None:
                 seq.callback(u)
-            self._drop_finished([u])
+            self._drop(req)
         return u
 
-    def _drop_finished(self, updates: list[SequenceUpdate]) -> None:
-        for u in updates:
-            if not u.finished:
-                continue
-            ids = self.children.get(u.request_id, [])
-            sid = ids[u.index] if u.index < len(ids) else u.request_id
-            self.seqs.pop(sid, None)
-            if ids and all(i not in self.seqs for i in ids):
-                del self.children[u.request_id]
+    def _drop(self, req: Request) -> None:
+        """Forget a finished sequence; the client id goes once all its sequences are gone."""
+        self.seqs.pop(req.request_id, None)
+        parent = req.parent_id or req.request_id
+        ids = self.children.get(parent)
+        if ids is not None and all(i not in self.seqs for i in ids):
+            del self.children[parent]
