@@ -186,8 +186,6 @@ class LLMEngine:
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
                     callback: UpdateCallback | None = None, priority: int = 0) -> list[int]:
         """Validate and queue (single-threaded use); returns the prompt token ids."""
-        if request_id in self.children:
-            raise InvalidRequestError("request_id", f"{request_id!r} is already in flight")
         prompt_ids, seqs = self.make_request(request_id, prompt, params, callback, priority)
         self.enqueue(request_id, seqs)
         return prompt_ids
