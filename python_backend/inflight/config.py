@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, fields
 from typing import Any
 
 from .errors import ConfigError
@@ -188,7 +188,6 @@ class EngineConfig:
     attention_backend: str = "auto"  # auto | torch | triton
     enforce_eager: bool = False  # True: no CUDA graphs (GPU only)
     trust_remote_code: bool = False
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if self.dtype not in DTYPES:
@@ -232,7 +231,7 @@ class EngineConfig:
         unknown = sorted(set(kwargs) - known)
         if unknown:
             raise ConfigError(
-                f"unknown engine parameter(s) {unknown}; known: {', '.join(sorted(known - {'extra'}))}"
+                f"unknown engine parameter(s) {unknown}; known: {', '.join(sorted(known))}"
             )
         return cls(model=model, **kwargs)
 

@@ -64,7 +64,7 @@ class ServingConfig:
 
 
 def engine_fields() -> dict[str, Any]:
-    return {f.name: f.type for f in dataclasses.fields(EngineConfig) if f.name != "extra"}
+    return {f.name: f.type for f in dataclasses.fields(EngineConfig)}
 
 
 def known_keys() -> list[str]:
