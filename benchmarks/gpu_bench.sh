@@ -5,6 +5,8 @@
 #   bash benchmarks/gpu_bench.sh latency     # batch-1 latency, 8B (+ HF baseline) and 1B shapes
 #   bash benchmarks/gpu_bench.sh throughput  # offline throughput benchmarks (+ HF baseline)
 #   bash benchmarks/gpu_bench.sh serve     # tritonserver ensemble benchmark vs the offline engine
+#   bash benchmarks/gpu_bench.sh profile   # torch.profiler of decode steps (8B b1/b256, 1B b1)
+#   bash benchmarks/gpu_bench.sh reuse     # TTFT of a repeated 4k prompt with prefix reuse
 # Results (JSON, PNG, logs) go to $OUT (default bench-results/).
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -27,6 +29,15 @@ case "${1:-all}" in
   latency)
     $B latency --model llama-3.1-8b --isl 128 --osl 256 --baseline hf --out "$OUT" 2>&1 | tail -4
     $B latency --model llama-3.2-1b --isl 128 --osl 256 --out "$OUT" 2>&1 | tail -4
+    ;;
+  profile)
+    $B profile --model llama-3.1-8b --batch 1 --trace --out "$OUT" 2>&1 | tail -45
+    $B profile --model llama-3.1-8b --batch 1 --overlap-scheduler off --out "$OUT/overlap-off" 2>&1 | grep -E "wall_ms|gpu_busy|decode_tok"
+    $B profile --model llama-3.1-8b --batch 256 --out "$OUT" 2>&1 | tail -45
+    $B profile --model llama-3.2-1b --batch 1 --out "$OUT" 2>&1 | grep -E "wall_ms|gpu_busy|decode_tok"
+    ;;
+  reuse)
+    $B reuse --model llama-3.1-8b --prompt-len 4096 --max-seq-len 8192 --out "$OUT" 2>&1 | tail -14
     ;;
   throughput)
     N=${SCALE:-1}

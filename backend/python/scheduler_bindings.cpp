@@ -2,7 +2,9 @@
 // planner reads (token ids, counters, queue position); the Python Request stays the engine's
 // object and mirrors num_computed_tokens. Token ids are appended on the Python side (the
 // engine's sampler loop); the core reads the new ones from the Python list, by length, right
-// before it plans a request (TokenSync), so there is no per-token call across the boundary.
+// before it plans a request and when it advances one (TokenSync), so there is no per-token
+// call across the boundary. The last token is re-read too: the overlapped engine plans a step
+// before the previous step's token is on the host and fills in its placeholder later.
 #include "inflight/scheduler.h"
 
 #include <string>
@@ -51,6 +53,9 @@ class PyScheduler {
   // left since are skipped).
   void advance(uint64_t step) {
     if (step != core_.plan().step) throw py::value_error("advance() of a plan that is not the latest");
+    for (const ScheduledEntry& e : core_.plan().scheduled) {  // block hashes need the real tokens
+      if (e.req != nullptr && e.req->status == RequestStatus::kRunning) sync_tokens(*e.req);
+    }
     core_.advance();
     for (const ScheduledEntry& e : core_.plan().scheduled) {
       if (e.req == nullptr || e.req->status != RequestStatus::kRunning) continue;
@@ -139,6 +144,15 @@ class PyScheduler {
       read_tokens(lst, r.tokens, static_cast<size_t>(have));
     } else if (n < have) {
       core_.truncate_tokens(r, static_cast<size_t>(n));
+    } else if (n > 0) {
+      // the overlapped engine appends a placeholder for a token still on the GPU and writes
+      // its value in place one step later: re-read the last token
+      PyObject* last = PySequence_GetItem(lst.ptr(), n - 1);
+      if (last == nullptr) throw py::error_already_set();
+      long long v = PyLong_AsLongLong(last);
+      Py_DECREF(last);
+      if (v == -1 && PyErr_Occurred()) throw py::error_already_set();
+      r.tokens.back() = static_cast<Token>(v);
     }
   }
 

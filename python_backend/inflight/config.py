@@ -187,6 +187,8 @@ class EngineConfig:
     # runner
     attention_backend: str = "auto"  # auto | torch | triton
     enforce_eager: bool = False  # True: no CUDA graphs (GPU only)
+    # plan and launch step N+1 before step N's tokens reach the host: auto = on for CUDA
+    overlap_scheduler: str = "auto"  # auto | on | off
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
@@ -216,6 +218,10 @@ class EngineConfig:
                 raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.max_queue_size < 0:
             raise ConfigError(f"max_queue_size must be >= 0, got {self.max_queue_size}")
+        if self.overlap_scheduler not in ("auto", "on", "off"):
+            raise ConfigError(
+                f"overlap_scheduler must be auto, on or off, got {self.overlap_scheduler!r}"
+            )
         if self.attention_backend not in ("auto", "torch", "triton"):
             raise ConfigError(
                 f"attention_backend must be auto, torch or triton, got {self.attention_backend!r}"

@@ -1,7 +1,7 @@
 """CUDA graphs for decode steps: one graph per padded batch size, captured at start-up.
 
 A pure-decode step (every request has one new token) with B requests replays the graph of
-the smallest captured size >= B. Padding rows write no KV (slot -1) and attend to one token;
+the smallest captured size >= B. The graph ends with the lm_head: it outputs fp32 logits. Padding rows write no KV (slot -1) and attend to one token;
 their outputs are discarded. The attention launch parameters that depend on the context
 length are fixed to the engine's max_seq_len at capture time.
 """
@@ -27,8 +27,8 @@ def capture_sizes(max_bs: int) -> list[int]:
 
 class DecodeGraphs:
     def __init__(self, model: torch.nn.Module, kv_cache: torch.Tensor, backend: AttentionBackend,
-                 max_bs: int, max_blocks: int, max_seq_len: int, hidden_size: int,
-                 dtype: torch.dtype, device: torch.device) -> None:
+                 max_bs: int, max_blocks: int, max_seq_len: int, vocab_size: int,
+                 device: torch.device) -> None:
         self.model, self.kv_cache, self.backend = model, kv_cache, backend
         self.max_seq_len = max_seq_len
         self.sizes = capture_sizes(max_bs)
@@ -40,7 +40,7 @@ class DecodeGraphs:
         self.seq_lens = torch.ones(n, dtype=torch.int32, device=device)
         self.block_tables = torch.zeros(n, max_blocks, dtype=torch.int32, device=device)
         self.query_start_loc = torch.arange(n + 1, dtype=torch.int32, device=device)
-        self.hidden = torch.zeros(n, hidden_size, dtype=dtype, device=device)
+        self.logits = torch.zeros(n, vocab_size, dtype=torch.float32, device=device)
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.pool: Any = None
 
@@ -53,8 +53,8 @@ class DecodeGraphs:
 
     def _run(self, bs: int, meta: AttentionMetadata) -> None:
         self.backend.plan(meta)
-        self.hidden[:bs] = self.model(self.input_ids[:bs], self.positions[:bs], self.kv_cache,
-                                      self.backend, meta)
+        hidden = self.model(self.input_ids[:bs], self.positions[:bs], self.kv_cache, self.backend, meta)
+        self.logits[:bs] = self.model.compute_logits(hidden)  # type: ignore[operator]
 
     @torch.inference_mode()
     def capture(self) -> None:
@@ -76,7 +76,7 @@ class DecodeGraphs:
 
     @torch.inference_mode()
     def run(self, input_ids: torch.Tensor, positions: torch.Tensor, meta: AttentionMetadata) -> torch.Tensor:
-        """Replay for a pure-decode step of B = len(input_ids) requests -> hidden [B, H]."""
+        """Replay for a pure-decode step of B = len(input_ids) requests -> logits [B, V]."""
         bs = input_ids.shape[0]
         size = self.padded_size(bs)
         assert size is not None
@@ -89,4 +89,4 @@ class DecodeGraphs:
         w = meta.block_tables.shape[1]
         self.block_tables[:bs, :w].copy_(meta.block_tables)
         self.graphs[size].replay()
-        return self.hidden[:bs]
+        return self.logits[:bs]

@@ -23,12 +23,13 @@ from .kv_cache_manager import KVCacheManager
 from .model_runner import ModelRunner
 from .outputs import RequestMetrics, SequenceUpdate
 from .request import Request, RequestStatus
-from .sampler import Sampler, SamplerOutput
+from .sampler import DeviceSample, Sampler, SamplerOutput, reads_history
 from .sampling_params import SamplingParams
 from .scheduler import Scheduler, SchedulerOutput
 
 log = logging.getLogger(__name__)
 UpdateCallback = Callable[[SequenceUpdate], None]
+_PLACEHOLDER = 0  # stands for a sampled token still on the GPU (overlapped steps)
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
@@ -40,6 +41,14 @@ def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
         raise ConfigError(f"cannot load a tokenizer from {path!r}: {e}") from None
 
 
+def _rows(logits: torch.Tensor, rows: list[int]) -> torch.Tensor:
+    """logits[rows] without a gather when the rows are all of them, in order."""
+    n = len(rows)
+    if n == logits.shape[0] and (n == 0 or (rows[0] == 0 and rows[-1] == n - 1)):
+        return logits  # rows are distinct and increasing: 0..n-1
+    return logits[rows]
+
+
 def _generation_eos(model_dir: str) -> set[int]:
     path = os.path.join(model_dir, "generation_config.json")
     if not os.path.isfile(path):
@@ -47,6 +56,14 @@ def _generation_eos(model_dir: str) -> set[int]:
     with open(path, encoding="utf-8") as f:
         eos = json.load(f).get("eos_token_id")
     return set(eos) if isinstance(eos, list) else ({eos} if isinstance(eos, int) else set())
+
+
+@dataclass
+class _InFlight:
+    """An overlapped step whose sampled tokens are still on their way to the host."""
+
+    reqs: list[Request]  # the sampling requests, in row order of `sample`
+    sample: DeviceSample
 
 
 @dataclass
@@ -60,6 +77,7 @@ class _Seq:
     emitted_logprobs: int = 0
     fed: int = 0  # output tokens fed to the detokenizer
     hold: int = 0  # tokens held back while they may start a stop-word sequence
+    pending: bool = False  # token_ids ends with a placeholder for a token still on the GPU
 
     def feed(self, finished: bool, drop_last: bool) -> None:
         """Detokenize output tokens that can no longer be part of a stop-word sequence."""
@@ -96,6 +114,9 @@ class LLMEngine:
         self._order = itertools.count()
         self.num_steps = 0
         self.last_step_tokens = 0
+        mode = cfg.overlap_scheduler
+        self.overlap = mode == "on" or (mode == "auto" and self.runner.device.type == "cuda")
+        self._inflight: _InFlight | None = None
 
     @property
     def vocab_size(self) -> int:
@@ -208,32 +229,96 @@ class LLMEngine:
             self._finish(seq, RequestStatus.FINISHED_ERROR)
 
     def has_unfinished(self) -> bool:
-        return bool(self.seqs)
+        return bool(self.seqs) or self._inflight is not None
 
-    # ---- one step --------------------------------------------------------------------------
+    # ---- one step ---------------------------------------------------------------------------
     def step(self) -> list[SequenceUpdate]:
+        """Run one step; returns the updates it produced. Overlapped (``overlap_scheduler``),
+        a step plans and launches step N+1 before it reads step N's tokens, so the updates it
+        returns are step N's and the GPU never waits for the host in between."""
+        if self.overlap:
+            return self._step_overlapped()
         sched = self.scheduler.schedule()
         if not sched:
             return []
-        self.num_steps += 1
-        self.last_step_tokens = sched.num_tokens
-        inp = self.runner.prepare(sched, [])  # the plan carries its block tables
-        logits = self.runner.execute(inp)
-        sampling = [s.request for s in sched.scheduled if s.samples]
-        out = self.sampler(logits[inp.sample_rows], sampling) if sampling else None
+        inp, logits, sampling = self._launch(sched)
+        out = self.sampler(_rows(logits, inp.sample_rows), sampling) if sampling else None
         self._keep_logits(sched, logits, inp.ctx_rows, inp.sample_rows)
         self.scheduler.advance(sched.scheduled)
         return self._postprocess(sampling, out)
 
+    def _launch(self, sched: SchedulerOutput) -> tuple[Any, torch.Tensor, list[Request]]:
+        self.num_steps += 1
+        self.last_step_tokens = sched.num_tokens
+        inp = self.runner.prepare(sched, [])  # the plan carries its block tables
+        prev = self._inflight
+        if prev is not None:  # inputs whose token is still on the GPU: take it from there
+            pos = {id(r): i for i, r in enumerate(prev.reqs)}
+            rows, src = [], []
+            for i, s in enumerate(sched.scheduled):
+                req = s.request
+                j = pos.get(id(req))
+                if j is not None and self.seqs[req.request_id].pending and s.start + s.num_new_tokens == req.num_tokens:
+                    rows.append(inp.meta.query_start_loc_cpu[i] + s.num_new_tokens - 1)
+                    src.append(j)
+            if rows:
+                self.runner.patch_input_ids(inp, rows, prev.sample.tokens, src)
+        logits = self.runner.execute(inp)
+        return inp, logits, [s.request for s in sched.scheduled if s.samples]
+
+    def _step_overlapped(self) -> list[SequenceUpdate]:
+        prev = self._inflight
+        sched = self.scheduler.schedule()
+        if not sched:
+            self._inflight = None
+            return self._complete(prev) if prev is not None else []
+        inp, logits, sampling = self._launch(sched)
+        updates: list[SequenceUpdate] = []
+        if prev is not None and any(reads_history(r) for r in sampling):
+            updates, prev = self._complete(prev), None  # penalties read the previous token
+        sample = self.sampler.sample(_rows(logits, inp.sample_rows), sampling).to_host() if sampling else None
+        if prev is not None:
+            updates = self._complete(prev)  # overlaps the GPU running this step
+        self._keep_logits(sched, logits, inp.ctx_rows, inp.sample_rows)  # after: skips finished ones
+        self.scheduler.advance(sched.scheduled)  # block hashes: after the placeholders are filled
+        live = [r for r in sampling if not r.is_finished]
+        for r in live:
+            r.token_ids.append(_PLACEHOLDER)
+            self.seqs[r.request_id].pending = True
+        self._inflight = _InFlight(sampling, sample) if live and sample is not None else None
+        return updates
+
+    def _complete(self, f: _InFlight) -> list[SequenceUpdate]:
+        """Fill in an overlapped step's tokens (they replace the placeholders) and post-process
+        them; requests that finished or were aborted meanwhile drop theirs."""
+        out = f.sample.result()
+        reqs: list[Request] = []
+        keep: list[int] = []
+        for i, req in enumerate(f.reqs):
+            seq = self.seqs.get(req.request_id)
+            if seq is None or req.is_finished or not seq.pending:
+                continue
+            seq.pending = False
+            req.token_ids.pop()
+            reqs.append(req)
+            keep.append(i)
+        if len(keep) != len(f.reqs):
+            out = SamplerOutput([out.token_ids[i] for i in keep],
+                                None if out.logprobs is None else [out.logprobs[i] for i in keep],
+                                None if out.top_logprobs is None else [out.top_logprobs[i] for i in keep])
+        return self._postprocess(reqs, out) if reqs else []
+
     def _keep_logits(self, sched: SchedulerOutput, logits: torch.Tensor,
                      ctx_rows: dict[str, tuple[int, int]], sample_rows: list[int]) -> None:
         for rid, (a, b) in ctx_rows.items():
-            self.seqs[rid].req.context_logits.append(logits[a:b].cpu())  # type: ignore[union-attr]
+            seq = self.seqs.get(rid)
+            if seq is not None:
+                seq.req.context_logits.append(logits[a:b].cpu())  # type: ignore[union-attr]
         rows = iter(sample_rows)
         for s in sched.scheduled:
             if s.samples:
                 row = next(rows)
-                if s.request.generation_logits is not None:
+                if s.request.generation_logits is not None and not s.request.is_finished:
                     s.request.generation_logits.append(logits[row].cpu())
 
     def _postprocess(self, reqs: list[Request], out: SamplerOutput | None) -> list[SequenceUpdate]:
@@ -303,6 +388,9 @@ class LLMEngine:
 
     def _finish(self, seq: _Seq, status: RequestStatus, emit: bool = True) -> SequenceUpdate:
         req = seq.req
+        if seq.pending:  # aborted with a token still on the GPU: it is dropped
+            seq.pending = False
+            req.token_ids.pop()
         reused, new, _total = self.kv.request_block_counts(req.request_id)
         self.scheduler.finish(req, status)
         if emit:  # abort / error: release held-back tokens

@@ -52,6 +52,7 @@ class StepInputs:
     meta: AttentionMetadata
     logits_indices: torch.Tensor  # [N] rows of hidden states to turn into logits
     sample_rows: list[int]  # logits row of each sampling request, in scheduled order
+    num_logits: int  # len(logits_indices)
     ctx_rows: dict[str, tuple[int, int]]  # request id -> logits rows of its context logits
 
 
@@ -77,7 +78,7 @@ class ModelRunner:
         if self.device.type == "cuda" and not cfg.enforce_eager and self.backend.name == "triton":
             self.graphs = DecodeGraphs(self.model, self.kv_cache, self.backend,
                                        min(cfg.max_batch_size, 256), self.max_blocks_per_seq,
-                                       max_seq_len, c.hidden_size, self.dtype, self.device)
+                                       max_seq_len, c.vocab_size, self.device)
             self.graphs.capture()
 
     def _load_model(self) -> torch.nn.Module:
@@ -169,10 +170,25 @@ class ModelRunner:
             meta=meta,
             logits_indices=put("logits_indices", lay.num_logits),  # [N] int64
             sample_rows=lay.sample_rows,
+            num_logits=lay.num_logits,
             ctx_rows=lay.ctx_rows,
         )
         bufs.record_copies(dev)
         return inp
+
+    @torch.inference_mode()
+    def patch_input_ids(self, inp: StepInputs, rows: list[int], tokens: torch.Tensor,
+                        src: list[int]) -> None:
+        """input_ids[rows] = tokens[src]: tokens sampled by the previous step, still on the
+        device (overlapped scheduling). No host sync: the indices travel through pinned memory."""
+        n = len(rows)
+        if rows == src == list(range(n)):  # steady decode: same requests in the same order
+            inp.input_ids[:n].copy_(tokens[:n])
+            return
+        idx = torch.tensor([rows, src], dtype=torch.long)
+        if self.device.type == "cuda":
+            idx = idx.pin_memory().to(self.device, non_blocking=True)
+        inp.input_ids[idx[0]] = tokens[idx[1]]
 
     @torch.inference_mode()
     def execute(self, inp: StepInputs) -> torch.Tensor:
@@ -181,8 +197,10 @@ class ModelRunner:
         g = self.graphs
         if (g is not None and meta.num_decodes == meta.num_reqs
                 and g.padded_size(meta.num_reqs) is not None):
-            hidden = g.run(inp.input_ids, inp.positions, meta)
-        else:
-            self.backend.plan(meta)
-            hidden = self.model(inp.input_ids, inp.positions, self.kv_cache, self.backend, meta)
+            logits = g.run(inp.input_ids, inp.positions, meta)  # lm_head inside the graph
+            if inp.num_logits == meta.num_reqs:  # every decode samples: rows in order
+                return logits
+            return logits[inp.logits_indices]
+        self.backend.plan(meta)
+        hidden = self.model(inp.input_ids, inp.positions, self.kv_cache, self.backend, meta)
         return self.model.compute_logits(hidden[inp.logits_indices])  # type: ignore[operator]

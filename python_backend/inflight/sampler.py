@@ -119,15 +119,60 @@ def _sample(logits: torch.Tensor, reqs: list[Request], default_gen: torch.Genera
     return (probs / noise).argmax(-1)
 
 
+class DeviceSample:
+    """One step's sampled rows, still on the model's device. :meth:`to_host` starts the
+    device->host copies without waiting; :meth:`result` waits for them (the one sync)."""
+
+    def __init__(self, tokens: torch.Tensor, chosen: torch.Tensor | None,
+                 top: tuple[torch.Tensor, torch.Tensor] | None, want: list[int | None]) -> None:
+        self.tokens = tokens  # [B] int64, feeds the next step's inputs when overlapped
+        self._chosen, self._top, self._want = chosen, top, want
+        self._host: list[torch.Tensor] | None = None
+        self._event: torch.cuda.Event | None = None
+
+    def to_host(self) -> DeviceSample:
+        parts = [self.tokens] + ([self._chosen] if self._chosen is not None else []) + list(self._top or ())
+        if self.tokens.is_cuda:  # into pinned memory, ordered after the sampling kernels
+            self._host = [t.to("cpu", non_blocking=True) for t in parts]
+            self._event = torch.cuda.Event()
+            self._event.record()
+        else:
+            self._host = parts
+        return self
+
+    def result(self) -> SamplerOutput:
+        if self._host is None:
+            self.to_host()
+        assert self._host is not None
+        if self._event is not None:
+            self._event.synchronize()
+        tokens = self._host[0].tolist()
+        if self._chosen is None:
+            return SamplerOutput(tokens, None, None)
+        chosen = self._host[1].tolist()
+        top: list[list[tuple[int, float]]] = [[] for _ in tokens]
+        if self._top is not None:
+            vals_l, ids_l = self._host[2].tolist(), self._host[3].tolist()
+            top = [list(zip(ids_l[i], vals_l[i]))[: (w or 0)] for i, w in enumerate(self._want)]
+        return SamplerOutput(tokens, chosen, top)
+
+
+def reads_history(r: Request) -> bool:
+    """Whether sampling this request reads its previous tokens (penalties, multi-token bad
+    words): the overlapped engine must have the last token on the host first."""
+    return _uses_penalties(r) or any(len(w) > 1 for w in r.params.bad_words_ids)
+
+
 class Sampler:
     def __init__(self, device: torch.device, seed: int = 0) -> None:
         self.gen = torch.Generator(device=device).manual_seed(seed)
 
     @torch.no_grad()
-    def __call__(self, logits: torch.Tensor, reqs: list[Request]) -> SamplerOutput:
-        """logits: [B, V] fp32, one row per request that samples this step."""
+    def sample(self, logits: torch.Tensor, reqs: list[Request]) -> DeviceSample:
+        """logits: [B, V] fp32, one row per request that samples this step. No host sync."""
         raw = logits
-        logits = apply_masks(apply_penalties(logits.clone(), reqs), reqs)
+        if any(_uses_penalties(r) or r.params.bad_words_ids or r.params.min_tokens for r in reqs):
+            logits = apply_masks(apply_penalties(logits.clone(), reqs), reqs)
         greedy = [r.params.greedy for r in reqs]
         tokens = logits.argmax(-1)
         if not all(greedy):
@@ -137,13 +182,11 @@ class Sampler:
             tokens[idx] = sampled
         want = [r.params.logprobs for r in reqs]
         if all(w is None for w in want):
-            return SamplerOutput(tokens.tolist(), None, None)
+            return DeviceSample(tokens, None, None, want)
         logp = raw.log_softmax(-1)
         chosen = logp.gather(1, tokens[:, None])[:, 0]
         k = max((w or 0) for w in want)
-        top: list[list[tuple[int, float]]] = [[] for _ in reqs]
-        if k > 0:
-            vals, ids = logp.topk(k, dim=-1)
-            vals_l, ids_l = vals.tolist(), ids.tolist()
-            top = [list(zip(ids_l[i], vals_l[i]))[: (w or 0)] for i, w in enumerate(want)]
-        return SamplerOutput(tokens.tolist(), chosen.tolist(), top)
+        return DeviceSample(tokens, chosen, logp.topk(k, dim=-1) if k > 0 else None, want)
+
+    def __call__(self, logits: torch.Tensor, reqs: list[Request]) -> SamplerOutput:
+        return self.sample(logits, reqs).result()

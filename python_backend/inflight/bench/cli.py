@@ -1,4 +1,4 @@
-"""`inflight bench {throughput,latency,serve,scheduler}`: JSON results and PNG plots.
+"""`inflight bench {throughput,latency,serve,profile,reuse,scheduler}`: JSON results and PNG plots.
 
 Models are real configs shipped with the project (``--model llama-3.1-8b``, ``llama-3.2-1b``,
 ``qwen2.5-0.5b``, ``qwen2.5-7b``) with ``load_format=dummy``, or any checkpoint directory.
@@ -33,7 +33,7 @@ def _engine_kwargs(a: argparse.Namespace, load_format: str) -> dict[str, Any]:
                           "max_num_tokens": a.max_num_tokens,
                           "kv_cache_free_gpu_mem_fraction": a.kv_fraction,
                           "attention_backend": a.attention_backend,
-                          "enforce_eager": a.enforce_eager}
+                          "enforce_eager": a.enforce_eager, "overlap_scheduler": a.overlap_scheduler}
     if a.kv_tokens:
         kw["max_tokens_in_paged_kv_cache"] = a.kv_tokens
     return kw
@@ -121,6 +121,31 @@ def _cmd_serve(a: argparse.Namespace) -> int:
     return 0 if res["errors"] == 0 else 1
 
 
+def _cmd_profile(a: argparse.Namespace) -> int:
+    from . import report
+    from .offline import make_engine
+    from .profile import run_profile, run_reuse
+
+    model, tok, fmt = resolve_bench_model(a.model)
+    os.makedirs(a.out, exist_ok=True)
+    kw = _engine_kwargs(a, fmt)
+    base = os.path.basename(model.rstrip("/"))
+    if a.command_name == "reuse":
+        engine = make_engine(model, tok, enable_kv_cache_reuse=True, **kw)
+        res: dict[str, Any] = {"model": a.model, "inflight": run_reuse(engine, a.prompt_len, a.repeats)}
+        name = f"reuse-{base}-{a.prompt_len}"
+    else:
+        engine = make_engine(model, tok, **kw)
+        name = f"profile-{base}-b{a.batch}"
+        trace = os.path.join(a.out, f"{name}.trace.json") if a.trace else None
+        res = {"model": a.model, "inflight": run_profile(engine, a.batch, a.isl, a.steps, trace)}
+    res["engine_config"] = kw
+    path = report.save(res, a.out, name)
+    _print(res)
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
 def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default="llama-3.1-8b",
                    help=f"shipped config ({', '.join(SHIPPED)}; dummy weights) or a checkpoint dir")
@@ -133,6 +158,8 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-tokens", type=int, default=None, help="max_tokens_in_paged_kv_cache")
     p.add_argument("--attention-backend", default="auto", choices=["auto", "torch", "triton"])
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
+    p.add_argument("--overlap-scheduler", default="auto", choices=["auto", "on", "off"],
+                   help="plan step N+1 while step N runs (auto: on for CUDA)")
     p.add_argument("--baseline", choices=["hf"], default=None,
                    help="also run the workload through transformers.generate in this run")
     p.add_argument("--hf-batch-size", type=int, default=64)
@@ -142,7 +169,7 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
 
 
 def add_bench_parser(sub: Any) -> argparse.ArgumentParser:
-    p = sub.add_parser("bench", help="benchmarks (throughput, latency, serve, scheduler)",
+    p = sub.add_parser("bench", help="benchmarks (throughput, latency, serve, profile, reuse, scheduler)",
                        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     bs = p.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
     t = bs.add_parser("throughput", help="offline: all requests queued at once")
@@ -159,6 +186,18 @@ def add_bench_parser(sub: Any) -> argparse.ArgumentParser:
     lat.add_argument("--osl", type=int, default=256)
     lat.add_argument("--iters", type=int, default=3)
     lat.set_defaults(func=_cmd_offline, command_name="latency")
+    pr = bs.add_parser("profile", help="where a decode step's time goes (torch.profiler)")
+    _engine_args(pr)
+    pr.add_argument("--batch", type=int, default=1, help="requests decoding together")
+    pr.add_argument("--isl", type=int, default=128)
+    pr.add_argument("--steps", type=int, default=50, help="decode steps timed, then profiled")
+    pr.add_argument("--trace", action="store_true", help="also write a Chrome trace (.trace.json)")
+    pr.set_defaults(func=_cmd_profile, command_name="profile")
+    ru = bs.add_parser("reuse", help="TTFT of a repeated long prompt with prefix reuse on")
+    _engine_args(ru)
+    ru.add_argument("--prompt-len", type=int, default=2048)
+    ru.add_argument("--repeats", type=int, default=3)
+    ru.set_defaults(func=_cmd_profile, command_name="reuse")
     s = bs.add_parser("serve", help="drive a running tritonserver with tritonclient streaming")
     s.add_argument("--url", default="localhost:8001", help="gRPC host:port")
     s.add_argument("--served-model", default="ensemble", help="ensemble | llm | bls")

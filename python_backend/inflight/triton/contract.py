@@ -82,7 +82,8 @@ ENGINE_PARAMS = ["model_path", "tokenizer_dir", "dtype", "device", "load_format"
                  "enable_kv_cache_reuse", "enable_chunked_context", "batch_scheduler_policy",
                  "max_batch_size", "max_num_tokens", "max_seq_len", "max_queue_size",
                  "tokens_per_block", "exclude_input_in_output", "max_beam_width",
-                 "stream_interval", "attention_backend", "max_num_return_sequences",
+                 "stream_interval", "attention_backend", "enforce_eager", "overlap_scheduler",
+                 "max_num_return_sequences",
                  "max_logprobs", "default_max_tokens", "trust_remote_code",
                  "allow_trust_remote_code"]
 
