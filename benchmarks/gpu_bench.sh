@@ -41,9 +41,9 @@ case "${1:-all}" in
     ;;
   throughput)
     N=${SCALE:-1}
-    timeout 150 $B throughput --model llama-3.1-8b --isl 128 --osl 128 --num-requests $((1000 * N)) --baseline hf --hf-requests 128 --out "$OUT" 2>&1 | tail -4
-    timeout 100 $B throughput --model llama-3.1-8b --isl 2048 --osl 128 --num-requests $((200 * N)) --max-num-tokens 16384 --out "$OUT" 2>&1 | tail -4
-    timeout 110 $B throughput --model llama-3.1-8b --isl 1000 --osl 1000 --num-requests $((128 * N)) --out "$OUT" 2>&1 | tail -4
+    timeout 200 $B throughput --model llama-3.1-8b --isl 128 --osl 128 --num-requests $((1000 * N)) --max-batch-size 1024 --max-num-tokens 16384 --baseline hf --hf-requests 128 --out "$OUT" 2>&1 | tail -4
+    timeout 120 $B throughput --model llama-3.1-8b --isl 2048 --osl 128 --num-requests $((200 * N)) --max-num-tokens 16384 --out "$OUT" 2>&1 | tail -4
+    timeout 200 $B throughput --model llama-3.1-8b --isl 1000 --osl 1000 --num-requests $((384 * N)) --max-batch-size 512 --max-num-tokens 16384 --out "$OUT" 2>&1 | tail -4
     ;;
   serve)
     pkill -9 -x tritonserver; pkill -9 -f triton_python_backend_stub; sleep 1  # leftovers of an earlier run
@@ -63,13 +63,19 @@ build(model, repo, "ensemble", {**kw, "tokenizer_dir": tok}, force=True)
 print("repo ready", flush=True)
 EOF
     python3 -m inflight.cli serve /tmp/serve-repo --http-port 8000 --grpc-port 8001 --metrics-port 8002 \
-        > /tmp/tritonserver.log 2>&1 &
+        ${SERVER_FLAGS:-} > /tmp/tritonserver.log 2>&1 &
     SERVER=$!
     for i in $(seq 1 240); do curl -sf localhost:8000/v2/health/ready >/dev/null && break; kill -0 $SERVER 2>/dev/null || break; sleep 1; done
-    echo "server ready after ${i}s"; grep -iE "error|fail" /tmp/tritonserver.log | head -5
-    timeout 150 $B serve --served-model ensemble --dataset sharegpt --num-requests 1000 --out "$OUT" 2>&1 | tail -30
+    if curl -sf localhost:8000/v2/health/ready >/dev/null; then echo "server ready after ${i}s"
+    else echo "server NOT ready after ${i}s"; tail -40 /tmp/tritonserver.log; fi
+    timeout 60 $B serve --served-model ensemble --dataset sharegpt --num-requests 8 --out "$OUT/smoke" 2>&1 | grep -E "errors|req_s|failed|Error" | head -5
+    timeout 200 $B serve --served-model ensemble --dataset sharegpt --num-requests 1000 --out "$OUT" 2>&1 | grep -vE "^\s*$" | tail -40
     curl -s localhost:8002/metrics | grep -E "^(nv_trt_llm|inflight)" | grep -v bucket > "$OUT/serve-metrics.txt"
-    kill -INT $SERVER; wait $SERVER
+    kill -INT $SERVER; sleep 5
+    pkill -9 -x tritonserver; pkill -9 -f triton_python_backend_stub  # the stubs outlive a killed server
+    grep -iE "error|fail|traceback" /tmp/tritonserver.log | head -20; tail -c 20000 /tmp/tritonserver.log > "$OUT/tritonserver.log"
+    for i in $(seq 1 60); do [ "$(nvidia-smi --query-gpu=memory.used --format=csv,noheader,nounits)" -lt 2000 ] && break; sleep 1; done
+    [ -n "${SKIP_OFFLINE:-}" ] && exit 0
     python3 - "$OUT" <<'EOF'
 import json, sys
 from inflight.bench.cli import resolve_bench_model

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sys
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -75,28 +76,36 @@ async def _run(url: str, model: str, kind: str, prompts: list[str], max_tokens: 
             await asyncio.sleep(rng.exponential(1.0 / rate))
             sem.release()
 
+    errors: list[str] = []
+
     async def read(k: int) -> None:
+        # A stream ends when each of its requests got a final response or an error. An error
+        # response carries no request id, so it is counted, not attributed: requests left
+        # without a final response are the failed ones.
+        remaining = len(range(k, len(prompts), streams))
         async for result, error in clients[k].stream_infer(gen(k)):
             if error is not None:
-                msg = str(error)
-                rid = next((int(s) for s in msg.split() if s.isdigit()), None)
-                if rid is not None and rid < len(traces):
-                    traces[rid].error, traces[rid].done = msg, True
-                continue
-            resp = result.get_response()
-            tr = traces[int(resp.id)]
-            now = time.perf_counter()
-            n = result.as_numpy("num_output_tokens")
-            if n is not None:
-                tr.output_tokens = int(n.reshape(-1)[0])
-            if result.as_numpy("text_output") is not None:
-                tr.times.append(now)
-            if resp.parameters["triton_final_response"].bool_param:
-                tr.done = True
+                errors.append(str(error))
+                remaining -= 1
                 bar.update(1)
                 if rate == float("inf"):
                     sem.release()
-            if all(traces[i].done for i in range(k, len(prompts), streams)):
+            else:
+                resp = result.get_response()
+                tr = traces[int(resp.id)]
+                now = time.perf_counter()
+                n = result.as_numpy("num_output_tokens")
+                if n is not None:
+                    tr.output_tokens = int(n.reshape(-1)[0])
+                if result.as_numpy("text_output") is not None:
+                    tr.times.append(now)
+                if resp.parameters["triton_final_response"].bool_param:
+                    tr.done = True
+                    remaining -= 1
+                    bar.update(1)
+                    if rate == float("inf"):
+                        sem.release()
+            if remaining <= 0:
                 return
 
     if rate != float("inf"):
@@ -108,6 +117,11 @@ async def _run(url: str, model: str, kind: str, prompts: list[str], max_tokens: 
     bar.close()
     for c in clients:
         await c.close()
+    for tr in traces:
+        if not tr.done:
+            tr.error = "no final response"
+    if errors:
+        print(f"{len(errors)} request(s) failed; first error: {errors[0]}", file=sys.stderr)
     return traces, wall
 
 
@@ -116,7 +130,7 @@ def run_serve(url: str, model: str, prompts: list[str], max_tokens: list[int], *
     kind = "llm" if model == "llm" else "ensemble"
     traces, wall = asyncio.run(_run(url, model, kind, prompts, max_tokens, rate,
                                     min(concurrency, len(prompts)), min(streams, len(prompts)), seed))
-    ok = [t for t in traces if t.error is None and t.times]
+    ok = [t for t in traces if t.error is None and t.done and t.times]
     ttft = [t.times[0] - t.sent for t in ok]
     e2e = [t.times[-1] - t.sent for t in ok]
     itl = [b - a for t in ok for a, b in zip(t.times, t.times[1:])]
