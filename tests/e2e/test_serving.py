@@ -283,3 +283,19 @@ def test_bad_input_is_invalid_arg_and_server_keeps_serving(
     assert re.search(r"must|required|expects|allowed", str(e.value)), str(e.value)
     texts, finals = grpc_texts(server, "ensemble", ensemble_inputs(PROMPTS[0], False))
     assert "".join(texts) == reference[PROMPTS[0]] and finals == 1
+
+
+@pytest.mark.parametrize("model", ["ensemble", "llm"])
+@pytest.mark.parametrize("rate", [float("inf"), 200.0])
+def test_bench_serve_counts_tokens_and_errors(server, model: str, rate: float) -> None:
+    """`inflight bench serve`'s driver: exact token counts, and a failed request (max_tokens
+    beyond max_seq_len) is counted as an error instead of stalling its stream."""
+    from inflight.bench.serve import run_serve
+
+    prompts = [f"{p} {i}" for i, p in enumerate(PROMPTS * 2)]
+    lens = [5, 9, 3, 7, 900, 4]  # 900 > max_seq_len (512): refused
+    res = run_serve(server.grpc_url, model, prompts, lens, rate=rate, concurrency=3, streams=2)
+    assert res["requests"] == 6 and res["errors"] == 1, res
+    assert res["output_tokens"] == sum(n for n in lens if n != 900)
+    assert len(res["_ttft"]) == 5 and all(t > 0 for t in res["_ttft"])
+    assert len(res["_itl"]) == sum(n - 1 for n in lens if n != 900)  # one response per token
