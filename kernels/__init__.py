@@ -7,6 +7,7 @@ imported they also take CPU tensors and run in Triton's numpy interpreter (tests
 
 from __future__ import annotations
 
+from .gemv import gemv, gemv_ref
 from .kv_cache_write import kv_cache_write, kv_cache_write_ref
 from .paged_decode_attention import paged_decode_attention, paged_decode_attention_ref
 from .paged_prefill_attention import attention_ref, paged_prefill_attention
@@ -18,6 +19,8 @@ __all__ = [
     "add_rms_norm",
     "add_rms_norm_ref",
     "attention_ref",
+    "gemv",
+    "gemv_ref",
     "kv_cache_write",
     "kv_cache_write_ref",
     "paged_decode_attention",

@@ -308,3 +308,30 @@ def test_serve_main_without_tritonserver(
 ) -> None:
     assert serve_main(build_argparser().parse_args([str(tmp_path)])) == 2
     assert "tritonserver not found" in capsys.readouterr().err
+
+
+def test_stub_built_for_numpy_1_is_refused_under_numpy_2(tmp_path) -> None:
+    from inflight.serve.binary import StubNumpyError, check_stub_numpy
+
+    old = tmp_path / "old_stub"
+    old.write_bytes(b"\x7fELF...numpy.core.multiarray\x00...")
+    new = tmp_path / "new_stub"
+    new.write_bytes(b"\x7fELF...numpy.core.multiarray\x00numpy._core.multiarray\x00")
+    with pytest.raises(StubNumpyError, match=r"pybind11 < 2\.12.*numpy 2\.1\.3.*tritonserver >= 2\.52"):
+        check_stub_numpy(old, "2.1.3")
+    check_stub_numpy(old, "1.26.4")  # numpy 1: the old stub is fine
+    check_stub_numpy(new, "2.1.3")  # a pybind11 >= 2.12 stub knows numpy._core
+    check_stub_numpy(tmp_path / "missing", "2.1.3")  # no stub there: nothing to say
+
+
+def test_the_bundled_pytriton_stub_is_the_old_kind() -> None:
+    """The finding the check rests on, on the stub the CI machine runs (nvidia-pytriton 0.7)."""
+    from inflight.serve.binary import StubNumpyError, check_stub_numpy, pytriton_root, stub_source
+
+    root = pytriton_root()
+    if root is None:
+        pytest.skip("nvidia-pytriton is not installed")
+    if b"numpy._core" in stub_source(root).read_bytes():
+        pytest.skip("this nvidia-pytriton ships a pybind11 >= 2.12 stub")
+    with pytest.raises(StubNumpyError):
+        check_stub_numpy(stub_source(root), "2.0.0")

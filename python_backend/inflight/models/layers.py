@@ -32,6 +32,52 @@ class KernelSwitch:
     enabled = True
 
 
+class _GemvChoice:
+    """Per (rows, out, in, dtype): whether the GEMV kernel beats cuBLAS, timed once on the
+    first such call outside CUDA-graph capture (the engine's warm-up runs make that call)."""
+
+    faster: dict[tuple[int, int, int, torch.dtype], bool] = {}
+
+    @classmethod
+    def use(cls, x: torch.Tensor, weight: torch.Tensor, kernels) -> bool:  # type: ignore[no-untyped-def]
+        key = (x.shape[0], weight.shape[0], weight.shape[1], x.dtype)
+        hit = cls.faster.get(key)
+        if hit is not None:
+            return hit
+        if torch.cuda.is_current_stream_capturing():
+            return False  # never time inside a capture; graphs are captured after warm-up
+        times = []
+        for fn in (lambda: kernels.gemv(x, weight), lambda: F.linear(x, weight)):
+            fn()  # warm up (the GEMV autotunes on its first call)
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            for _ in range(10):
+                fn()
+            end.record()
+            end.synchronize()
+            times.append(start.elapsed_time(end))
+        cls.faster[key] = times[0] < 0.97 * times[1]
+        return cls.faster[key]
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """F.linear, except decode-sized calls (<= 4 rows, fp16/bf16, CUDA, no bias) run the GEMV
+    kernel for the shapes where it is faster than cuBLAS on this GPU."""
+    k = _triton_ops(x)
+    if (k is not None and bias is None and x.dim() == 2 and x.shape[0] <= 4
+            and x.dtype in (torch.float16, torch.bfloat16) and x.stride(1) == 1
+            and _GemvChoice.use(x, weight, k)):
+        return k.gemv(x, weight)
+    return F.linear(x, weight, bias)
+
+
+class Linear(nn.Linear):
+    """nn.Linear through :func:`linear` (same parameters and checkpoint names)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
+
+
 def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     # same op order as transformers' LlamaRMSNorm: fp32 statistics, cast, then scale
     dtype = x.dtype

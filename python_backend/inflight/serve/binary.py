@@ -54,6 +54,40 @@ class TritonServerNotFoundError(InflightError, FileNotFoundError):
     """No usable ``tritonserver`` binary (or no Python backend stub for this Python)."""
 
 
+class StubNumpyError(TritonServerNotFoundError):
+    """The Python backend stub cannot read tensors with the installed numpy."""
+
+
+def check_stub_numpy(stub: Path, numpy_version: str | None = None) -> None:
+    """Refuse a stub built with pybind11 < 2.12 when numpy >= 2 is installed.
+
+    Such a stub (e.g. tritonserver 2.51 in nvidia-pytriton 0.7) reads numpy 2 dtypes' item
+    size as 0 and turns every input tensor into copies of its first byte or element
+    (pybind/pybind11#5009, fixed for Triton in python_backend#384, release 24.11): string
+    inputs then fail in ``deserialize_bytes_tensor`` and numeric ones are silently wrong.
+    A pybind11 >= 2.12 stub names the module ``numpy._core``; an older one only
+    ``numpy.core``.
+    """
+    if numpy_version is None:
+        try:
+            from importlib.metadata import version
+
+            numpy_version = version("numpy")
+        except Exception:  # noqa: BLE001 - numpy missing: nothing to check
+            return
+    if int(numpy_version.split(".")[0]) < 2 or not stub.is_file():
+        return
+    data = stub.read_bytes()
+    if b"numpy._core" in data or b"numpy.core.multiarray" not in data:
+        return
+    raise StubNumpyError(
+        f"the Python backend stub {stub} was built with pybind11 < 2.12 and misreads every "
+        f"tensor under numpy {numpy_version} (pybind/pybind11#5009): put a tritonserver >= 2.52 "
+        "(NGC 24.11 or newer) on PATH, or install numpy<2 in this environment (pip install "
+        "'numpy<2'), which works only if nothing installed requires numpy 2"
+    )
+
+
 @dataclass(frozen=True)
 class TritonServerBinary:
     """A runnable ``tritonserver`` and what it needs around it.
@@ -126,6 +160,7 @@ def _from_system(path: Path, source: str) -> TritonServerBinary:
     """A full Triton install (NGC image, or a build): its stub matches its own Python."""
     beside = path.resolve().parent.parent / "backends"
     backend_dir = beside if beside.is_dir() else NGC_BACKEND_DIR
+    check_stub_numpy(backend_dir / "python" / STUB_NAME)
     return TritonServerBinary(
         path=path,
         backend_dir=backend_dir if backend_dir.is_dir() else None,
@@ -137,6 +172,7 @@ def _from_system(path: Path, source: str) -> TritonServerBinary:
 def _from_pytriton(root: Path) -> TritonServerBinary:
     dist = root / "tritonserver"
     stub = stub_source(root)
+    check_stub_numpy(stub)
     libs = pytriton_libs_dir(root)
     try:
         install_stub(stub, dist / "backends" / "python")
