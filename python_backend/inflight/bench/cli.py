@@ -160,12 +160,15 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
     p.add_argument("--overlap-scheduler", default="auto", choices=["auto", "on", "off"],
                    help="plan step N+1 while step N runs (auto: on for CUDA)")
+    p.add_argument("--out", default="bench-results", help="directory for JSON and PNG files")
+    p.add_argument("--seed", type=int, default=0, help="workload seed")
+
+
+def _baseline_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--baseline", choices=["hf"], default=None,
                    help="also run the workload through transformers.generate in this run")
     p.add_argument("--hf-batch-size", type=int, default=64)
     p.add_argument("--hf-requests", type=int, default=256, help="cap on requests sent to the HF baseline")
-    p.add_argument("--out", default="bench-results", help="directory for JSON and PNG files")
-    p.add_argument("--seed", type=int, default=0, help="workload seed")
 
 
 def add_bench_parser(sub: Any) -> argparse.ArgumentParser:
@@ -174,6 +177,7 @@ def add_bench_parser(sub: Any) -> argparse.ArgumentParser:
     bs = p.add_subparsers(dest="bench_command", metavar="BENCHMARK", required=True)
     t = bs.add_parser("throughput", help="offline: all requests queued at once")
     _engine_args(t)
+    _baseline_args(t)
     t.add_argument("--num-requests", type=int, default=1000)
     t.add_argument("--isl", type=int, default=128, help="input length mean")
     t.add_argument("--osl", type=int, default=128, help="output length mean")
@@ -182,6 +186,7 @@ def add_bench_parser(sub: Any) -> argparse.ArgumentParser:
     t.set_defaults(func=_cmd_offline, command_name="throughput")
     lat = bs.add_parser("latency", help="batch 1: tok/s per user, ms per token")
     _engine_args(lat)
+    _baseline_args(lat)
     lat.add_argument("--isl", type=int, default=128)
     lat.add_argument("--osl", type=int, default=256)
     lat.add_argument("--iters", type=int, default=3)
