@@ -40,3 +40,9 @@ def test_bench_reuse_reports_reused_blocks(tmp_path: Path) -> None:
     # 64 tokens = 4 blocks of 16: the repeat reuses all but the last (its logits are needed)
     assert r["blocks_per_prompt"] == 4 and r["reused_blocks"] == [3, 3]
     assert r["ttft_first_ms"] > 0 and r["ttft_repeat_ms"] > 0
+
+
+def test_bench_profile_refuses_a_batch_one_step_cannot_hold(tmp_path: Path, capsys) -> None:
+    assert main(["bench", "profile", "--model", "tiny:llama", "--batch", "300",
+                 "--max-batch-size", "256", "--out", str(tmp_path)]) == 2
+    assert "--batch must be in [1, 256]" in capsys.readouterr().err

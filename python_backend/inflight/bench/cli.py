@@ -135,6 +135,10 @@ def _cmd_profile(a: argparse.Namespace) -> int:
         res: dict[str, Any] = {"model": a.model, "inflight": run_reuse(engine, a.prompt_len, a.repeats)}
         name = f"reuse-{base}-{a.prompt_len}"
     else:
+        if not 1 <= a.batch <= min(a.max_batch_size, a.max_num_tokens):
+            print(f"--batch must be in [1, {min(a.max_batch_size, a.max_num_tokens)}] "
+                  "(raise --max-batch-size for larger batches)", file=sys.stderr)
+            return 2
         engine = make_engine(model, tok, **kw)
         name = f"profile-{base}-b{a.batch}"
         trace = os.path.join(a.out, f"{name}.trace.json") if a.trace else None

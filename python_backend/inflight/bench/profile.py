@@ -76,6 +76,10 @@ def _decoding_engine(engine: LLMEngine, batch: int, isl: int, steps: int) -> Non
 
 def run_profile(engine: LLMEngine, batch: int, isl: int, steps: int, trace: str | None
                 ) -> dict[str, Any]:
+    cap = min(engine.cfg.max_batch_size, engine.cfg.max_num_tokens)
+    if not 1 <= batch <= cap:
+        raise ValueError(f"--batch must be in [1, {cap}] (max_batch_size and max_num_tokens "
+                         f"bound one decode step), got {batch}")
     _decoding_engine(engine, batch, isl, steps)
     _sync(engine)
     t0 = time.perf_counter()
