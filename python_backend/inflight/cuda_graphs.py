@@ -1,9 +1,11 @@
 """CUDA graphs for decode steps: one graph per padded batch size, captured at start-up.
 
 A pure-decode step (every request has one new token) with B requests replays the graph of
-the smallest captured size >= B. The graph ends with the lm_head: it outputs fp32 logits. Padding rows write no KV (slot -1) and attend to one token;
-their outputs are discarded. The attention launch parameters that depend on the context
-length are fixed to the engine's max_seq_len at capture time.
+the smallest captured size >= B. The graph ends with the lm_head: it outputs fp32 logits
+into a static buffer that the next replay overwrites (consumers enqueue their reads before
+it). Padding rows write no KV (slot -1) and attend to one token; their outputs are
+discarded. The attention launch parameters that depend on the context length are fixed to
+the engine's max_seq_len at capture time.
 """
 
 from __future__ import annotations
