@@ -66,7 +66,7 @@ EOF
     # environment has numpy 2: `inflight serve` refuses the nvidia-pytriton 2.51 stub then
     # (see docs/performance.md, "The Triton serve benchmark on the GPU").
     python3 -m inflight.cli serve /tmp/serve-repo --http-port 8000 --grpc-port 8001 --metrics-port 8002 \
-        ${SERVER_FLAGS:-} > /tmp/tritonserver.log 2>&1 &
+        > /tmp/tritonserver.log 2>&1 &
     SERVER=$!
     for i in $(seq 1 240); do curl -sf localhost:8000/v2/health/ready >/dev/null && break; kill -0 $SERVER 2>/dev/null || break; sleep 1; done
     if curl -sf localhost:8000/v2/health/ready >/dev/null; then echo "server ready after ${i}s"

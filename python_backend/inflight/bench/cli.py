@@ -124,7 +124,7 @@ def _cmd_serve(a: argparse.Namespace) -> int:
 def _cmd_profile(a: argparse.Namespace) -> int:
     from . import report
     from .offline import make_engine
-    from .profile import run_profile, run_reuse
+    from .profile import check_batch, run_profile, run_reuse
 
     model, tok, fmt = resolve_bench_model(a.model)
     os.makedirs(a.out, exist_ok=True)
@@ -135,9 +135,10 @@ def _cmd_profile(a: argparse.Namespace) -> int:
         res: dict[str, Any] = {"model": a.model, "inflight": run_reuse(engine, a.prompt_len, a.repeats)}
         name = f"reuse-{base}-{a.prompt_len}"
     else:
-        if not 1 <= a.batch <= min(a.max_batch_size, a.max_num_tokens):
-            print(f"--batch must be in [1, {min(a.max_batch_size, a.max_num_tokens)}] "
-                  "(raise --max-batch-size for larger batches)", file=sys.stderr)
+        try:  # before the (slow) engine load
+            check_batch(a.batch, a.max_batch_size, a.max_num_tokens)
+        except ValueError as e:
+            print(e, file=sys.stderr)
             return 2
         engine = make_engine(model, tok, **kw)
         name = f"profile-{base}-b{a.batch}"

@@ -74,12 +74,17 @@ def _decoding_engine(engine: LLMEngine, batch: int, isl: int, steps: int) -> Non
         engine.step()
 
 
-def run_profile(engine: LLMEngine, batch: int, isl: int, steps: int, trace: str | None
-                ) -> dict[str, Any]:
-    cap = min(engine.cfg.max_batch_size, engine.cfg.max_num_tokens)
+def check_batch(batch: int, max_batch_size: int, max_num_tokens: int) -> None:
+    """One decode step must hold the whole batch, or steady decode is never reached."""
+    cap = min(max_batch_size, max_num_tokens)
     if not 1 <= batch <= cap:
         raise ValueError(f"--batch must be in [1, {cap}] (max_batch_size and max_num_tokens "
-                         f"bound one decode step), got {batch}")
+                         f"bound one decode step; raise --max-batch-size), got {batch}")
+
+
+def run_profile(engine: LLMEngine, batch: int, isl: int, steps: int, trace: str | None
+                ) -> dict[str, Any]:
+    check_batch(batch, engine.cfg.max_batch_size, engine.cfg.max_num_tokens)
     _decoding_engine(engine, batch, isl, steps)
     _sync(engine)
     t0 = time.perf_counter()
