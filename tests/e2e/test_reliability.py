@@ -153,6 +153,17 @@ def wait_first_token(o: Outcome) -> bool:
     return bool(o.texts) or bool(o.outputs)
 
 
+def first_token_sets(event: threading.Event) -> Callable[[Outcome], bool]:
+    """A ``cancel_when`` that never cancels but sets ``event`` once a token arrived."""
+
+    def rule(o: Outcome) -> bool:
+        if wait_first_token(o):
+            event.set()
+        return False
+
+    return rule
+
+
 # ---- 1-7: bad input (default server) -------------------------------------------------------
 LONG_PROMPT = "hello world " * 300  # ~900 tokens > max_seq_len
 BAD = [
@@ -370,10 +381,13 @@ def test_request_ids_duplicate_unknown_finished_reused(default_server) -> None:
     assert all(np.array_equal(ids[0], x) for x in ids), "greedy outputs differ between ids"
     # both in-flight requests sharing an id are cancelled by one stop
     victims: list[Outcome] = []
+    started = [threading.Event(), threading.Event()]
     t = threading.Thread(target=lambda: victims.extend(in_threads(
-        [lambda: run_stream(url, "engine", eng([5, 6, 7], 480), request_id="twin")] * 2)))
+        [lambda e=e: run_stream(url, "engine", eng([5, 6, 7], 480), request_id="twin",
+                                cancel_when=first_token_sets(e)) for e in started])))
     t.start()
-    time.sleep(1.5)
+    for e in started:  # both are decoding: the stop finds them in flight, however slow the box
+        assert e.wait(60), "a victim got no first token"
     stop_id(default_server, "twin").check()
     t.join(60)
     assert len(victims) == 2
@@ -437,9 +451,9 @@ def test_cancel_while_queued(tight_server) -> None:
     w = threading.Thread(target=lambda: waiting.append(run_stream(
         tight_server.grpc_url, "engine", eng(list(range(5, 13)), 300), request_id="queued")))
     w.start()
-    time.sleep(1.0)
-    assert metric(tight_server.metrics_url, "nv_trt_llm_request_metrics", request_type="waiting",
-                  model="engine") >= 1
+    # queued behind the hog (which runs >= 3 s at the slowed step): wait until the engine says so
+    wait_metric_above(tight_server.metrics_url, "nv_trt_llm_request_metrics", 0,
+                      timeout=CANCEL_BOUND_S, request_type="waiting", model="engine")
     t0 = time.monotonic()
     stop_id(tight_server, "queued").check()
     w.join(CANCEL_BOUND_S)
@@ -514,6 +528,19 @@ def child_pids(pid: int) -> set[int]:
     return out
 
 
+def wait_not_ready(server, timeout: float = 30.0) -> None:
+    """Until /v2/health/ready stops answering 200: the server began shutting down."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if http(server, "/v2/health/ready") != 200:
+                return
+        except urllib.error.URLError:  # the HTTP endpoint closed already
+            return
+        assert time.monotonic() < deadline, "the server stayed ready after SIGTERM"
+        time.sleep(0.05)
+
+
 def test_sigterm_drains_active_streams(tight_server) -> None:
     """15 (runs last on this server): SIGTERM with active streams."""
     pid = tight_server.server.pid
@@ -532,7 +559,7 @@ def test_sigterm_drains_active_streams(tight_server) -> None:
         assert time.monotonic() < deadline
         time.sleep(0.05)
     tight_server.server.send_signal(signal.SIGTERM)
-    time.sleep(0.5)
+    wait_not_ready(tight_server)
     refused = run_stream(tight_server.grpc_url, "llm", llm(), timeout=20)
     assert refused.errors or refused.timed_out, "a new request was accepted after SIGTERM"
     code = tight_server.server.wait(120)
@@ -542,7 +569,9 @@ def test_sigterm_drains_active_streams(tight_server) -> None:
     for o in results:
         o.check()
         assert not o.errors and o.finals == 1, o
-    time.sleep(1.0)
+    deadline = time.monotonic() + 30  # the stubs exit with the server; give them time to go
+    while [p for p in stubs if Path(f"/proc/{p}").exists()] and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert not [p for p in stubs if Path(f"/proc/{p}").exists()], "orphan stub processes"
     leaked = (shm_segments() & segments_before)
     assert not leaked, f"shm segments left: {leaked}"

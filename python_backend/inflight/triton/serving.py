@@ -31,13 +31,52 @@ OutputBuilder = Callable[["ItemStream", SequenceUpdate], list[Any]]
 
 @dataclass
 class TritonCall:
-    """One Triton request: its sender and the items (batch x sequences) still running."""
+    """One Triton request: its response sender and the sequences (batch x n) still running.
+
+    The only door to the sender. Triton frees the request's response factory once the FINAL
+    flag went out; touching the sender after that (``is_cancelled()`` included) makes
+    tritonserver dereference freed memory (the SIGSEGV in
+    ``TRITONBACKEND_ResponseFactoryIsCancelled``). So every send and every cancellation poll
+    takes ``lock``, and once ``closed`` nothing reaches the sender again. Sends come from the
+    sender thread and, for refused items, the execute thread.
+    """
 
     sender: Any
-    request: Any
+    request: Any  # held until FINAL: the stub may release a request whose object is gone
     remaining: int  # sequences not yet finished, over all items
     cancelled: bool = False
+    closed: bool = False  # the FINAL flag went out
     lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def send(self, pb: Any, response: Any | None, finishes: int = 0) -> bool:
+        """Send ``response`` (None: no response unless it is the final one); ``finishes``
+        sequences end with it. The FINAL flag rides on the send that ends the last
+        sequence. Returns False when the call was already closed (nothing sent)."""
+        with self.lock:
+            if self.closed:
+                return False
+            self.remaining -= finishes
+            final = finishes > 0 and self.remaining <= 0
+            if response is None and not final:
+                return True
+            self.closed = final
+            flags = pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL if final else 0
+            if response is None:
+                self.sender.send(flags=flags)
+            else:
+                self.sender.send(response, flags=flags)
+            return True
+
+    def poll_cancelled(self) -> bool:
+        """Whether the client cancelled; never asks Triton once the call is closed."""
+        with self.lock:
+            if self.cancelled or self.closed:
+                return self.cancelled
+            try:
+                self.cancelled = bool(self.sender.is_cancelled())
+            except Exception:  # noqa: BLE001 - older backends lack it on the sender
+                log.debug("is_cancelled failed", exc_info=True)
+            return self.cancelled
 
 
 @dataclass
@@ -95,11 +134,8 @@ class ServingCore:
 
     def fail_item(self, call: TritonCall, item: ItemRequest, err: Any) -> None:
         """An item the engine refused: its sequences count as finished with this error."""
-        with call.lock:
-            call.remaining -= item.params.n
-            final = call.remaining <= 0
-        flags = self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL if final else 0
-        call.sender.send(self.pb.InferenceResponse(output_tensors=[], error=err), flags=flags)
+        call.send(self.pb, self.pb.InferenceResponse(output_tensors=[], error=err),
+                  finishes=item.params.n)
 
     def submit(self, call: TritonCall, item: ItemRequest, client_id: str) -> ItemStream:
         """Queue one item; raises the engine's validation errors (nothing is queued then)."""
@@ -176,62 +212,43 @@ class ServingCore:
 
     def _flush(self, stream: ItemStream) -> None:
         for m in self._take(stream):
-            call = stream.call
-            final_call = False
-            if m.finished:
-                with call.lock:
-                    call.remaining -= 1
-                    final_call = call.remaining == 0
-                if self.on_final is not None:
-                    self.on_final(stream, m)
+            if m.finished and self.on_final is not None:
+                self.on_final(stream, m)
             try:
-                self._send(stream, m, final_call)
+                stream.call.send(self.pb, self._response(stream, m), finishes=int(m.finished))
             except Exception:  # noqa: BLE001 - client went away; the engine side is done
                 log.debug("send failed for %s", stream.engine_id, exc_info=True)
-            if m.finished and all(not v for v in stream.pending.values()):
-                self._maybe_done(stream)
             stream.sent_first.add(m.index)
+            if m.finished:
+                # a sequence's finished update is its last: the stream is done after n of them
+                stream.finals += 1
+                if stream.finals >= stream.item.params.n:
+                    self._forget(stream, stream.client_id)
 
-    def _maybe_done(self, stream: ItemStream) -> None:
-        # the stream is done once all its n sequences sent their final response
-        stream.finals += 1
-        if stream.finals >= stream.item.params.n:
-            self._forget(stream, stream.client_id)
-
-    def _send(self, stream: ItemStream, m: SequenceUpdate, final_call: bool) -> None:
+    def _response(self, stream: ItemStream, m: SequenceUpdate) -> Any | None:
+        """The response for one merged update (None: nothing to send yet)."""
         pb = self.pb
-        flags = pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL if final_call else 0
         if m.finished and m.finish_reason == "abort" and stream.call.cancelled:
             err = pb.TritonError("request cancelled", pb.TritonError.CANCELLED)
-            stream.call.sender.send(pb.InferenceResponse(output_tensors=[], error=err), flags=flags)
-            return
+            return pb.InferenceResponse(output_tensors=[], error=err)
         if m.finished and m.finish_reason == "error":
             err = pb.TritonError(m.error or "engine error", pb.TritonError.INTERNAL)
-            stream.call.sender.send(pb.InferenceResponse(output_tensors=[], error=err), flags=flags)
-            return
+            return pb.InferenceResponse(output_tensors=[], error=err)
         if not stream.item.stream and not m.finished:
-            return
-        tensors = self.build_outputs(stream, m)
-        stream.call.sender.send(pb.InferenceResponse(output_tensors=tensors), flags=flags)
+            return None
+        return pb.InferenceResponse(output_tensors=self.build_outputs(stream, m))
 
     def _poll_cancelled(self) -> None:
         with self._cv:
             streams = list(self._live.values())
-        seen: set[int] = set()
+        polled: dict[int, bool] = {}  # one poll per call, whatever its item count
         for s in streams:
             call = s.call
-            if id(call) in seen or call.cancelled:
-                continue
-            seen.add(id(call))
-            try:
-                cancelled = call.sender.is_cancelled()
-            except Exception:  # noqa: BLE001 - older backends lack it on the sender
-                cancelled = False
-            if cancelled:
-                call.cancelled = True
-                for other in streams:
-                    if other.call is call:
-                        self.loop.abort(other.engine_id)
+            if id(call) not in polled:
+                was = call.cancelled
+                polled[id(call)] = call.poll_cancelled() and not was
+            if polled[id(call)]:
+                self.loop.abort(s.engine_id)
 
     def shutdown(self) -> None:
         with self._cv:
