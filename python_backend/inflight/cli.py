@@ -10,22 +10,13 @@ import importlib
 import sys
 from typing import Any
 
-TINY_PREFIX = "tiny:"
+from .model_source import resolve_model  # noqa: F401 - re-exported for commands
+
 EPILOG = """examples:
   inflight generate --model tiny:llama "The capital of France is"
   inflight generate --model /models/Llama-3.1-8B-Instruct --temperature 0.7 --max-tokens 200 "Hi"
   inflight repo build --model tiny:llama --out /tmp/repo && inflight serve /tmp/repo
 """
-
-
-def resolve_model(name: str) -> str:
-    """A checkpoint directory, or ``tiny:FAMILY`` (llama, llama2, mistral, qwen2, qwen3): a
-    tiny random-weight model built locally and cached (no download)."""
-    if name.startswith(TINY_PREFIX):
-        from .testing.tiny import tiny_model_dir
-
-        return tiny_model_dir(name[len(TINY_PREFIX):] or "llama")
-    return name
 
 
 def add_engine_args(p: argparse.ArgumentParser) -> None:
@@ -72,7 +63,7 @@ def _cmd_generate(a: argparse.Namespace) -> int:
             max_tokens=a.max_tokens, min_tokens=a.min_tokens, temperature=a.temperature,
             top_k=a.top_k, top_p=a.top_p, min_p=a.min_p, repetition_penalty=a.repetition_penalty,
             seed=a.seed, stop=a.stop, ignore_eos=a.ignore_eos)
-        llm = LLM(resolve_model(a.model), **engine_kwargs(a))
+        llm = LLM(a.model, **engine_kwargs(a))
     except InflightError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -133,12 +124,18 @@ def main(argv: list[str] | None = None) -> int:
     from . import env
 
     logging.basicConfig(level=env.log_level(), format="%(levelname)s %(name)s: %(message)s")
+    from .errors import InflightError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except InflightError as e:  # a bad option or model: one line saying what, no traceback
+        print(f"error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -11,10 +11,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from dataclasses import dataclass, fields
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, did_you_mean
 
 SUPPORTED_ARCHITECTURES = (
     "LlamaForCausalLM",
@@ -25,6 +26,31 @@ SUPPORTED_ARCHITECTURES = (
 SCHEDULER_POLICIES = ("guaranteed_no_evict", "max_utilization")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 LOAD_FORMATS = ("auto", "safetensors", "dummy")
+# EngineConfig fields with a closed set of values, and integer fields with a lower bound
+CHOICES: dict[str, tuple[str, ...]] = {
+    "dtype": DTYPES, "load_format": LOAD_FORMATS, "batch_scheduler_policy": SCHEDULER_POLICIES,
+    "overlap_scheduler": ("auto", "on", "off"), "attention_backend": ("auto", "torch", "triton"),
+}
+MINIMUMS: dict[str, int] = {
+    "max_batch_size": 1, "max_num_tokens": 1, "max_num_return_sequences": 1, "max_seq_len": 2,
+    "max_queue_size": 0, "max_logprobs": 0, "max_stop_words": 0, "max_bad_words": 0,
+}
+DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
+
+
+def _one_of(values: tuple[str, ...]) -> str:
+    """('a', 'b', 'c') -> 'a, b or c'."""
+    return ", ".join(values[:-1]) + f" or {values[-1]}" if len(values) > 1 else values[0]
+
+
+def check_model_dir(path: str, hint: str = "") -> None:
+    """A Hugging Face checkpoint directory: it exists and holds config.json. ``hint`` ends
+    the "does not exist" message (what the caller accepts instead)."""
+    if not os.path.isdir(path):
+        what = "is not a directory" if os.path.exists(path) else "does not exist"
+        raise ConfigError(f"model directory {path!r} {what}{hint}")
+    if not os.path.isfile(os.path.join(path, "config.json")):
+        raise ConfigError(f"{path!r} has no config.json; is it a Hugging Face checkpoint directory?")
 
 
 @dataclass(frozen=True)
@@ -141,11 +167,8 @@ class ModelConfig:
 
     @classmethod
     def from_hf(cls, model_dir: str) -> ModelConfig:
+        check_model_dir(model_dir)
         path = os.path.join(model_dir, "config.json")
-        if not os.path.isdir(model_dir):
-            raise ConfigError(f"model directory {model_dir!r} does not exist")
-        if not os.path.isfile(path):
-            raise ConfigError(f"{model_dir!r} has no config.json; is it a Hugging Face checkpoint?")
         try:
             with open(path, encoding="utf-8") as f:
                 raw = json.load(f)
@@ -192,17 +215,14 @@ class EngineConfig:
     trust_remote_code: bool = False
 
     def __post_init__(self) -> None:
-        if self.dtype not in DTYPES:
-            raise ConfigError(f"dtype must be one of {DTYPES}, got {self.dtype!r}")
-        if self.load_format not in LOAD_FORMATS:
-            raise ConfigError(f"load_format must be one of {LOAD_FORMATS}, got {self.load_format!r}")
-        if self.batch_scheduler_policy not in SCHEDULER_POLICIES:
-            raise ConfigError(
-                f"batch_scheduler_policy must be one of {SCHEDULER_POLICIES}, "
-                f"got {self.batch_scheduler_policy!r}"
-            )
+        for name, allowed in CHOICES.items():
+            if getattr(self, name) not in allowed:
+                raise ConfigError(f"{name} must be {_one_of(allowed)}, got {getattr(self, name)!r}")
+        if not DEVICE_PATTERN.fullmatch(self.device):
+            raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {self.device!r}")
         if self.block_size <= 0 or self.block_size & (self.block_size - 1):
-            raise ConfigError(f"block_size must be a power of two > 0, got {self.block_size}")
+            raise ConfigError("block_size (tokens_per_block) must be a power of two > 0, "
+                              f"got {self.block_size}")
         if not 0.0 < self.kv_cache_free_gpu_mem_fraction <= 1.0:
             raise ConfigError(
                 "kv_cache_free_gpu_mem_fraction must be in (0, 1], "
@@ -213,19 +233,13 @@ class EngineConfig:
                 f"max_tokens_in_paged_kv_cache must be >= block_size ({self.block_size}), "
                 f"got {self.max_tokens_in_paged_kv_cache}"
             )
-        for name in ("max_batch_size", "max_num_tokens", "max_num_return_sequences"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_queue_size < 0:
-            raise ConfigError(f"max_queue_size must be >= 0, got {self.max_queue_size}")
-        if self.overlap_scheduler not in ("auto", "on", "off"):
-            raise ConfigError(
-                f"overlap_scheduler must be auto, on or off, got {self.overlap_scheduler!r}"
-            )
-        if self.attention_backend not in ("auto", "torch", "triton"):
-            raise ConfigError(
-                f"attention_backend must be auto, torch or triton, got {self.attention_backend!r}"
-            )
+        self._check_minimums()
+
+    def _check_minimums(self) -> None:
+        for name, low in MINIMUMS.items():
+            value = getattr(self, name)
+            if value is not None and value < low:
+                raise ConfigError(f"{name} must be >= {low}, got {value}")
 
     @classmethod
     def field_names(cls) -> list[str]:
@@ -233,12 +247,10 @@ class EngineConfig:
 
     @classmethod
     def from_kwargs(cls, model: str, **kwargs: Any) -> EngineConfig:
-        known = set(cls.field_names())
-        unknown = sorted(set(kwargs) - known)
+        known = sorted(cls.field_names())
+        unknown = sorted(set(kwargs) - set(known))
         if unknown:
-            raise ConfigError(
-                f"unknown engine parameter(s) {unknown}; known: {', '.join(sorted(known))}"
-            )
+            raise ConfigError(f"unknown engine parameter {unknown[0]!r}{did_you_mean(unknown[0], known)}")
         return cls(model=model, **kwargs)
 
 

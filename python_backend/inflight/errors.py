@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Sequence
+
 
 class InflightError(Exception):
     """Base class of every error inflight raises on purpose."""
@@ -25,3 +28,10 @@ class EngineDeadError(InflightError):
 
 class ConfigError(InflightError, ValueError):
     """An engine or model configuration value is invalid or a checkpoint is malformed."""
+
+
+def did_you_mean(name: str, known: Sequence[str]) -> str:
+    """``"; did you mean 'x'? known: a, b, c"``: the tail of an unknown-name error."""
+    close = difflib.get_close_matches(name, list(known), n=1)
+    hint = f"; did you mean {close[0]!r}?" if close else ";"
+    return f"{hint} known: {', '.join(known)}"

@@ -17,6 +17,7 @@ from tqdm.auto import tqdm
 from . import env
 from .config import EngineConfig
 from .engine_loop import EngineLoop
+from .model_source import resolve_model
 from .outputs import CompletionOutput, RequestOutput, SequenceUpdate
 from .sampling_params import SamplingParams
 
@@ -27,7 +28,9 @@ class LLM:
     """Offline and streaming generation over one engine (its loop runs in a thread)."""
 
     def __init__(self, model: str, **config: Any) -> None:
-        self.config = EngineConfig.from_kwargs(model, **config)
+        """``model``: a Hugging Face checkpoint directory or ``tiny:FAMILY``; ``config``:
+        :class:`EngineConfig` fields."""
+        self.config = EngineConfig.from_kwargs(resolve_model(model), **config)
         self.loop = EngineLoop(self.config)
         self.engine = self.loop.engine
         self._ids = itertools.count()

@@ -18,12 +18,16 @@ SHIPPED = ("llama-3.1-8b", "llama-3.2-1b", "qwen2.5-0.5b", "qwen2.5-7b")
 
 def resolve_bench_model(name: str) -> tuple[str, str | None, str]:
     """-> (model dir, tokenizer dir or None, load_format)."""
-    from ..cli import resolve_model
+    from ..errors import ConfigError, did_you_mean
+    from ..model_source import TINY_PREFIX, resolve_model
     from ..testing.tiny import tiny_model_dir
 
     if name in SHIPPED:
         path = str(importlib.resources.files("inflight.bench") / "configs" / name)
         return path, tiny_model_dir("llama"), "dummy"
+    if os.sep not in name and not name.startswith(TINY_PREFIX) and not os.path.exists(name):
+        raise ConfigError(f"--model {name!r} does not exist: it is no checkpoint directory and no "
+                          f"shipped config{did_you_mean(name, SHIPPED)}")
     return resolve_model(name), None, "auto"
 
 

@@ -26,6 +26,7 @@ from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, 
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerFast
 
 from .. import env
+from ..errors import ConfigError, did_you_mean
 from . import tokenizer_corpus
 
 BOS = "<|begin_of_text|>"
@@ -93,6 +94,12 @@ _FAMILIES: dict[str, tuple[str, str, dict[str, Any]]] = {
     }),
 }
 FAMILIES: tuple[str, ...] = tuple(_FAMILIES)
+
+
+def check_family(family: str) -> None:
+    """ConfigError (a ValueError) naming the known families unless ``family`` is one."""
+    if family not in _FAMILIES:
+        raise ConfigError(f"unknown family {family!r} for tiny:FAMILY{did_you_mean(family, FAMILIES)}")
 
 
 # --------------------------------------------------------------------------- tokenizer
@@ -167,8 +174,7 @@ def _patch_tokenizer_config(out_dir: str) -> None:
 
 
 def _config(family: str, tok: PreTrainedTokenizerFast, overrides: dict[str, Any]) -> Any:
-    if family not in _FAMILIES:
-        raise ValueError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
+    check_family(family)
     arch, config_name, extra = _FAMILIES[family]
     config_cls = getattr(transformers, config_name, None)
     if config_cls is None:
@@ -279,8 +285,7 @@ def tiny_model_dir(family: str = "llama", seed: int = 0) -> str:
     temporary sibling directory that is renamed into place, so concurrent callers never see a
     partial checkpoint; when two race, the loser discards its copy.
     """
-    if family not in _FAMILIES:
-        raise ValueError(f"unknown family {family!r}; choose one of {', '.join(FAMILIES)}")
+    check_family(family)
     root = os.path.join(env.cache_dir(), "tiny")
     final = os.path.join(root, f"{family}-{seed}-{builder_version()}")
     if os.path.isdir(final):
