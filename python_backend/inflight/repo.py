@@ -15,8 +15,11 @@ import shutil
 import sys
 from typing import Any
 
-from .errors import ConfigError
+from .config import ModelConfig
+from .errors import ConfigError, did_you_mean
+from .model_source import resolve_model
 from .triton.contract import ENGINE_PARAMS
+from .triton.params import load_config, raw_parameters
 
 LAYOUTS = {"ensemble": ["preprocessing", "engine", "postprocessing", "ensemble", "bls"],
            "llm": ["llm"]}
@@ -35,15 +38,32 @@ def templates_dir() -> str:
 
 
 def parse_sets(pairs: list[str]) -> dict[str, str]:
+    """``--set key=value`` pairs -> {key: value}; keys are checked, values by :func:`validate`."""
     out = {}
     for p in pairs:
         if "=" not in p:
             raise ConfigError(f"--set expects key=value, got {p!r}")
         k, v = p.split("=", 1)
-        if k not in known_keys():
-            raise ConfigError(f"unknown parameter {k!r}; known: {', '.join(known_keys())}")
+        _check_key(k)
         out[k] = v
     return out
+
+
+def _check_key(key: str) -> None:
+    if key not in known_keys():
+        raise ConfigError(f"unknown --set parameter {key!r}{did_you_mean(key, known_keys())}")
+
+
+def validate(values: dict[str, str]) -> None:
+    """The checks model load makes (types, ranges, choices, paths that must exist) on the
+    values a repository will carry, so a bad one fails now rather than at server start."""
+    for key in values:
+        _check_key(key)
+    for key in ("triton_max_batch_size", "instance_count"):  # Triton's own, not ours
+        if key in values and not (values[key].isdigit() and int(values[key]) >= 1):
+            raise ConfigError(f"--set {key}={values[key]}: expected an integer >= 1")
+    engine = {k: {"string_value": v} for k, v in values.items() if k in ENGINE_PARAMS}
+    load_config(raw_parameters({"parameters": engine}), source="--set")
 
 
 def fill_text(text: str, values: dict[str, str]) -> str:
@@ -60,12 +80,12 @@ def build(model: str, out: str, layout: str = "ensemble", values: dict[str, str]
           force: bool = False) -> str:
     if layout not in LAYOUTS:
         raise ConfigError(f"layout must be one of {sorted(LAYOUTS)}, got {layout!r}")
-    model = os.path.abspath(model)
-    if not os.path.isfile(os.path.join(model, "config.json")):
-        raise ConfigError(f"{model!r} has no config.json; pass a Hugging Face checkpoint directory")
+    model = os.path.abspath(resolve_model(model))
+    ModelConfig.from_hf(model)  # the checkpoint as model load will read it
+    vals = {**DEFAULTS, "model_path": model, "tokenizer_dir": model, **(values or {})}
+    validate(vals)
     if os.path.exists(out) and os.listdir(out) and not force:
         raise ConfigError(f"{out!r} exists and is not empty; pass --force to overwrite")
-    vals = {**DEFAULTS, "model_path": model, "tokenizer_dir": model, **(values or {})}
     src = templates_dir()
     for name in LAYOUTS[layout]:
         dst = os.path.join(out, name)
@@ -90,10 +110,8 @@ def fill_file(path: str, values: dict[str, str], in_place: bool = True) -> str:
 
 
 def _cmd_build(a: argparse.Namespace) -> int:
-    from .cli import resolve_model
-
     try:
-        out = build(resolve_model(a.model), a.out, a.layout, parse_sets(a.set), a.force)
+        out = build(a.model, a.out, a.layout, parse_sets(a.set), a.force)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
