@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import socket
 import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 from inflight.client.inputs import (
@@ -144,10 +146,52 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(file=sys.stderr)
         return 130
-    except (OSError, RuntimeError) as exc:  # server errors, refused connections, timeouts
-        print(f"\ninflight-client: error: {exc}", file=sys.stderr)
+    except _request_errors() as exc:  # server errors, refused connections, timeouts
+        newline = "\n" if request.wrote else ""  # end a half-written line of text first
+        print(f"{newline}inflight-client: error: {_explain(exc, request)}", file=sys.stderr)
         return 1
     return 0
+
+
+def _request_errors() -> tuple[type[Exception], ...]:
+    """What a request may raise: socket errors and timeouts (OSError), server errors
+    (RuntimeError subclasses), and tritonclient's InferenceServerException, which
+    ``async_stream_infer`` raises when the gRPC stream failed before the request was queued
+    (a refused connection races the enqueue)."""
+    try:
+        from tritonclient.utils import InferenceServerException
+    except ImportError:
+        return (OSError, RuntimeError)
+    return (OSError, RuntimeError, InferenceServerException)
+
+
+def _explain(exc: Exception, request: _Request) -> str:
+    """The error's text, or, when nothing listens at the address, the same connection
+    message whatever the protocol raised (errno, gRPC status, a dead-stream error)."""
+    host, port = _host_port(request.url, request.args.protocol)
+    try:
+        socket.create_connection((host, port), timeout=3.0).close()
+    except OSError as probe:
+        return (f"cannot connect to {host}:{port} ({_reason(probe)}); is tritonserver running? "
+                f"start one with `inflight serve REPO`, or pass --url HOST:PORT (default "
+                f"{DEFAULT_URLS[request.args.protocol]} for --protocol {request.args.protocol})")
+    return str(exc) or type(exc).__name__
+
+
+def _host_port(url: str, protocol: str) -> tuple[str, int]:
+    parts = urlsplit(url if "://" in url else f"//{url}")
+    default = int(DEFAULT_URLS[protocol].rsplit(":", 1)[1])
+    return parts.hostname or "localhost", parts.port or default
+
+
+def _reason(exc: OSError) -> str:
+    if isinstance(exc, ConnectionRefusedError):
+        return "connection refused"
+    if isinstance(exc, socket.gaierror):
+        return "unknown host"
+    if isinstance(exc, TimeoutError):
+        return "timed out"
+    return exc.strerror or str(exc)
 
 
 class _Request:
@@ -161,6 +205,7 @@ class _Request:
         self.params = params
         self.prompt = prompt
         self.url: str = args.url or DEFAULT_URLS[args.protocol]
+        self.wrote = False  # some text is on stdout already
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> _Request:
@@ -234,6 +279,7 @@ def _stream_to_stdout(request: _Request) -> None:
     with _Timer(request.args.verbose) as timer:
         for _, delta in request.deltas():
             timer.tick()
+            request.wrote = request.wrote or bool(delta)
             sys.stdout.write(delta)
             sys.stdout.flush()
     sys.stdout.write("\n")
