@@ -43,8 +43,15 @@ def _engine_kwargs(a: argparse.Namespace, load_format: str) -> dict[str, Any]:
     return kw
 
 
-def _print(res: dict[str, Any]) -> None:
-    print(json.dumps({k: v for k, v in res.items() if not k.startswith("_")}, indent=2))
+def _finish(command: str, res: dict[str, Any], out: str, name: str, plots: list[str | None],
+            trace: str | None = None) -> None:
+    """Save the JSON record, print it (stdout), then a one-line summary (stderr)."""
+    from . import report
+
+    clean = _strip({k: _strip(v) for k, v in res.items()})
+    path = report.save(clean, out, name)
+    print(json.dumps(clean, indent=2))
+    print(report.summary(command, clean, path, plots, trace), file=sys.stderr)
 
 
 def _cmd_offline(a: argparse.Namespace) -> int:
@@ -57,6 +64,7 @@ def _cmd_offline(a: argparse.Namespace) -> int:
     engine = make_engine(model, tok, **_engine_kwargs(a, fmt))
     vocab = engine.model_config.vocab_size
     name = f"{a.command_name}-{os.path.basename(model.rstrip('/'))}-{a.isl}-{a.osl}"
+    plots: list[str | None] = []
     if a.command_name == "latency":
         res: dict[str, Any] = {"model": a.model, "inflight": run_latency(engine, a.isl, a.osl, a.iters, vocab)}
     else:
@@ -64,18 +72,16 @@ def _cmd_offline(a: argparse.Namespace) -> int:
         run_engine(engine, token_norm_dist(min(8, a.num_requests), a.isl, 8, vocab, seed=99), desc="warmup")
         res = {"model": a.model, "isl": a.isl, "osl": a.osl, "num_requests": a.num_requests,
                "inflight": run_engine(engine, wl)}
-        report.plot_latencies({"TTFT": res["inflight"]["_ttft"], "TPOT": res["inflight"]["_tpot"]},
-                              os.path.join(a.out, f"{name}.png"), name)
+        plots.append(report.plot_latencies({"TTFT": res["inflight"]["_ttft"], "TPOT": res["inflight"]["_tpot"]},
+                                           os.path.join(a.out, f"{name}.png"), name))
     if a.baseline == "hf":
         res["hf"] = _hf(a, model, engine, vocab)
         key = "decode_tok_s" if a.command_name == "latency" else "output_tok_s"
         res["ratio_vs_hf"] = res["inflight"][key] / res["hf"][key]
-        report.plot_bars({"inflight": res["inflight"][key], "transformers": res["hf"][key]},
-                         os.path.join(a.out, f"{name}-vs-hf.png"), name, key.replace("_", " "))
+        plots.append(report.plot_bars({"inflight": res["inflight"][key], "transformers": res["hf"][key]},
+                                      os.path.join(a.out, f"{name}-vs-hf.png"), name, key.replace("_", " ")))
     res["engine_config"] = {k: v for k, v in _engine_kwargs(a, fmt).items()}
-    path = report.save({k: _strip(v) for k, v in res.items()}, a.out, name)
-    _print({k: _strip(v) for k, v in res.items()})
-    print(f"wrote {path}", file=sys.stderr)
+    _finish(a.command_name, res, a.out, name, plots)
     return 0
 
 
@@ -117,16 +123,13 @@ def _cmd_serve(a: argparse.Namespace) -> int:
     res = run_serve(a.url, a.served_model, prompts, wl.output_lens, rate=a.rate,
                     concurrency=a.concurrency, streams=a.streams, seed=a.seed)
     name = f"serve-{a.served_model}-{a.dataset}-{a.num_requests}"
-    report.plot_latencies({"TTFT": res["_ttft"], "ITL": res["_itl"], "TPOT": res["_tpot"]},
-                          os.path.join(a.out, f"{name}.png"), name)
-    path = report.save(_strip(res), a.out, name)
-    _print(res)
-    print(f"wrote {path}", file=sys.stderr)
+    plot = report.plot_latencies({"TTFT": res["_ttft"], "ITL": res["_itl"], "TPOT": res["_tpot"]},
+                                 os.path.join(a.out, f"{name}.png"), name)
+    _finish("serve", res, a.out, name, [plot])
     return 0 if res["errors"] == 0 else 1
 
 
 def _cmd_profile(a: argparse.Namespace) -> int:
-    from . import report
     from .offline import make_engine
     from .profile import check_batch, run_profile, run_reuse
 
@@ -134,6 +137,7 @@ def _cmd_profile(a: argparse.Namespace) -> int:
     os.makedirs(a.out, exist_ok=True)
     kw = _engine_kwargs(a, fmt)
     base = os.path.basename(model.rstrip("/"))
+    trace = None
     if a.command_name == "reuse":
         engine = make_engine(model, tok, enable_kv_cache_reuse=True, **kw)
         res: dict[str, Any] = {"model": a.model, "inflight": run_reuse(engine, a.prompt_len, a.repeats)}
@@ -149,9 +153,7 @@ def _cmd_profile(a: argparse.Namespace) -> int:
         trace = os.path.join(a.out, f"{name}.trace.json") if a.trace else None
         res = {"model": a.model, "inflight": run_profile(engine, a.batch, a.isl, a.steps, trace)}
     res["engine_config"] = kw
-    path = report.save(res, a.out, name)
-    _print(res)
-    print(f"wrote {path}", file=sys.stderr)
+    _finish(a.command_name, res, a.out, name, [], trace if trace and os.path.isfile(trace) else None)
     return 0
 
 

@@ -94,3 +94,39 @@ def plot_bars(values: dict[str, float], path: str, title: str, ylabel: str) -> s
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def _figure(command: str, res: dict[str, Any]) -> str:
+    """The figure a person looks for first, per benchmark."""
+    r = res.get("inflight", res)
+    if command == "throughput":
+        return f"{r['output_tok_s']:.1f} output tok/s, {r['req_s']:.2f} req/s over {r['requests']} requests"
+    if command == "latency":
+        return (f"{r['decode_tok_s']:.1f} decode tok/s per user ({r['ms_per_token']:.2f} ms/token, "
+                f"TTFT {r['ttft_ms']:.1f} ms)")
+    if command == "profile":
+        return (f"{r['wall_ms_per_step']:.2f} ms per decode step at batch {r['batch']} "
+                f"({r['decode_tok_s']:.1f} tok/s)")
+    if command == "reuse":
+        return (f"TTFT {r['ttft_first_ms']:.1f} ms first, {r['ttft_repeat_ms']:.1f} ms with the "
+                f"prefix cached ({r['speedup']:.2f}x)")
+    ttft = r["ttft_s"].get("p50")
+    return (f"{r['output_tok_s']:.1f} output tok/s, {r['req_s']:.2f} req/s, TTFT p50 "
+            f"{'-' if ttft is None else f'{1e3 * ttft:.0f} ms'}, {r['errors']} errors in "
+            f"{r['requests']} requests")
+
+
+def summary(command: str, res: dict[str, Any], json_path: str, plots: list[str | None],
+            trace: str | None = None) -> str:
+    """One line after the JSON: the key figure, the ratio to the baseline when one ran, and
+    the files written. ``plots``: what each plot call returned (None: matplotlib missing)."""
+    line = f"{command}: {_figure(command, res)}"
+    if "ratio_vs_hf" in res:
+        line += f"; {res['ratio_vs_hf']:.2f}x the transformers baseline"
+    line += f"; JSON {json_path}"
+    written = [p for p in plots if p]
+    if written:
+        line += f"; plot{'s' if len(written) > 1 else ''} {', '.join(written)}"
+    if None in plots:
+        line += "; no plot (matplotlib is missing: pip install matplotlib)"
+    return line + (f"; trace {trace}" if trace else "")
