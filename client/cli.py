@@ -103,6 +103,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     gen.add_argument("--echo", action="store_true", help="include the prompt in the output")
     gen.add_argument(
+        "--ignore-eos",
+        action="store_true",
+        help="keep generating past end-of-sequence up to --max-tokens (benchmarks)",
+    )
+    gen.add_argument(
         "--no-stream",
         action="store_true",
         help="one response with the whole text instead of streamed deltas",
@@ -224,6 +229,7 @@ class _Request:
             stop=tuple(args.stop),
             stream=not args.no_stream,
             exclude_input_in_output=exclude,
+            ignore_eos=args.ignore_eos or None,
         )
         prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
         return cls(args, kind, params, prompt)

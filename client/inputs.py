@@ -46,6 +46,7 @@ class SamplingParams:
     stop: tuple[str, ...] = field(default_factory=tuple)
     stream: bool = True
     exclude_input_in_output: bool | None = None
+    ignore_eos: bool | None = None  # keep generating past end-of-sequence (benchmarks, tests)
 
     def __post_init__(self) -> None:
         if self.max_tokens is not None and self.max_tokens < 1:
@@ -106,6 +107,7 @@ def _ensemble_inputs(
         ("top_p", params.top_p, np.float32),
         (seed_input, params.seed, np.uint64),
         ("exclude_input_in_output", params.exclude_input_in_output, np.bool_),
+        ("ignore_eos", params.ignore_eos, np.bool_),
     ]
     for name, value, dtype in optional:
         if value is not None:
@@ -140,6 +142,7 @@ def _vllm_sampling(params: SamplingParams) -> dict[str, Any]:
         "top_p": params.top_p,
         "seed": params.seed,
         "stop": list(params.stop) or None,
+        "ignore_eos": params.ignore_eos,
     }
     return {k: v for k, v in fields.items() if v is not None}
 

@@ -13,8 +13,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 import urllib.error
@@ -29,6 +27,7 @@ pytestmark = pytest.mark.e2e
 pytest.importorskip("tritonclient.grpc")
 
 from inflight.repo import build  # noqa: E402
+from inflight.testing.repos import add_parameter  # noqa: E402
 from inflight.testing.streams import (  # noqa: E402
     Outcome,
     metric,
@@ -61,12 +60,6 @@ def default_server(triton_server_factory, model_dir: str, tmp_path_factory):
     running = triton_server_factory(repo, ready_timeout=240)
     yield running
     running.stop()
-
-
-def add_parameter(config: Path, key: str, value: str) -> None:
-    """Append a config.pbtxt parameter the templates do not carry (test-only knobs)."""
-    config.write_text(config.read_text() + f'parameters {{\n  key: "{key}"\n'
-                      f'  value: {{ string_value: "{value}" }}\n}}\n')
 
 
 FAULTS_ALLOWED = {"INFLIGHT_ALLOW_FAULT_INJECTION": "1"}
@@ -322,39 +315,6 @@ def test_cancel_right_after_final_is_harmless(default_server) -> None:
     assert aborted(default_server) == before
 
 
-CLIENT = """
-import sys, time, numpy as np, tritonclient.grpc as g
-from inflight.client.grpc_stream import to_infer_inputs
-c = g.InferenceServerClient(sys.argv[1])
-c.start_stream(callback=lambda result, error: print("event", flush=True))
-sp = '{"max_tokens": 500, "ignore_eos": true, "temperature": 0}'
-c.async_stream_infer("llm", to_infer_inputs({
-    "text_input": np.array([b"kill me"], dtype=object), "stream": np.array([True]),
-    "sampling_parameters": np.array([sp.encode()], dtype=object)}))
-time.sleep(600)
-"""
-
-
-def test_sigkilled_client_is_aborted(default_server) -> None:
-    """9: the client process dies mid-stream without cancelling."""
-    wait_kv_idle(default_server.metrics_url)
-    before = aborted(default_server)
-    gen0 = metric(default_server.metrics_url, "inflight_generation_tokens_total", model="llm")
-    proc = subprocess.Popen([sys.executable, "-c", CLIENT, default_server.grpc_url],
-                            stdout=subprocess.PIPE, text=True)
-    try:
-        assert proc.stdout is not None and proc.stdout.readline().strip() == "event"
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(10)
-    wait_metric_above(default_server.metrics_url, "inflight_request_success_total", before,
-                      timeout=CANCEL_BOUND_S, finish_reason="abort", model="llm")
-    wait_kv_idle(default_server.metrics_url)
-    generated = metric(default_server.metrics_url, "inflight_generation_tokens_total",
-                       model="llm") - gen0
-    assert 0 < generated < 500, f"generation ran on after the client died: {generated} tokens"
-
-
 def stop_id(server, request_id: str) -> Outcome:
     return run_stream(server.grpc_url, "engine", {**eng([5, 6], 1), "stop": np.array([[True]])},
                       request_id=request_id)
@@ -560,8 +520,15 @@ def test_sigterm_drains_active_streams(tight_server) -> None:
         time.sleep(0.05)
     tight_server.server.send_signal(signal.SIGTERM)
     wait_not_ready(tight_server)
-    refused = run_stream(tight_server.grpc_url, "llm", llm(), timeout=20)
-    assert refused.errors or refused.timed_out, "a new request was accepted after SIGTERM"
+    # Triton keeps accepting requests for a moment after SIGTERM (graceful exit) and then
+    # refuses them once the model is stopping: each one gets exactly one terminal event.
+    deadline = time.monotonic() + 30
+    while True:
+        late = run_stream(tight_server.grpc_url, "llm", llm(), timeout=20)
+        late.check()
+        if late.errors:
+            break
+        assert time.monotonic() < deadline, "new requests still accepted 30 s after SIGTERM"
     code = tight_server.server.wait(120)
     load.join(60)
     assert code == 0, tight_server.logs()[-2000:]

@@ -81,6 +81,13 @@ def test_llm_inputs_follow_the_vllm_contract() -> None:
     }
 
 
+def test_ignore_eos_reaches_both_contracts() -> None:
+    params = SamplingParams(ignore_eos=True)
+    assert build_inputs("ensemble", ["x", "y"], params)["ignore_eos"].tolist() == [[True], [True]]
+    sp = build_inputs("llm", ["x"], params)["sampling_parameters"][0]
+    assert json.loads(sp) == {"ignore_eos": True}
+
+
 def test_llm_takes_exactly_one_prompt() -> None:
     with pytest.raises(ValueError, match="one prompt per request"):
         build_inputs("llm", ["a", "b"], SamplingParams())

@@ -3,7 +3,9 @@ who need their own logic between the steps. Same inputs and outputs as `ensemble
 
 Each client request runs in a worker thread (execute() returns at once); the engine is
 called with decoupled=True and each of its responses is post-processed and forwarded.
-Client cancellation is forwarded to the engine as a `stop` request with the same id.
+Client cancellation (polled on this model's sender at most every POLL_S, from the thread
+that also sends the FINAL response, so never after it) is forwarded to the engine as a
+`stop` request with the engine request's unique id; so is a failure of this thread.
 """
 
 from __future__ import annotations
@@ -11,11 +13,11 @@ from __future__ import annotations
 import itertools
 import json
 import threading
+import time
 from typing import Any
 
-import numpy as np
-
 from .base import input_names, pb_module, read_inputs, triton_error
+from .cancel_forward import POLL_S, stop_engine_request
 from .params import raw_parameters
 
 _IDS = itertools.count()
@@ -68,20 +70,31 @@ class TritonPythonModel:
         eng_req = pb.InferenceRequest(model_name=self.engine, inputs=engine_inputs, request_id=rid,
                                       requested_output_names=self._engine_outputs())
         pending = None
-        for resp in eng_req.exec(decoupled=True):
-            if sender.is_cancelled():
-                self._stop(rid)
-                continue  # drain the engine's remaining responses (its final CANCELLED)
-            if resp.has_error():
-                pending = pb.InferenceResponse(output_tensors=[], error=resp.error())
-                continue
-            outs = resp.output_tensors()
-            if not outs:  # the engine's empty final response
-                continue
-            if pending is not None:
-                sender.send(pending)
-            post = self._call(self.post, outs, self.outputs)
-            pending = pb.InferenceResponse(output_tensors=post.output_tensors())
+        stopped, next_poll = False, 0.0
+        try:
+            for resp in eng_req.exec(decoupled=True):
+                if stopped:
+                    continue  # drain the engine's remaining responses (its final CANCELLED)
+                if time.monotonic() >= next_poll:
+                    next_poll = time.monotonic() + POLL_S
+                    if sender.is_cancelled():
+                        stopped = True
+                        stop_engine_request(pb, self.engine, request_id=rid)
+                        continue
+                if resp.has_error():
+                    pending = pb.InferenceResponse(output_tensors=[], error=resp.error())
+                    continue
+                outs = resp.output_tensors()
+                if not outs:  # the engine's empty final response
+                    continue
+                if pending is not None:
+                    sender.send(pending)
+                post = self._call(self.post, outs, self.outputs)
+                pending = pb.InferenceResponse(output_tensors=post.output_tensors())
+        except BaseException:
+            if not stopped:  # never leave the engine generating for nobody
+                stop_engine_request(pb, self.engine, request_id=rid)
+            raise
         if pending is not None:
             sender.send(pending, flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
         else:
@@ -91,16 +104,6 @@ class TritonPythonModel:
         return ["output_ids", "sequence_length", "text_delta", "batch_index", "sequence_index",
                 "finish_reason", "cum_log_probs", "output_log_probs", "num_input_tokens",
                 "num_output_tokens"]
-
-    def _stop(self, rid: str) -> None:
-        pb = self.pb
-        stop = pb.InferenceRequest(model_name=self.engine, request_id=rid,
-                                   inputs=[pb.Tensor("stop", np.array([[True]], dtype=bool)),
-                                           pb.Tensor("input_ids", np.zeros((1, 1), dtype=np.int32)),
-                                           pb.Tensor("input_lengths", np.ones((1, 1), dtype=np.int32)),
-                                           pb.Tensor("max_tokens", np.ones((1, 1), dtype=np.int32))])
-        for _ in stop.exec(decoupled=True):
-            pass
 
     def finalize(self) -> None:
         return None

@@ -44,13 +44,17 @@ RESULT_OUTPUTS: list[Spec] = [
     ("arrival_time_ns", "TYPE_INT64", [1], False), ("first_scheduled_time_ns", "TYPE_INT64", [1], False),
     ("first_token_time_ns", "TYPE_INT64", [1], False), ("last_token_time_ns", "TYPE_INT64", [1], False),
 ]
+# The engine's id of one in-flight request (one batch item): on every engine response, so that
+# postprocessing can stop exactly that request when the ensemble above it was cancelled (Triton
+# does not cancel an ensemble's running steps); with `stop` it cancels that request alone.
+ENGINE_REQUEST_KEY: Spec = ("engine_request_key", "TYPE_UINT64", [1], True)
 ENGINE_INPUTS: list[Spec] = [
     ("input_ids", "TYPE_INT32", [-1], False), ("input_lengths", "TYPE_INT32", [1], True),
-    ("stop", "TYPE_BOOL", [1], True), ("streaming", "TYPE_BOOL", [1], True),
+    ("stop", "TYPE_BOOL", [1], True), ("streaming", "TYPE_BOOL", [1], True), ENGINE_REQUEST_KEY,
 ] + SAMPLING_INPUTS
 ENGINE_OUTPUTS: list[Spec] = [
     ("output_ids", "TYPE_INT32", [-1, -1], False), ("sequence_length", "TYPE_INT32", [-1], False),
-    ("text_delta", "TYPE_STRING", [1], False),
+    ("text_delta", "TYPE_STRING", [1], False), ("engine_request_key", "TYPE_UINT64", [1], False),
 ] + RESULT_OUTPUTS
 ENSEMBLE_INPUTS: list[Spec] = [("text_input", "TYPE_STRING", [1], False)] + SAMPLING_INPUTS
 ENSEMBLE_OUTPUTS: list[Spec] = [("text_output", "TYPE_STRING", [-1], False)] + RESULT_OUTPUTS
@@ -58,7 +62,7 @@ PRE_INPUTS: list[Spec] = [("text_input", "TYPE_STRING", [1], False)]
 PRE_OUTPUTS: list[Spec] = [("input_ids", "TYPE_INT32", [-1], False), ("input_lengths", "TYPE_INT32", [1], False)]
 POST_INPUTS: list[Spec] = [
     ("output_ids", "TYPE_INT32", [-1, -1], True), ("sequence_length", "TYPE_INT32", [-1], True),
-    ("text_delta", "TYPE_STRING", [1], True),
+    ("text_delta", "TYPE_STRING", [1], True), ENGINE_REQUEST_KEY,
 ] + [(n, t, d, True) for n, t, d, _ in RESULT_OUTPUTS]
 POST_OUTPUTS: list[Spec] = ENSEMBLE_OUTPUTS
 LLM_INPUTS: list[Spec] = [
@@ -135,7 +139,8 @@ def templates() -> dict[str, str]:
     tok = ["tokenizer_dir", "trust_remote_code", "allow_trust_remote_code"]
     return {
         "preprocessing": _python_model("preprocessing", PRE_INPUTS, PRE_OUTPUTS, tok, False),
-        "postprocessing": _python_model("postprocessing", POST_INPUTS, POST_OUTPUTS, tok, False),
+        "postprocessing": _python_model("postprocessing", POST_INPUTS, POST_OUTPUTS,
+                                        tok + ["engine_model"], False),
         "engine": _python_model("engine", ENGINE_INPUTS, ENGINE_OUTPUTS, ENGINE_PARAMS, True, count="1"),
         "ensemble": _ensemble(),
         "bls": _python_model("bls", ENSEMBLE_INPUTS, ENSEMBLE_OUTPUTS,

@@ -72,7 +72,8 @@ class TritonPythonModel(EngineModel):
         t = self.pb.Tensor
         out = [t("output_ids", np.array([[ids]], dtype=np.int32).reshape(1, 1, -1)),
                t("sequence_length", np.array([[len(ids)]], dtype=np.int32)),
-               t("text_delta", np.array([[text.encode("utf-8")]], dtype=object))]
+               t("text_delta", np.array([[text.encode("utf-8")]], dtype=object)),
+               t("engine_request_key", np.array([[stream.key]], dtype=np.uint64))]
         return out + sequence_outputs(self.pb, stream, m, first)
 
     def execute(self, requests: list[Any]) -> None:
@@ -80,7 +81,10 @@ class TritonPythonModel(EngineModel):
             try:
                 tensors = read_inputs(self.pb, request, self.inputs)
                 if _bool_input(tensors, "stop"):
-                    self.core.cancel_client_id(request.request_id() or "")
+                    if "engine_request_key" in tensors:
+                        self.core.cancel_key(int(tensors["engine_request_key"].reshape(-1)[0]))
+                    else:
+                        self.core.cancel_client_id(request.request_id() or "")
                     request.get_response_sender().send(
                         flags=self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
                     continue

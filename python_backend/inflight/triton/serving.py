@@ -86,6 +86,7 @@ class ItemStream:
     call: TritonCall
     item: ItemRequest
     engine_id: str
+    key: int  # unique per model instance; the `engine_request_key` output and stop input
     client_id: str = ""
     finals: int = 0  # sequences whose final response went out
     prompt_ids: list[int] = field(default_factory=list)
@@ -139,8 +140,9 @@ class ServingCore:
 
     def submit(self, call: TritonCall, item: ItemRequest, client_id: str) -> ItemStream:
         """Queue one item; raises the engine's validation errors (nothing is queued then)."""
-        engine_id = f"{client_id or 'req'}:{next(self._ids)}"
-        stream = ItemStream(call, item, engine_id, client_id)
+        key = next(self._ids)
+        engine_id = f"{client_id or 'req'}:{key}"
+        stream = ItemStream(call, item, engine_id, key, client_id)
         with self._cv:
             self._live[engine_id] = stream
             self._by_client_id.setdefault(client_id, []).append(engine_id)
@@ -170,6 +172,17 @@ class ServingCore:
         for eid in ids:
             self.loop.abort(eid)
         return len(ids)
+
+    def cancel_key(self, key: int) -> bool:
+        """`stop` with `engine_request_key`: abort that one request (ensemble cancellation,
+        forwarded by postprocessing). False if it is no longer in flight."""
+        with self._cv:
+            stream = next((s for s in self._live.values() if s.key == key), None)
+            if stream is not None:
+                stream.call.cancelled = True
+        if stream is not None:
+            self.loop.abort(stream.engine_id)
+        return stream is not None
 
     # ---- engine thread ---------------------------------------------------------------------
     def _on_update(self, stream: ItemStream, u: SequenceUpdate) -> None:

@@ -16,6 +16,7 @@ import numpy as np
 from ..engine import load_tokenizer
 from ..errors import InvalidRequestError
 from .base import input_names, pb_module, read_inputs, triton_error
+from .cancel_forward import CancelForwarder
 from .convert import batch_size, prompt_text
 from .params import raw_parameters
 
@@ -45,6 +46,10 @@ class _TokenizerModel:
         for request in requests:
             try:
                 tensors = read_inputs(self.pb, request, self.inputs)
+                if self.cancelled(request, tensors):
+                    err = self.pb.TritonError("request cancelled", self.pb.TritonError.CANCELLED)
+                    out.append(self.pb.InferenceResponse(output_tensors=[], error=err))
+                    continue
                 out.append(self.pb.InferenceResponse(output_tensors=self.convert(tensors)))
             except Exception as e:  # noqa: BLE001 - the client gets the message
                 out.append(self.pb.InferenceResponse(output_tensors=[], error=triton_error(self.pb, e)))
@@ -52,6 +57,9 @@ class _TokenizerModel:
 
     def convert(self, tensors: dict[str, np.ndarray]) -> list[Any]:  # pragma: no cover
         raise NotImplementedError
+
+    def cancelled(self, request: Any, tensors: dict[str, np.ndarray]) -> bool:
+        return False
 
     def finalize(self) -> None:
         return None
@@ -89,6 +97,14 @@ def postprocess_text(tokenizer: Any, tensors: dict[str, np.ndarray]) -> np.ndarr
 
 
 class PostprocessingModel(_TokenizerModel):
+    def initialize(self, args: dict[str, Any]) -> None:
+        super().initialize(args)
+        engine = raw_parameters(self.model_config).get("engine_model", "engine")
+        self.cancels = CancelForwarder(self.pb, engine)
+
+    def cancelled(self, request: Any, tensors: dict[str, np.ndarray]) -> bool:
+        return self.cancels.cancelled(request, tensors)
+
     def convert(self, tensors: dict[str, np.ndarray]) -> list[Any]:
         t = self.pb.Tensor
         out = [t("text_output", postprocess_text(self.tokenizer, tensors))]

@@ -1,0 +1,168 @@
+"""Client cancellation through every layout and protocol reaches the engine.
+
+For `ensemble`, `bls` and `llm`: gRPC stream cancel, a gRPC client killed with SIGKILL, an
+HTTP `generate_stream` client that disconnects, and Ctrl-C (SIGINT) on `inflight-client` over
+gRPC and HTTP. Each request asks for MAX_TOKENS with ignore_eos on a server whose steps are
+slowed to STEP_DELAY_MS (a test-only knob), so running to the end takes seconds; it is
+cancelled once it streamed, and the engine must end it as aborted, generate fewer tokens,
+and free every KV block. Each case runs twice: the same command must cancel every time.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.e2e
+pytest.importorskip("tritonclient.grpc")
+
+from inflight.client.inputs import (  # noqa: E402
+    SamplingParams,
+    build_inputs,
+    build_json_payload,
+    model_kind_for,
+)
+from inflight.repo import build  # noqa: E402
+from inflight.testing.repos import add_parameter  # noqa: E402
+from inflight.testing.streams import metric, run_stream, wait_kv_idle, wait_metric_above  # noqa: E402
+from inflight.testing.tiny import tiny_model_dir  # noqa: E402
+
+MAX_TOKENS = 400
+STEP_DELAY_MS = 5  # >= 2 s to run MAX_TOKENS; a cancel takes well under that
+CANCEL_BOUND_S = 10.0  # generous: a loaded 2-core CI box
+PROMPT = "Hello world, this is"
+
+
+@pytest.fixture(scope="module")
+def server(triton_server_factory, tmp_path_factory):
+    repo = tmp_path_factory.mktemp("cancel_repo")
+    opts = {"max_tokens_in_paged_kv_cache": "4096", "max_seq_len": "512"}
+    model = tiny_model_dir("llama")
+    build(model, str(repo), "ensemble", opts)
+    build(model, str(repo), "llm", opts, force=True)
+    for name in ("engine", "llm"):
+        add_parameter(repo / name / "config.pbtxt", "fault_injection_step_delay_ms",
+                      str(STEP_DELAY_MS))
+    running = triton_server_factory(repo, ready_timeout=240,
+                                    env={"INFLIGHT_ALLOW_FAULT_INJECTION": "1"})
+    yield running
+    running.stop()
+
+
+# the product's own client library builds every request of this module
+PARAMS = SamplingParams(max_tokens=MAX_TOKENS, temperature=0.0, ignore_eos=True)
+
+
+def grpc_inputs(model: str) -> dict[str, np.ndarray]:
+    return build_inputs(model_kind_for(model), [PROMPT], PARAMS)
+
+
+def grpc_stream_cancel(server, model: str) -> None:
+    out = run_stream(server.grpc_url, model, grpc_inputs(model),
+                     cancel_when=lambda o: len(o.texts) >= 3)
+    assert out.cancelled_by_client and not out.errors and not out.finals, out
+
+
+KILLED_CLIENT = """
+import sys, time, tritonclient.grpc as g
+from inflight.client.grpc_stream import to_infer_inputs
+from inflight.client.inputs import SamplingParams, build_inputs, model_kind_for
+url, model, max_tokens, prompt = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+params = SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
+c = g.InferenceServerClient(url)
+c.start_stream(callback=lambda result, error: print("event", flush=True))
+c.async_stream_infer(model, to_infer_inputs(build_inputs(model_kind_for(model), [prompt], params)))
+time.sleep(600)
+"""
+
+
+def grpc_client_killed(server, model: str) -> None:
+    """The client process dies mid-stream without cancelling."""
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_CLIENT, server.grpc_url, model,
+                             str(MAX_TOKENS), PROMPT], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        assert [proc.stdout.readline().strip() for _ in range(3)] == ["event"] * 3
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(10)
+
+
+def http_disconnect(server, model: str) -> None:
+    url = urlsplit(server.http_url)
+    conn = http.client.HTTPConnection(url.hostname, url.port, timeout=30)
+    payload = build_json_payload(model_kind_for(model), PROMPT, PARAMS)
+    conn.request("POST", f"/v2/models/{model}/generate_stream", json.dumps(payload),
+                 {"Content-Type": "application/json"})
+    response = conn.getresponse()
+    assert response.status == 200
+    events = 0
+    while events < 3:  # server-sent events: "data: {...}" then a blank line
+        line = response.fp.readline()
+        assert line, "the stream ended before the cancel"
+        events += line.startswith(b"data:")
+    conn.sock.shutdown(2)
+    conn.close()
+
+
+def client_sigint(protocol: str) -> Callable[[object, str], None]:
+    def run(server, model: str) -> None:
+        url = server.grpc_url if protocol == "grpc" else server.http_url
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "inflight.client.cli", PROMPT, "--model", model,
+             "--protocol", protocol, "--url", url, "--max-tokens", str(MAX_TOKENS),
+             "--ignore-eos", "--temperature", "0"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        try:
+            assert proc.stdout is not None and proc.stdout.read(1), "no text before Ctrl-C"
+            proc.send_signal(signal.SIGINT)
+            _, err = proc.communicate(timeout=30)
+        finally:
+            proc.kill()
+        assert proc.returncode == 130, err.decode(errors="replace")
+        assert b"Traceback" not in err, err.decode(errors="replace")
+
+    return run
+
+
+PATHS: dict[str, Callable[..., None]] = {
+    "grpc-stream-cancel": grpc_stream_cancel,
+    "grpc-client-killed": grpc_client_killed,
+    "http-disconnect": http_disconnect,
+    "cli-ctrl-c-grpc": client_sigint("grpc"),
+    "cli-ctrl-c-http": client_sigint("http"),
+}
+
+
+def counters(server, engine: str) -> dict[str, float]:
+    def m(name: str, **labels: str) -> float:
+        return metric(server.metrics_url, name, model=engine, **labels)
+
+    return {"abort": m("inflight_request_success_total", finish_reason="abort"),
+            "length": m("inflight_request_success_total", finish_reason="length"),
+            "tokens": m("inflight_generation_tokens_total")}
+
+
+@pytest.mark.parametrize("repeat", [1, 2])
+@pytest.mark.parametrize("path", list(PATHS))
+@pytest.mark.parametrize("model", ["ensemble", "bls", "llm"])
+def test_cancel_reaches_the_engine(server, model: str, path: str, repeat: int) -> None:
+    engine = "llm" if model == "llm" else "engine"
+    wait_kv_idle(server.metrics_url)
+    before = counters(server, engine)
+    PATHS[path](server, model)
+    wait_metric_above(server.metrics_url, "inflight_request_success_total", before["abort"],
+                      timeout=CANCEL_BOUND_S, finish_reason="abort", model=engine)
+    wait_kv_idle(server.metrics_url)
+    after = counters(server, engine)
+    assert after["abort"] == before["abort"] + 1
+    assert after["length"] == before["length"], "the cancelled request ran to the end"
+    assert 0 < after["tokens"] - before["tokens"] < MAX_TOKENS
