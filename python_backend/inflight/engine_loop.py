@@ -123,6 +123,11 @@ class EngineLoop:
             time.sleep(0.005)
         return False
 
+    def fresh_stats(self) -> EngineStats:
+        """The state now (any thread): a finished request's KV blocks are already free when
+        its final update is delivered, so this is exact right after the last one."""
+        return self._snapshot(self.stats.step_tokens)
+
     # ---- engine thread ---------------------------------------------------------------------
     def _snapshot(self, step_tokens: int) -> EngineStats:
         s = self.engine.scheduler

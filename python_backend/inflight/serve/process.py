@@ -81,6 +81,10 @@ class TritonServer:
         self.command: list[str] = []
         self._proc: subprocess.Popen[bytes] | None = None
         self._log_file: IO[bytes] | None = None
+        self._reaped = False
+        self.shm_prefix: str | None = None  # the python backend's shared-memory name prefix
+        self.reaped: list[int] = []  # group members (stubs) still alive after the server exited
+        self.removed_shm: list[str] = []  # /dev/shm segments the server left behind
 
     # -- lifecycle -------------------------------------------------------------------------
     def start(
@@ -176,6 +180,7 @@ class TritonServer:
             # lets several servers (tests, benchmarks) run side by side.
             prefix = f"inflight_{os.getpid()}_{secrets.token_hex(4)}_"
             defaults.append(f"--backend-config=python,shm-region-prefix-name={prefix}")
+            self.shm_prefix = prefix
         overridden = {_flag_name(a) for a in extra_args if a.startswith("--")} - {
             "--backend-config"
         }
@@ -253,7 +258,9 @@ class TritonServer:
         return code
 
     def stop(self, timeout: float = 30.0) -> int | None:
-        """SIGTERM (Triton drains in-flight requests), then SIGKILL after ``timeout`` s.
+        """SIGTERM (Triton drains in-flight requests), then SIGKILL after ``timeout`` s; then
+        reap what the server left: python stubs still alive in its process group (Triton
+        orphans a stub it could not unload) and its shared-memory segments.
 
         Returns the exit code (negative: killed by that signal), None if never started.
         """
@@ -269,6 +276,19 @@ class TritonServer:
                 proc.wait()
         self._cleanup()
         return proc.returncode
+
+    def _reap(self, pgid: int, grace: float = 5.0) -> None:
+        """After the server exited: SIGKILL its group's survivors, remove its shm segments."""
+        deadline = time.monotonic() + grace
+        while _group_members(pgid) and time.monotonic() < deadline:
+            time.sleep(0.05)  # stubs exit on their own once they see the server gone
+        self.reaped = sorted(_group_members(pgid))
+        if self.reaped:
+            _kill_group(pgid)
+            print(f"inflight: tritonserver left {len(self.reaped)} process(es) behind "
+                  f"({', '.join(map(str, self.reaped))}); killed", file=sys.stderr)
+        if self.shm_prefix:
+            self.removed_shm = _remove_shm(self.shm_prefix)
 
     def logs(self) -> str:
         """The server log so far (only when started with ``log_path``)."""
@@ -300,6 +320,9 @@ class TritonServer:
         return f"; last log lines ({self.log_path}):\n{tail}"
 
     def _cleanup(self) -> None:
+        if self._proc is not None and self._proc.returncode is not None and not self._reaped:
+            self._reaped = True
+            self._reap(self._proc.pid)
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
@@ -356,6 +379,33 @@ def _http_ok(url: str) -> bool:
             return bool(response.status == 200)
     except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
         return False
+
+
+def _group_members(pgid: int) -> set[int]:
+    """Live processes (not zombies) whose process group is ``pgid``, from /proc (Linux)."""
+    members = set()
+    for d in Path("/proc").iterdir():
+        if not d.name.isdigit():
+            continue
+        try:
+            fields = (d / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.add(int(d.name))
+    return members
+
+
+def _remove_shm(prefix: str) -> list[str]:
+    """Remove /dev/shm segments named ``prefix*``; returns their names."""
+    removed = []
+    for path in Path("/dev/shm").glob(f"{prefix}*"):
+        try:
+            path.unlink()
+            removed.append(path.name)
+        except OSError:
+            pass
+    return sorted(removed)
 
 
 def _kill_group(pid: int) -> None:

@@ -76,7 +76,8 @@ class EngineModel:
         self.tokenizer = self.loop.engine.tokenizer
         self.metrics = Metrics(self.pb, self.model_name, args.get("model_version", "1"), self.loop)
         self.core = ServingCore(self.loop, self.pb, self.build_outputs,
-                                self.serving.stream_interval, on_final=self.metrics.on_final)
+                                self.serving.stream_interval, on_final=self.metrics.on_final,
+                                observer=self.metrics)
 
     @property
     def serving_config(self) -> ServingConfig:

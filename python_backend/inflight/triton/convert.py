@@ -67,7 +67,11 @@ def batch_size(tensors: dict[str, np.ndarray], anchor: str) -> int:
     if anchor not in tensors:
         raise InvalidRequestError(anchor, "is required")
     arr = tensors[anchor]
-    return int(arr.shape[0]) if arr.ndim >= 2 else 1
+    n = int(arr.shape[0]) if arr.ndim >= 2 else 1
+    if n < 1:
+        raise InvalidRequestError(anchor, f"has an empty batch (shape {list(arr.shape)}); "
+                                  "send at least one batch item")
+    return n
 
 
 def _row(arr: np.ndarray, name: str, item: int) -> np.ndarray:

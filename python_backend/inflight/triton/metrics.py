@@ -5,19 +5,32 @@ work) plus what its users asked for: histograms of time to first token, time per
 token, end-to-end latency and queue time, and token counters. Gauges are refreshed by a
 reporter thread once per interval; counters and histograms are updated once per finished
 sequence from the sender thread, never per token.
+
+Every metric update is an IPC round trip to tritonserver, and one that Triton no longer
+services hangs the python stub for good: it waits for the reply holding the GIL, so the
+model's finalize never runs, tritonserver gives up on the unload at its exit timeout and the
+stub is left orphaned (seen with 2.51: a SIGTERM half a second after the last request). Triton
+unloads a model only once no request is in flight, so metrics are touched only while one is:
+the reporter refreshes gauges only while a call is open (and the state changed), and the
+call whose FINAL leaves none open refreshes them to the idle state just before that FINAL,
+under the same lock (`call_closing`).
 """
 
 from __future__ import annotations
 
+import logging
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
-from ..engine_loop import EngineLoop
+from ..engine_loop import EngineLoop, EngineStats
 from ..outputs import SequenceUpdate
 
 LATENCY_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0]
 TPOT_BUCKETS = [0.001, 0.0025, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 1.0]
 REPORT_INTERVAL_S = 0.5
+log = logging.getLogger(__name__)
 
 
 class Metrics:
@@ -70,9 +83,27 @@ class Metrics:
                          for r in ("stop", "length", "abort", "error")}
         self.g["max"].set(loop.engine.cfg.max_batch_size)
         self.g["kv_tokens_per"].set(loop.engine.cfg.block_size)
+        self._gate = threading.Lock()  # held around every gauge refresh and the last FINAL
+        self._open_calls = 0
+        self._shown: EngineStats | None = None  # the stats the gauges show
+        self._refresh(loop.stats)  # during initialize: Triton services it
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._report, name="inflight-metrics", daemon=True)
         self._thread.start()
+
+    # ---- CallObserver (the serving core) ---------------------------------------------------
+    def call_opened(self) -> None:
+        with self._gate:
+            self._open_calls += 1
+
+    @contextmanager
+    def call_closing(self) -> Iterator[None]:
+        """Around a call's FINAL send: the last open call shows the idle state first."""
+        with self._gate:
+            self._open_calls -= 1
+            if self._open_calls == 0:
+                self._refresh(self.loop.fresh_stats())
+            yield
 
     def on_final(self, _stream: Any, u: SequenceUpdate) -> None:
         m = u.metrics
@@ -90,8 +121,17 @@ class Metrics:
         if m.first_token_time is not None and m.finished_time is not None and m.num_output_tokens > 1:
             self.tpot.observe((m.finished_time - m.first_token_time) / (m.num_output_tokens - 1))
 
-    def refresh(self) -> None:
-        s = self.loop.stats
+    def _refresh(self, s: EngineStats) -> None:
+        """Show ``s`` (callers hold the gate). Never raises: metrics must not fail a request."""
+        if s is self._shown:
+            return
+        self._shown = s
+        try:
+            self._set_gauges(s)
+        except Exception:  # noqa: BLE001
+            log.warning("metrics refresh failed", exc_info=True)
+
+    def _set_gauges(self, s: EngineStats) -> None:
         g = self.g
         g["active"].set(s.num_running + s.num_waiting)
         g["scheduled"].set(s.num_running)
@@ -108,10 +148,9 @@ class Metrics:
 
     def _report(self) -> None:
         while not self._stop.wait(REPORT_INTERVAL_S):
-            try:
-                self.refresh()
-            except Exception:  # noqa: BLE001 - metrics must never take the model down
-                pass
+            with self._gate:
+                if self._open_calls:  # idle: the gauges already show it (module doc)
+                    self._refresh(self.loop.stats)
 
     def close(self) -> None:
         self._stop.set()

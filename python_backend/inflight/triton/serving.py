@@ -15,8 +15,9 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from ..engine_loop import EngineLoop
 from ..outputs import SequenceUpdate
@@ -27,6 +28,23 @@ CANCEL_POLL_S = 0.1
 
 # (stream, merged update, prompt ids) -> output tensors for one response
 OutputBuilder = Callable[["ItemStream", SequenceUpdate], list[Any]]
+
+
+class CallObserver(Protocol):
+    """Told when a call opens and around the send of its FINAL response (the metrics use it
+    to touch Triton only while a request is in flight: see triton/metrics.py)."""
+
+    def call_opened(self) -> None: ...
+
+    def call_closing(self) -> AbstractContextManager[None]: ...
+
+
+class _NoObserver:
+    def call_opened(self) -> None:
+        return None
+
+    def call_closing(self) -> AbstractContextManager[None]:
+        return nullcontext()
 
 
 @dataclass
@@ -46,6 +64,7 @@ class TritonCall:
     remaining: int  # sequences not yet finished, over all items
     cancelled: bool = False
     closed: bool = False  # the FINAL flag went out
+    observer: CallObserver = field(default_factory=_NoObserver)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def send(self, pb: Any, response: Any | None, finishes: int = 0) -> bool:
@@ -61,10 +80,11 @@ class TritonCall:
                 return True
             self.closed = final
             flags = pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL if final else 0
-            if response is None:
-                self.sender.send(flags=flags)
-            else:
-                self.sender.send(response, flags=flags)
+            with self.observer.call_closing() if final else nullcontext():
+                if response is None:
+                    self.sender.send(flags=flags)
+                else:
+                    self.sender.send(response, flags=flags)
             return True
 
     def poll_cancelled(self) -> bool:
@@ -112,9 +132,11 @@ def merge(updates: list[SequenceUpdate]) -> SequenceUpdate:
 
 class ServingCore:
     def __init__(self, loop: EngineLoop, pb: Any, build_outputs: OutputBuilder,
-                 stream_interval: int = 1, on_final: Callable[[ItemStream, SequenceUpdate], None] | None = None
-                 ) -> None:
+                 stream_interval: int = 1,
+                 on_final: Callable[[ItemStream, SequenceUpdate], None] | None = None,
+                 observer: CallObserver | None = None) -> None:
         self.loop = loop
+        self.observer = observer or _NoObserver()
         self.pb = pb
         self.build_outputs = build_outputs
         self.stream_interval = max(1, stream_interval)
@@ -130,8 +152,11 @@ class ServingCore:
 
     # ---- submission (Triton execute thread) ------------------------------------------------
     def new_call(self, request: Any, items: list[ItemRequest]) -> TritonCall:
+        """A call for ``items`` (at least one); its FINAL goes out once all their sequences end."""
+        assert items, "a call needs at least one item (batch_size refuses an empty batch)"
+        self.observer.call_opened()
         return TritonCall(request.get_response_sender(), request,
-                          remaining=sum(it.params.n for it in items))
+                          remaining=sum(it.params.n for it in items), observer=self.observer)
 
     def fail_item(self, call: TritonCall, item: ItemRequest, err: Any) -> None:
         """An item the engine refused: its sequences count as finished with this error."""
