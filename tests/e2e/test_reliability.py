@@ -223,7 +223,23 @@ BAD = [
      ["sampling_parameters"]),
     ("7-json-unknown-key", "llm", llm(raw_params='{"max_tokens": 4, "evil": 1}'),
      ["sampling_parameters.evil", "known"]),
+    ("2-no-text_input-ensemble", "ensemble", {"max_tokens": i32(4)}, ["text_input", "required"]),
+    ("2-no-text_input-bls", "bls", {"max_tokens": i32(4)}, ["text_input", "required"]),
 ]
+
+
+@pytest.mark.parametrize("model", ["ensemble", "bls", "llm"])
+@pytest.mark.parametrize("endpoint", ["generate", "generate_stream"])
+def test_missing_text_input_over_http_is_a_400_naming_it(default_server, model: str,
+                                                         endpoint: str) -> None:
+    """Triton's ensemble does not check required inputs (it answered an empty 200)."""
+    req = urllib.request.Request(f"{default_server.http_url}/v2/models/{model}/{endpoint}",
+                                 data=json.dumps({"max_tokens": 4}).encode(),
+                                 headers={"Content-Type": "application/json"})
+    with pytest.raises(urllib.error.HTTPError) as err:
+        urllib.request.urlopen(req, timeout=60)
+    body = err.value.read().decode()
+    assert err.value.code == 400 and "text_input" in body, body
 
 
 @pytest.mark.parametrize("case,model,inputs,needles", BAD, ids=[b[0] for b in BAD])

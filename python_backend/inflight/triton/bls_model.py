@@ -16,6 +16,7 @@ import threading
 import time
 from typing import Any
 
+from ..errors import InvalidRequestError
 from .base import input_names, pb_module, read_inputs, triton_error
 from .cancel_forward import POLL_S, stop_engine_request
 from .params import raw_parameters
@@ -53,7 +54,9 @@ class TritonPythonModel:
         final = pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         try:
             tensors = read_inputs(pb, request, self.inputs)
-            pre = self._call(self.pre, [pb.Tensor("text_input", tensors["text_input"])] if "text_input" in tensors else [],
+            if "text_input" not in tensors:
+                raise InvalidRequestError("text_input", "is required")
+            pre = self._call(self.pre, [pb.Tensor("text_input", tensors["text_input"])],
                              ["input_ids", "input_lengths"])
             engine_inputs = [pb.get_output_tensor_by_name(pre, "input_ids"),
                              pb.get_output_tensor_by_name(pre, "input_lengths")]

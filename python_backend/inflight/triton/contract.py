@@ -56,9 +56,14 @@ ENGINE_OUTPUTS: list[Spec] = [
     ("output_ids", "TYPE_INT32", [-1, -1], False), ("sequence_length", "TYPE_INT32", [-1], False),
     ("text_delta", "TYPE_STRING", [1], False), ("engine_request_key", "TYPE_UINT64", [1], False),
 ] + RESULT_OUTPUTS
-ENSEMBLE_INPUTS: list[Spec] = [("text_input", "TYPE_STRING", [1], False)] + SAMPLING_INPUTS
+# text_input is required, but declared optional where a missing one must reach our code: an
+# ensemble does not check required inputs (Triton answers an empty HTTP 200), so preprocessing
+# does, and also takes max_tokens so that it still runs, and names text_input, when only
+# text_input is missing.
+ENSEMBLE_INPUTS: list[Spec] = [("text_input", "TYPE_STRING", [1], True)] + SAMPLING_INPUTS
 ENSEMBLE_OUTPUTS: list[Spec] = [("text_output", "TYPE_STRING", [-1], False)] + RESULT_OUTPUTS
-PRE_INPUTS: list[Spec] = [("text_input", "TYPE_STRING", [1], False)]
+PRE_INPUTS: list[Spec] = [("text_input", "TYPE_STRING", [1], True),
+                          ("max_tokens", "TYPE_INT32", [1], True)]
 PRE_OUTPUTS: list[Spec] = [("input_ids", "TYPE_INT32", [-1], False), ("input_lengths", "TYPE_INT32", [1], False)]
 POST_INPUTS: list[Spec] = [
     ("output_ids", "TYPE_INT32", [-1, -1], True), ("sequence_length", "TYPE_INT32", [-1], True),
