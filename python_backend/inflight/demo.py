@@ -2,11 +2,16 @@
 
 Builds a tiny random-weight model locally (or takes --model), writes its model repository,
 starts a real tritonserver, streams a completion over gRPC to the terminal, stops the server.
+The tiny model has random weights: its text is gibberish by design (the point is the path:
+tokenizer, engine, streaming, detokenizer). Give --model a real checkpoint for real text.
+Exit status 0 when the completion streamed and the server stopped cleanly; otherwise 1, and
+the server log is kept and its path printed.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import tempfile
 import time
@@ -50,11 +55,16 @@ def _cmd_demo(a: argparse.Namespace) -> int:
     from .serve.process import TritonServer
 
     model_dir = resolve_model(a.model)
+    if a.model.startswith("tiny:"):
+        print(f"[inflight] {a.model} is a tiny model with random weights: expect gibberish text "
+              "(give --model a real checkpoint directory for real text)", file=sys.stderr)
+    fd, log_path = tempfile.mkstemp(prefix="inflight-demo-", suffix=".log")
+    os.close(fd)
+    ok = False
     with tempfile.TemporaryDirectory(prefix="inflight-repo-") as repo:
         layout = "llm" if a.served_model == "llm" else "ensemble"
         build(model_dir, repo, layout, {"max_tokens_in_paged_kv_cache": "8192", "max_seq_len": "1024"})
         print(f"[inflight] model {model_dir}\n[inflight] repository {repo} ({layout} layout)", file=sys.stderr)
-        log_path = f"{repo}/tritonserver.log"
         server = TritonServer(log_path=log_path)
         server.start(repo, http_port=0, grpc_port=0, metrics_port=0)
         try:
@@ -67,13 +77,20 @@ def _cmd_demo(a: argparse.Namespace) -> int:
             _text, ttft, n = _stream(server.endpoints.grpc_url, a.served_model, a.prompt, a.max_tokens)
             print(f"[inflight] {n} streamed responses, first after {ttft * 1000:.0f} ms; stopping server",
                   file=sys.stderr)
-        except Exception:
-            with open(log_path, encoding="utf-8", errors="replace") as f:
-                sys.stderr.write("[inflight] tritonserver log (tail):\n" + f.read()[-4000:])
-            raise
+            ok = True
+        except Exception as e:  # noqa: BLE001 - reported with the log below
+            print(f"[inflight] demo failed: {type(e).__name__}: {e}", file=sys.stderr)
         finally:
-            code = server.stop(30)
-    return 0 if code in (0, None) else 1
+            code = server.stop(a.stop_timeout)
+    if ok and code == 0 and not server.reaped:
+        os.unlink(log_path)
+        print("[inflight] server stopped cleanly", file=sys.stderr)
+        return 0
+    why = (f"tritonserver exited with {code}" if code != 0 else
+           f"tritonserver left {len(server.reaped)} process(es) behind" if server.reaped else
+           "the completion failed")
+    print(f"[inflight] {why}; server log kept: {log_path}", file=sys.stderr)
+    return 1
 
 
 def add_demo_parser(sub: Any) -> argparse.ArgumentParser:
@@ -86,5 +103,7 @@ def add_demo_parser(sub: Any) -> argparse.ArgumentParser:
                    help="which Triton model to call (default: %(default)s)")
     p.add_argument("--max-tokens", type=int, default=48)
     p.add_argument("--ready-timeout", type=float, default=300.0, help="seconds to wait for the server")
+    p.add_argument("--stop-timeout", type=float, default=60.0,
+                   help="seconds for tritonserver to drain and exit before it is killed")
     p.set_defaults(func=_cmd_demo)
     return p

@@ -284,3 +284,15 @@ def test_inflight_client_cli_reports_server_errors(
     code = main(["hi", "--model", "no_such_model", "--url", stream_server.grpc_url])
     assert code == 1
     assert "no_such_model" in capsys.readouterr().err
+
+
+def test_demo_streams_and_stops_cleanly(triton_server_factory, tmp_path: Path) -> None:
+    """The README's first command after install: exit 0, the random-weights notice, the
+    completion on stdout, the server stopped with nothing left behind and no log kept."""
+    env = {**os.environ, "TMPDIR": str(tmp_path)}  # where the demo's log would be kept
+    proc = subprocess.run([sys.executable, "-m", "inflight.cli", "demo", "--max-tokens", "8"],
+                          capture_output=True, text=True, timeout=600, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.startswith("The weather today is") and len(proc.stdout) > 21
+    assert "random weights" in proc.stderr and "server stopped cleanly" in proc.stderr
+    assert "left" not in proc.stderr and not list(tmp_path.glob("inflight-demo-*.log"))
