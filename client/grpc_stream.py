@@ -60,6 +60,7 @@ class GrpcStream:
         self._client = grpcclient.InferenceServerClient(self.url, verbose=verbose)
         self._headers = headers
         self._queue: queue.Queue[_Item] | None = None
+        self._in_flight = False  # a request on the stream has not had its final response
 
     def generate(
         self,
@@ -77,6 +78,7 @@ class GrpcStream:
         raises ``TimeoutError`` after cancelling the request.
         """
         responses = self._open()
+        self._in_flight = True
         self._client.async_stream_infer(
             model,
             to_infer_inputs(inputs),
@@ -102,6 +104,7 @@ class GrpcStream:
                 response = _to_stream_response(result)
                 if response.is_final:
                     finished = True
+                    self._in_flight = False
                 yield response
                 if finished:
                     return
@@ -113,10 +116,18 @@ class GrpcStream:
         """Cancel what is in flight on this stream and close it."""
         if self._queue is not None:
             self._queue = None
+            self._in_flight = False
             self._client.stop_stream(cancel_requests=True)
 
     def close(self) -> None:
-        self.cancel()
+        """Cancel a request still in flight, else close the stream gracefully: a cancel after
+        the final response is not free for the server (with an ensemble, tritonserver 2.51
+        then kept the ensemble loaded for its whole exit timeout on shutdown)."""
+        if self._in_flight:
+            self.cancel()
+        elif self._queue is not None:
+            self._queue = None
+            self._client.stop_stream()
         self._client.close()
 
     def _open(self) -> queue.Queue[_Item]:

@@ -233,11 +233,27 @@ def add_soak_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--sample-interval", type=float, default=2.0)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default="", help="directory for soak.json and soak_rss.png")
+    storm = p.add_argument_group("cancel storm (--cancel-storm; see inflight.cancel_storm)")
+    storm.add_argument("--cancel-storm", action="store_true",
+                       help="cancel requests at random points on ensemble, bls, llm and engine "
+                       "instead of the soak; checks one terminal event each, KV back to 0, no "
+                       "leaked stub or shm")
+    storm.add_argument("--per-model", type=int, default=1000, help="requests per model")
+    storm.add_argument("--kills", type=int, default=5,
+                       help="client processes SIGKILLed mid-stream, per model")
+    storm.add_argument("--http-url", default="http://127.0.0.1:8000", help="with --url")
     p.set_defaults(func=_checked_run)
     return p
 
 
 def _checked_run(a: argparse.Namespace) -> int:
+    if a.cancel_storm:
+        if a.per_model < 1 or a.streams < 1 or a.kills < 0:
+            print("error: need --per-model >= 1, --streams >= 1, --kills >= 0", file=sys.stderr)
+            return 2
+        from .cancel_storm import run_cli
+
+        return run_cli(a)
     if not 0 < a.duration <= MAX_DURATION_S or a.streams < 1 or not 0 <= a.cancel_rate <= 1:
         print("error: need 0 < --duration <= 86400, --streams >= 1, 0 <= --cancel-rate <= 1",
               file=sys.stderr)

@@ -6,6 +6,7 @@ import argparse
 import os
 import stat
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -182,6 +183,46 @@ def test_command_has_secure_defaults_and_free_ports(tmp_path: Path) -> None:
     assert any(
         a.startswith("--backend-config=python,shm-region-prefix-name=inflight_") for a in command
     )
+
+
+@pytest.mark.parametrize("gpu", [False, True])
+def test_cpu_only_flags_without_a_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                      gpu: bool) -> None:
+    from inflight.serve import process
+
+    monkeypatch.setattr(process, "gpu_present", lambda: gpu)
+    command, _ = _fake_server(tmp_path, "exit 0").build_command(tmp_path)
+    cpu_flags = set(process.CPU_ONLY_ARGS) & set(command)
+    assert cpu_flags == (set() if gpu else set(process.CPU_ONLY_ARGS))
+    # a flag the user passes wins over the CPU default
+    command, _ = _fake_server(tmp_path, "exit 0").build_command(
+        tmp_path, extra_args=["--allow-gpu-metrics=true"])
+    assert "--allow-gpu-metrics=false" not in command
+
+
+def test_stop_reaps_group_survivors_and_shm(tmp_path: Path) -> None:
+    """A server that exits leaving a child behind (as tritonserver orphans a stub it could
+    not unload) and a shm segment: stop() kills the child and removes the segment."""
+    server = _fake_server(tmp_path, "sleep 300 &\nexec sleep 300")
+    server.start(tmp_path, http_port=0, grpc_port=0, metrics_port=0)
+    assert server.shm_prefix is not None
+    segment = Path("/dev/shm") / f"{server.shm_prefix}test"
+    segment.write_bytes(b"x")
+    deadline = time.monotonic() + 10
+    while len(process_group(server.pid)) < 2:  # the child started
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    child = (process_group(server.pid) - {server.pid}).pop()
+    server.stop(timeout=10)
+    assert server.reaped == [child] and child not in process_group(server.pid)  # dead
+    assert server.removed_shm == [segment.name] and not segment.exists()
+
+
+def process_group(pgid: int | None) -> set[int]:
+    from inflight.serve.process import _group_members
+
+    assert pgid is not None
+    return _group_members(pgid)
 
 
 def test_extra_args_override_defaults(tmp_path: Path) -> None:

@@ -175,6 +175,8 @@ class TritonServer:
         ]
         if log_verbose:
             defaults.append(f"--log-verbose={log_verbose}")
+        if not gpu_present():
+            defaults += CPU_ONLY_ARGS
         if not any("shm-region-prefix-name" in a for a in extra_args):
             # Python-backend shared-memory regions are named by this prefix: a unique one
             # lets several servers (tests, benchmarks) run side by side.
@@ -326,6 +328,18 @@ class TritonServer:
         if self._log_file is not None:
             self._log_file.close()
             self._log_file = None
+
+
+# Without a GPU these avoid tritonserver's alarming but harmless NVML/DCGM and pinned-memory
+# lines; two remain that no flag turns off ("CudaDriverHelper has not been initialized",
+# "unable to create stream for ensemble: CUDA driver version is insufficient"): see README.
+CPU_ONLY_ARGS = ["--allow-gpu-metrics=false", "--pinned-memory-pool-byte-size=0",
+                 "--cuda-memory-pool-byte-size=0:0"]
+
+
+def gpu_present() -> bool:
+    """An NVIDIA driver is loaded (its control device exists); cheap, no CUDA init."""
+    return Path("/dev/nvidiactl").exists()
 
 
 def _flag_name(arg: str) -> str:

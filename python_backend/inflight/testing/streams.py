@@ -81,11 +81,14 @@ def _record(out: Outcome, result: Any, error: Any, t0: float) -> bool:
 
 def run_stream(url: str, model: str, inputs: Mapping[str, np.ndarray], *, request_id: str = "",
                timeout: float = 60.0, quiet: float = 0.3,
-               cancel_when: Callable[[Outcome], bool] | None = None) -> Outcome:
+               cancel_when: Callable[[Outcome], bool] | None = None,
+               cancel_after_final: bool = False) -> Outcome:
     """One request on its own gRPC stream; see the module docstring.
 
     ``cancel_when(outcome)`` is asked before the first and after every event; when it says
     True the client cancels (``stop_stream(cancel_requests=True)``) and stops listening.
+    ``cancel_after_final``: cancel the stream right after the terminal event (a late cancel
+    that must find nothing to do).
     """
     import tritonclient.grpc as grpcclient
 
@@ -113,12 +116,20 @@ def run_stream(url: str, model: str, inputs: Mapping[str, np.ndarray], *, reques
                 return out
             if _record(out, result, error, t0):
                 out.terminal_s = time.monotonic() - t0
+        if cancel_after_final:
+            client.stop_stream(cancel_requests=True)
         time.sleep(quiet)
-        out.after_terminal = events.qsize()
+        late = [events.get_nowait() for _ in range(events.qsize())]
+        # tritonclient reports its own cancel as an error event: not the server's doing
+        out.after_terminal = sum(1 for _, e in late if not _locally_cancelled(e))
         client.stop_stream()
         return out
     finally:
         client.close()
+
+
+def _locally_cancelled(error: Any) -> bool:
+    return error is not None and "locally cancelled" in str(error).lower()
 
 
 def metric(metrics_url: str, name: str, **labels: str) -> float:

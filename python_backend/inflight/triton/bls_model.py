@@ -76,14 +76,15 @@ class TritonPythonModel:
         stopped, next_poll = False, 0.0
         try:
             for resp in eng_req.exec(decoupled=True):
-                if stopped:
-                    continue  # drain the engine's remaining responses (its final CANCELLED)
                 if time.monotonic() >= next_poll:
                     next_poll = time.monotonic() + POLL_S
                     if sender.is_cancelled():
                         stopped = True
                         stop_engine_request(pb, self.engine, request_id=rid)
-                        continue
+                        # Not waiting for the engine's final: for a request whose parent was
+                        # cancelled, tritonserver 2.51 did not deliver it (17 of 17 stopped
+                        # BLS threads hung, and the model then never unloaded).
+                        break
                 if resp.has_error():
                     pending = pb.InferenceResponse(output_tensors=[], error=resp.error())
                     continue
@@ -98,10 +99,14 @@ class TritonPythonModel:
             if not stopped:  # never leave the engine generating for nobody
                 stop_engine_request(pb, self.engine, request_id=rid)
             raise
-        if pending is not None:
-            sender.send(pending, flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+        final = pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
+        if stopped:
+            err = pb.TritonError("request cancelled", pb.TritonError.CANCELLED)
+            sender.send(pb.InferenceResponse(output_tensors=[], error=err), flags=final)
+        elif pending is not None:
+            sender.send(pending, flags=final)
         else:
-            sender.send(flags=pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+            sender.send(flags=final)
 
     def _engine_outputs(self) -> list[str]:
         return ["output_ids", "sequence_length", "text_delta", "batch_index", "sequence_index",
