@@ -29,7 +29,8 @@ from typing import Any
 import numpy as np
 
 from .client.inputs import SamplingParams, build_inputs, model_kind_for
-from .testing.streams import Outcome, kv_used_and_active, metric, run_stream
+from .soak import on_loopback, wait_idle
+from .testing.streams import Outcome, metric, run_stream
 
 MODELS = ("ensemble", "bls", "llm", "engine")
 ENGINE_OF = {"ensemble": "engine", "bls": "engine", "engine": "engine", "llm": "llm"}
@@ -156,7 +157,7 @@ def run_storm(grpc_url: str, metrics_url: str, http_url: str, per_model: int, st
         t.start()
     for t in threads:
         t.join()
-    idle = {e: _wait_idle(metrics_url, e) for e in sorted(set(ENGINE_OF.values()))}
+    idle = {e: wait_idle(metrics_url, e) for e in sorted(set(ENGINE_OF.values()))}
     with urllib.request.urlopen(f"{http_url}/v2/health/ready", timeout=10) as r:
         ready = r.status == 200
     aborts = {e: metric(metrics_url, "inflight_request_success_total", finish_reason="abort",
@@ -170,15 +171,6 @@ def run_storm(grpc_url: str, metrics_url: str, http_url: str, per_model: int, st
         "ok": ready and not stats.invariant_failures
         and all(used == 0 and active == 0 for used, active in idle.values()),
     }
-
-
-def _wait_idle(metrics_url: str, model: str, timeout: float = 60.0) -> tuple[float, float]:
-    deadline = time.monotonic() + timeout
-    used, active = kv_used_and_active(metrics_url, model)
-    while (used or active) and time.monotonic() < deadline:
-        time.sleep(0.2)
-        used, active = kv_used_and_active(metrics_url, model)
-    return used, active
 
 
 def run_cli(a: Any) -> int:
@@ -195,8 +187,7 @@ def run_cli(a: Any) -> int:
     work.mkdir(parents=True, exist_ok=True)
     server = None
     if a.url:
-        if a.url.rsplit(":", 1)[0] not in ("127.0.0.1", "localhost"):
-            print("error: --url must be on loopback (127.0.0.1 / localhost)", file=sys.stderr)
+        if not on_loopback(a.url):
             return 2
         grpc_url, metrics_url, http_url = a.url, a.metrics_url, a.http_url
     else:

@@ -145,13 +145,23 @@ def _start_server(model: str, work: Path) -> Any:
     return server
 
 
-def _wait_idle(metrics_url: str, timeout: float = 60.0) -> tuple[float, float]:
+def wait_idle(metrics_url: str, model: str = "llm", timeout: float = 60.0
+              ) -> tuple[float, float]:
+    """(KV used blocks, active requests) of ``model`` once both are 0, or at the timeout."""
     deadline = time.monotonic() + timeout
-    used, active = kv_used_and_active(metrics_url, "llm")
+    used, active = kv_used_and_active(metrics_url, model)
     while (used or active) and time.monotonic() < deadline:
-        time.sleep(0.5)
-        used, active = kv_used_and_active(metrics_url, "llm")
+        time.sleep(0.2)
+        used, active = kv_used_and_active(metrics_url, model)
     return used, active
+
+
+def on_loopback(url: str) -> bool:
+    """Load tools only ever target this machine: ``url``'s host must be loopback."""
+    if url.rsplit(":", 1)[0] in ("127.0.0.1", "localhost"):
+        return True
+    print("error: --url must be on loopback (127.0.0.1 / localhost)", file=sys.stderr)
+    return False
 
 
 def run_soak(a: argparse.Namespace) -> int:
@@ -159,9 +169,7 @@ def run_soak(a: argparse.Namespace) -> int:
     work.mkdir(parents=True, exist_ok=True)
     server = None
     if a.url:
-        host = a.url.rsplit(":", 1)[0]
-        if host not in ("127.0.0.1", "localhost"):
-            print("error: --url must be on loopback (127.0.0.1 / localhost)", file=sys.stderr)
+        if not on_loopback(a.url):
             return 2
         grpc_url, metrics_url, pid = a.url, a.metrics_url, a.server_pid
     else:
@@ -185,7 +193,7 @@ def run_soak(a: argparse.Namespace) -> int:
             w.start()
         for w in workers:
             w.join()
-        used, active = _wait_idle(metrics_url)
+        used, active = wait_idle(metrics_url)
         stop.set()
         sampler.join(5)
         aborted = metric(metrics_url, "inflight_request_success_total", finish_reason="abort",

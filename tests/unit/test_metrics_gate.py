@@ -70,12 +70,16 @@ def kv_used_sets() -> list[float]:
     return [e[1] for k, e in EVENTS if k == "set" and e[0] == "used"]
 
 
-def test_idle_shown_before_the_last_final_and_nothing_while_idle(monkeypatch) -> None:
-    monkeypatch.setattr(metrics_mod, "REPORT_INTERVAL_S", 0.01)
+def start_metrics() -> tuple[FakeLoop, Any, Metrics]:
     EVENTS.clear()
     loop = FakeLoop()
     pb = SimpleNamespace(MetricFamily=FakeFamily, TRITONSERVER_RESPONSE_COMPLETE_FINAL=1)
-    m = Metrics(pb, "engine", "1", loop)  # type: ignore[arg-type]
+    return loop, pb, Metrics(pb, "engine", "1", loop)  # type: ignore[arg-type]
+
+
+def test_idle_shown_before_the_last_final_and_nothing_while_idle(monkeypatch) -> None:
+    monkeypatch.setattr(metrics_mod, "REPORT_INTERVAL_S", 0.01)
+    loop, pb, m = start_metrics()
     try:
         calls = []
         for _ in range(2):
@@ -104,10 +108,7 @@ def test_idle_shown_before_the_last_final_and_nothing_while_idle(monkeypatch) ->
 def test_gate_serializes_the_reporter_with_the_last_final(monkeypatch) -> None:
     """The reporter never updates a gauge between the idle refresh and the FINAL send."""
     monkeypatch.setattr(metrics_mod, "REPORT_INTERVAL_S", 0.0005)
-    EVENTS.clear()
-    loop = FakeLoop()
-    pb = SimpleNamespace(MetricFamily=FakeFamily, TRITONSERVER_RESPONSE_COMPLETE_FINAL=1)
-    m = Metrics(pb, "engine", "1", loop)  # type: ignore[arg-type]
+    loop, pb, m = start_metrics()
     stop = threading.Event()
 
     def churn() -> None:  # the engine thread: a new snapshot all the time
