@@ -117,15 +117,29 @@ def _killer(url: str, models: tuple[str, ...], kills: int, rng: random.Random,
         for _ in range(kills):
             proc = killed_client(url, model, 128)
             try:
-                assert proc.stdout is not None
-                for _ in range(rng.randrange(1, 6)):  # a few responses in, then dead
-                    if not proc.stdout.readline():
-                        break
+                got = read_events(proc, rng.randrange(1, 6), timeout=60.0)
             finally:
                 proc.send_signal(signal.SIGKILL)
                 proc.wait(10)
             with stats.lock:
                 stats.killed += 1
+                if got == 0:
+                    stats.invariant_failures.append(f"{model}/killed: no response in 60 s")
+
+
+def read_events(proc: subprocess.Popen[str], n: int, timeout: float) -> int:
+    """Read up to ``n`` event lines from a killed_client, giving up after ``timeout`` s."""
+    import selectors
+
+    assert proc.stdout is not None
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    got, deadline = 0, time.monotonic() + timeout
+    while got < n and sel.select(max(deadline - time.monotonic(), 0.0)):
+        if not proc.stdout.readline():
+            break
+        got += 1
+    return got
 
 
 def run_storm(grpc_url: str, metrics_url: str, http_url: str, per_model: int, streams: int,

@@ -76,19 +76,22 @@ class TritonPythonModel:
         stopped, next_poll = False, 0.0
         try:
             for resp in eng_req.exec(decoupled=True):
-                if time.monotonic() >= next_poll:
-                    next_poll = time.monotonic() + POLL_S
-                    if sender.is_cancelled():
-                        stopped = True
-                        stop_engine_request(pb, self.engine, request_id=rid)
-                        # Not waiting for the engine's final: for a request whose parent was
-                        # cancelled, tritonserver 2.51 did not deliver it (17 of 17 stopped
-                        # BLS threads hung, and the model then never unloaded).
-                        break
+                if stopped:
+                    continue  # drain to the engine's final (finish_reason "abort")
                 if resp.has_error():
                     pending = pb.InferenceResponse(output_tensors=[], error=resp.error())
                     continue
-                outs = resp.output_tensors()
+                if time.monotonic() >= next_poll:
+                    next_poll = time.monotonic() + POLL_S
+                    if sender.is_cancelled():
+                        # by key: the engine ends it with a normal final, which the BLS
+                        # iterator receives (a CANCELLED error it did not: threads hung)
+                        stopped = True
+                        key = pb.get_output_tensor_by_name(resp, "engine_request_key")
+                        stop_engine_request(pb, self.engine, key=int(key.as_numpy().flat[0]))
+                        continue
+                # the routing key stays here: postprocessing would poll a BLS step for it
+                outs = [t for t in resp.output_tensors() if t.name() != "engine_request_key"]
                 if not outs:  # the engine's empty final response
                     continue
                 if pending is not None:
@@ -111,7 +114,7 @@ class TritonPythonModel:
     def _engine_outputs(self) -> list[str]:
         return ["output_ids", "sequence_length", "text_delta", "batch_index", "sequence_index",
                 "finish_reason", "cum_log_probs", "output_log_probs", "num_input_tokens",
-                "num_output_tokens"]
+                "num_output_tokens", "engine_request_key"]
 
     def finalize(self) -> None:
         return None

@@ -60,7 +60,7 @@ class TritonCall:
     """
 
     sender: Any
-    request: Any  # held until FINAL: the stub may release a request whose object is gone
+    request: Any  # kept until FINAL: dropping it and the sender early frees the factory
     remaining: int  # sequences not yet finished, over all items
     cancelled: bool = False
     closed: bool = False  # the FINAL flag went out
@@ -199,12 +199,13 @@ class ServingCore:
         return len(ids)
 
     def cancel_key(self, key: int) -> bool:
-        """`stop` with `engine_request_key`: abort that one request (ensemble cancellation,
-        forwarded by postprocessing). False if it is no longer in flight."""
+        """`stop` with `engine_request_key`: abort that one request, for a model in front of
+        the engine that forwards its client's cancellation (postprocessing, bls) and answers
+        that client itself. The request ends with a normal final response (finish_reason
+        "abort"), not a CANCELLED error: a BLS caller never received that error (2.51).
+        False if the request is no longer in flight."""
         with self._cv:
             stream = next((s for s in self._live.values() if s.key == key), None)
-            if stream is not None:
-                stream.call.cancelled = True
         if stream is not None:
             self.loop.abort(stream.engine_id)
         return stream is not None
