@@ -212,11 +212,16 @@ def run_cli(a: Any) -> int:
         ep = server.endpoints
         grpc_url, metrics_url, http_url = ep.grpc_url, ep.metrics_url, ep.http_url
     try:
-        total = a.per_model * len(MODELS)
-        with tqdm(total=total, desc="cancel storm", unit="req",
+        models = tuple(m for m in a.models.split(",") if m)
+        unknown = set(models) - set(MODELS)
+        if unknown:
+            print(f"error: --models: unknown {sorted(unknown)}; choose from {MODELS}",
+                  file=sys.stderr)
+            return 2
+        with tqdm(total=a.per_model * len(models), desc="cancel storm", unit="req",
                   disable=env.disable_progress()) as bar:
             report = run_storm(grpc_url, metrics_url, http_url, a.per_model, a.streams, a.kills,
-                               a.seed, progress=lambda: bar.update(1))
+                               a.seed, progress=lambda: bar.update(1), models=models)
     finally:
         if server is not None:
             code = server.stop(120)

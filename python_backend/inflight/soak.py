@@ -247,6 +247,8 @@ def add_soak_parser(sub: Any) -> argparse.ArgumentParser:
                        "instead of the soak; checks one terminal event each, KV back to 0, no "
                        "leaked stub or shm")
     storm.add_argument("--per-model", type=int, default=1000, help="requests per model")
+    storm.add_argument("--models", default="ensemble,bls,llm,engine",
+                       help="comma-separated models to storm (default: %(default)s)")
     storm.add_argument("--kills", type=int, default=5,
                        help="client processes SIGKILLed mid-stream, per model")
     storm.add_argument("--http-url", default="http://127.0.0.1:8000", help="with --url")

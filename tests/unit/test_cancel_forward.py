@@ -2,10 +2,18 @@
 
 from __future__ import annotations
 
+import time
+import uuid
 from typing import Any
 
 import numpy as np
-from inflight.triton.cancel_forward import MAX_TRACKED, CancelForwarder, stop_engine_request
+import pytest
+from inflight.triton.cancel_forward import (
+    MAX_TRACKED,
+    CancelForwarder,
+    StopSocket,
+    send_stop,
+)
 
 
 class FakePb:
@@ -51,22 +59,64 @@ class Clock:
         return self.t
 
 
-def test_cancelled_step_stops_exactly_that_engine_request_once() -> None:
+class Engine:
+    """A StopSocket under a unique engine model name, drained as the sender thread does."""
+
+    def __init__(self) -> None:
+        self.name = f"engine-{uuid.uuid4().hex[:8]}"
+        self.socket = StopSocket(self.name)
+        self.stops: list[int | str] = []
+
+    def wait_stops(self, n: int) -> list[int | str]:
+        deadline = time.monotonic() + 10
+        while len(self.stops) < n:
+            assert time.monotonic() < deadline, self.stops
+            self.stops += self.socket.drain()
+            time.sleep(0.001)
+        return self.stops
+
+
+@pytest.fixture()
+def engine():
+    e = Engine()
+    yield e
+    e.socket.close()
+
+
+def test_cancelled_step_stops_exactly_that_engine_request_once(engine: Engine) -> None:
     pb, clock = FakePb(), Clock()
-    fwd = CancelForwarder(pb, "my_engine", poll_s=0.1, now=clock)
+    fwd = CancelForwarder(engine.name, poll_s=0.1, now=clock)
     assert fwd.cancelled(FakeRequest(True), step(7))
-    assert len(pb.stops) == 1
-    model, rid, inputs = pb.stops[0]
-    assert model == "my_engine" and rid == ""
-    assert inputs["stop"].tolist() == [[True]] and inputs["engine_request_key"].tolist() == [[7]]
+    assert engine.wait_stops(1) == [7]
     # later steps of the same request: refused without another poll or stop
     later = FakeRequest(True)
-    assert fwd.cancelled(later, step(7)) and later.polls == 0 and len(pb.stops) == 1
+    assert fwd.cancelled(later, step(7)) and later.polls == 0
+    assert not fwd.cancelled(FakeRequest(False), step(8))
+    time.sleep(0.05)
+    assert engine.stops + engine.socket.drain() == [7]
+    assert pb.stops == []  # no Triton (BLS) request at all
+
+
+def test_stop_socket_carries_full_uint64_keys_and_client_ids(engine: Engine) -> None:
+    import socket
+
+    from inflight.triton.cancel_forward import stop_address
+
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.sendto(b"some-id", stop_address(engine.name))  # not 8 bytes: a client id
+    send_stop(engine.name, 2**64 - 1)
+    send_stop(engine.name, 0)
+    assert engine.wait_stops(3) == ["some-id", 2**64 - 1, 0]
+    assert engine.socket.drain() == []
+
+
+def test_send_stop_without_a_listener_does_not_raise() -> None:
+    send_stop(f"nobody-{uuid.uuid4().hex[:8]}", 5)
 
 
 def test_polls_at_most_once_per_interval_per_request() -> None:
     pb, clock = FakePb(), Clock()
-    fwd = CancelForwarder(pb, "engine", poll_s=0.1, now=clock)
+    fwd = CancelForwarder("engine", poll_s=0.1, now=clock)
     reqs = [FakeRequest(False) for _ in range(5)]
     for r in reqs:
         assert not fwd.cancelled(r, step(1))
@@ -79,7 +129,7 @@ def test_polls_at_most_once_per_interval_per_request() -> None:
 
 def test_standalone_and_final_steps_are_not_polled() -> None:
     pb = FakePb()
-    fwd = CancelForwarder(pb, "engine")
+    fwd = CancelForwarder("engine")
     alone = FakeRequest(True)
     assert not fwd.cancelled(alone, {"output_ids": np.array([[[1, 2]]], dtype=np.int32)})
     final = FakeRequest(True)
@@ -88,16 +138,14 @@ def test_standalone_and_final_steps_are_not_polled() -> None:
 
 
 def test_tracking_is_bounded() -> None:
-    pb, clock = FakePb(), Clock()
-    fwd = CancelForwarder(pb, "engine", now=clock)
+    clock = Clock()
+    fwd = CancelForwarder("engine", now=clock)
     for key in range(MAX_TRACKED + 50):
         fwd.cancelled(FakeRequest(False), step(key))
     assert len(fwd._polled) == MAX_TRACKED
     assert 0 not in fwd._polled and MAX_TRACKED + 49 in fwd._polled
 
 
-def test_stop_by_client_id_for_bls() -> None:
-    pb = FakePb()
-    stop_engine_request(pb, "engine", request_id="bls-x-3")
-    (model, rid, inputs), = pb.stops
-    assert rid == "bls-x-3" and "engine_request_key" not in inputs and inputs["stop"].all()
+def test_client_id_stops_for_bls(engine: Engine) -> None:
+    send_stop(engine.name, "bls-x-3")
+    assert engine.wait_stops(1) == ["bls-x-3"]

@@ -4,8 +4,11 @@ who need their own logic between the steps. Same inputs and outputs as `ensemble
 Each client request runs in a worker thread (execute() returns at once); the engine is
 called with decoupled=True and each of its responses is post-processed and forwarded.
 Client cancellation (polled on this model's sender at most every POLL_S, from the thread
-that also sends the FINAL response, so never after it) is forwarded to the engine as a
-`stop` request with the engine request's unique id; so is a failure of this thread.
+that also sends the FINAL response, so never after it) is forwarded to the engine over its
+stop socket (triton/cancel_forward.py) with the engine request's unique id, and the client
+gets CANCELLED at once; so is a failure of this thread. Measured with tritonserver 2.51:
+a BLS `stop` request instead deadlocked the server under the cancellation storm, and
+draining the engine's remaining responses corrupted the stub's heap.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ from typing import Any
 
 from ..errors import InvalidRequestError
 from .base import input_names, pb_module, read_inputs, triton_error
-from .cancel_forward import POLL_S, stop_engine_request
+from .cancel_forward import POLL_S, send_stop
 from .params import raw_parameters
 
 _IDS = itertools.count()
@@ -76,22 +79,16 @@ class TritonPythonModel:
         stopped, next_poll = False, 0.0
         try:
             for resp in eng_req.exec(decoupled=True):
-                if stopped:
-                    continue  # drain to the engine's final (finish_reason "abort")
                 if resp.has_error():
                     pending = pb.InferenceResponse(output_tensors=[], error=resp.error())
                     continue
                 if time.monotonic() >= next_poll:
                     next_poll = time.monotonic() + POLL_S
                     if sender.is_cancelled():
-                        # by key: the engine ends it with a normal final, which the BLS
-                        # iterator receives (a CANCELLED error it did not: threads hung)
                         stopped = True
-                        key = pb.get_output_tensor_by_name(resp, "engine_request_key")
-                        stop_engine_request(pb, self.engine, key=int(key.as_numpy().flat[0]))
-                        continue
-                # the routing key stays here: postprocessing would poll a BLS step for it
-                outs = [t for t in resp.output_tensors() if t.name() != "engine_request_key"]
+                        send_stop(self.engine, rid)  # not a BLS call: see cancel_forward
+                        break
+                outs = resp.output_tensors()
                 if not outs:  # the engine's empty final response
                     continue
                 if pending is not None:
@@ -100,7 +97,7 @@ class TritonPythonModel:
                 pending = pb.InferenceResponse(output_tensors=post.output_tensors())
         except BaseException:
             if not stopped:  # never leave the engine generating for nobody
-                stop_engine_request(pb, self.engine, request_id=rid)
+                send_stop(self.engine, rid)
             raise
         final = pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL
         if stopped:
@@ -109,12 +106,12 @@ class TritonPythonModel:
         elif pending is not None:
             sender.send(pending, flags=final)
         else:
-            sender.send(flags=final)
+            sender.send(pb.InferenceResponse(output_tensors=[]), flags=final)
 
     def _engine_outputs(self) -> list[str]:
         return ["output_ids", "sequence_length", "text_delta", "batch_index", "sequence_index",
                 "finish_reason", "cum_log_probs", "output_log_probs", "num_input_tokens",
-                "num_output_tokens", "engine_request_key"]
+                "num_output_tokens"]
 
     def finalize(self) -> None:
         return None

@@ -1,7 +1,10 @@
 """Client cancellation forwarded to the engine by the models in front of it.
 
 `ensemble`: postprocessing forwards it (`CancelForwarder`); `bls`: the bls model polls its
-own sender and stops its engine request (`stop_engine_request`).
+own sender. Both stop the engine request over a local datagram socket that the engine
+model reads (`StopSocket`, `send_stop`), not through Triton:
+BLS `stop` requests sent while BLS streams from the engine were in flight deadlocked
+tritonserver 2.51 (the cancellation storm hung after ~50 bls requests).
 
 Triton (2.51 and later) does not cancel an ensemble's step that is already running when the
 client cancels (gRPC stream cancel or client exit, HTTP `generate_stream` disconnect): the
@@ -18,6 +21,9 @@ and frees its KV blocks.
 from __future__ import annotations
 
 import logging
+import os
+import socket
+import struct
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -33,9 +39,8 @@ MAX_TRACKED = 4096  # keys remembered (oldest forgotten first); far above any li
 class CancelForwarder:
     """Per postprocessing instance: which engine requests to poll, which were stopped."""
 
-    def __init__(self, pb: Any, engine_model: str, poll_s: float = POLL_S,
+    def __init__(self, engine_model: str, poll_s: float = POLL_S,
                  now: Callable[[], float] = time.monotonic) -> None:
-        self.pb = pb
         self.engine_model = engine_model
         self.poll_s = poll_s
         self._now = now
@@ -61,28 +66,58 @@ class CancelForwarder:
         if not request.is_cancelled():
             return False
         _remember(self._stopped, key, None)
-        stop_engine_request(self.pb, self.engine_model, key=key)
+        send_stop(self.engine_model, key)
         return True
 
 
-def stop_engine_request(pb: Any, engine_model: str, *, key: int | None = None,
-                        request_id: str = "") -> None:
-    """Send the engine model a `stop`: for the request with `engine_request_key` ``key``, else
-    for every request with client id ``request_id``. Never raises: the client is gone anyway."""
-    inputs = [pb.Tensor("stop", np.array([[True]], dtype=bool)),
-              pb.Tensor("input_ids", np.zeros((1, 1), dtype=np.int32))]
-    if key is not None:
-        inputs.append(pb.Tensor("engine_request_key", np.array([[key]], dtype=np.uint64)))
-    stop = pb.InferenceRequest(model_name=engine_model, request_id=request_id, inputs=inputs,
-                               requested_output_names=[])
+def stop_address(engine_model: str) -> bytes:
+    """The engine model's stop socket: an abstract UNIX name per tritonserver (every stub
+    of a server is its child, so ``getppid()`` is the server's pid in all of them)."""
+    return f"\0inflight-stop-{engine_model}-{os.getppid()}".encode()
+
+
+_KEY = struct.Struct("<Q")
+_send_sock: socket.socket | None = None
+
+
+def send_stop(engine_model: str, key: int | str) -> None:
+    """Ask the engine model to stop the request with engine_request_key ``key`` (int) or
+    every request with client id ``key`` (str); fire and forget, never raises."""
+    global _send_sock
+    data = _KEY.pack(key) if isinstance(key, int) else key.encode()
     try:
-        for resp in stop.exec(decoupled=True):
-            if resp.has_error():
-                log.warning("stopping engine request %s: %s", key if key is not None else
-                            request_id, resp.error().message())
-    except Exception:  # noqa: BLE001 - never fail the caller's step over it
-        log.warning("stopping engine request %s failed", key if key is not None else request_id,
+        if _send_sock is None:
+            _send_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        _send_sock.sendto(data, stop_address(engine_model))
+    except OSError:
+        log.warning("cannot reach %s's stop socket for request %s", engine_model, key,
                     exc_info=True)
+
+
+class StopSocket:
+    """In the engine model: the bound stop socket, read without blocking by the serving
+    core's sender thread at its cancellation poll (no thread of its own). An 8-byte
+    datagram is an engine_request_key, anything else a UTF-8 client id."""
+
+    def __init__(self, engine_model: str) -> None:
+        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self._sock.bind(stop_address(engine_model))
+        self._sock.setblocking(False)
+
+    def drain(self) -> list[int | str]:
+        out: list[int | str] = []
+        while True:
+            try:
+                data = self._sock.recv(4096)
+            except (BlockingIOError, OSError):
+                return out
+            if len(data) == _KEY.size:
+                out.append(_KEY.unpack(data)[0])
+            elif data:
+                out.append(data.decode("utf-8", "replace"))
+
+    def close(self) -> None:
+        self._sock.close()
 
 
 def _remember(d: OrderedDict[int, Any], key: int, value: Any) -> None:

@@ -15,6 +15,7 @@ import numpy as np
 from ..errors import InvalidRequestError
 from ..outputs import SequenceUpdate
 from .base import EngineModel, read_inputs
+from .cancel_forward import StopSocket
 from .convert import ItemRequest, batch_size, item_from_tensors
 from .serving import ItemStream
 
@@ -62,6 +63,16 @@ def sequence_outputs(pb: Any, stream: ItemStream, m: SequenceUpdate, first: bool
 
 
 class TritonPythonModel(EngineModel):
+    def initialize(self, args: dict[str, Any]) -> None:
+        super().initialize(args)
+        # quiet stops from postprocessing and bls (triton/cancel_forward.py)
+        self.core.stops = StopSocket(self.model_name)
+
+    def finalize(self) -> None:
+        super().finalize()
+        if self.core.stops is not None:
+            self.core.stops.close()
+
     def build_outputs(self, stream: ItemStream, m: SequenceUpdate) -> list[Any]:
         first = m.index not in stream.sent_first
         ids = list(m.token_ids)
@@ -86,6 +97,7 @@ class TritonPythonModel(EngineModel):
                     else:
                         self.core.cancel_client_id(request.request_id() or "")
                     request.get_response_sender().send(
+                        self.pb.InferenceResponse(output_tensors=[]),
                         flags=self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
                     continue
                 items = self.items(tensors)

@@ -21,6 +21,7 @@ from typing import Any, Protocol
 
 from ..engine_loop import EngineLoop
 from ..outputs import SequenceUpdate
+from .cancel_forward import StopSocket
 from .convert import ItemRequest
 
 log = logging.getLogger(__name__)
@@ -80,11 +81,10 @@ class TritonCall:
                 return True
             self.closed = final
             flags = pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL if final else 0
+            if response is None:  # an empty response, never a bare send(flags=...): below
+                response = pb.InferenceResponse(output_tensors=[])
             with self.observer.call_closing() if final else nullcontext():
-                if response is None:
-                    self.sender.send(flags=flags)
-                else:
-                    self.sender.send(response, flags=flags)
+                self.sender.send(response, flags=flags)
             return True
 
     def poll_cancelled(self) -> bool:
@@ -137,6 +137,7 @@ class ServingCore:
                  observer: CallObserver | None = None) -> None:
         self.loop = loop
         self.observer = observer or _NoObserver()
+        self.stops: StopSocket | None = None  # the engine model's stop socket (quiet stops)
         self.pb = pb
         self.build_outputs = build_outputs
         self.stream_interval = max(1, stream_interval)
@@ -188,12 +189,14 @@ class ServingCore:
             if not ids:
                 self._by_client_id.pop(client_id, None)
 
-    def cancel_client_id(self, client_id: str) -> int:
-        """The `stop` input: abort every in-flight request with this client id."""
+    def cancel_client_id(self, client_id: str, quiet: bool = False) -> int:
+        """The `stop` input: abort every in-flight request with this client id; each ends
+        with one CANCELLED response, or with a normal final (finish_reason "abort") when
+        ``quiet`` (a front model that answers its own client: see cancel_key)."""
         with self._cv:
             ids = list(self._by_client_id.get(client_id, []))
             for eid in ids:
-                self._live[eid].call.cancelled = True  # its final response is CANCELLED
+                self._live[eid].call.cancelled = not quiet
         for eid in ids:
             self.loop.abort(eid)
         return len(ids)
@@ -275,9 +278,19 @@ class ServingCore:
             return pb.InferenceResponse(output_tensors=[], error=err)
         if not stream.item.stream and not m.finished:
             return None
+        if m.finished and m.finish_reason == "abort" and not m.token_ids:
+            # nothing to say but FINAL (a quiet stop: the caller answers its client). No
+            # zero-size tensors: a BLS caller's 2.51 stub corrupted its heap on them
+            # ("malloc(): unaligned fastbin chunk detected" under the cancel storm).
+            return None
         return pb.InferenceResponse(output_tensors=self.build_outputs(stream, m))
 
     def _poll_cancelled(self) -> None:
+        for stop in self.stops.drain() if self.stops is not None else ():
+            if isinstance(stop, int):
+                self.cancel_key(stop)
+            else:
+                self.cancel_client_id(stop, quiet=True)
         with self._cv:
             streams = list(self._live.values())
         polled: dict[int, bool] = {}  # one poll per call, whatever its item count

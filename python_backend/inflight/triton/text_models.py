@@ -100,7 +100,7 @@ class PostprocessingModel(_TokenizerModel):
     def initialize(self, args: dict[str, Any]) -> None:
         super().initialize(args)
         engine = raw_parameters(self.model_config).get("engine_model", "engine")
-        self.cancels = CancelForwarder(self.pb, engine)
+        self.cancels = CancelForwarder(engine)
 
     def cancelled(self, request: Any, tensors: dict[str, np.ndarray]) -> bool:
         return self.cancels.cancelled(request, tensors)
