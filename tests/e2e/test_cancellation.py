@@ -107,7 +107,10 @@ def client_sigint(protocol: str) -> Callable[[object, str], None]:
             [sys.executable, "-m", "inflight.client.cli", PROMPT, "--model", model,
              "--protocol", protocol, "--url", url, "--max-tokens", str(MAX_TOKENS),
              "--ignore-eos", "--temperature", "0"],
-            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+            # as in a terminal: a shell's background job (nohup ... &, some CI runners)
+            # starts children with SIGINT ignored, and Ctrl-C would then do nothing
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
         try:
             assert proc.stdout is not None and proc.stdout.read(1), "no text before Ctrl-C"
             proc.send_signal(signal.SIGINT)

@@ -511,7 +511,7 @@ def wait_not_ready(server, timeout: float = 30.0) -> None:
         try:
             if http(server, "/v2/health/ready") != 200:
                 return
-        except urllib.error.URLError:  # the HTTP endpoint closed already
+        except OSError:  # the HTTP endpoint closed or reset the connection: shutting down
             return
         assert time.monotonic() < deadline, "the server stayed ready after SIGTERM"
         time.sleep(0.05)
