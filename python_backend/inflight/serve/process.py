@@ -287,6 +287,9 @@ class TritonServer:
         self.reaped = sorted(_group_members(pgid))
         if self.reaped:
             _kill_group(pgid)
+            deadline = time.monotonic() + grace  # SIGKILL is asynchronous: return once dead
+            while _group_members(pgid) and time.monotonic() < deadline:
+                time.sleep(0.01)
             print(f"inflight: tritonserver left {len(self.reaped)} process(es) behind "
                   f"({', '.join(map(str, self.reaped))}); killed", file=sys.stderr)
         if self.shm_prefix:

@@ -2,9 +2,10 @@
 
 `ensemble`: postprocessing forwards it (`CancelForwarder`); `bls`: the bls model polls its
 own sender. Both stop the engine request over a local datagram socket that the engine
-model reads (`StopSocket`, `send_stop`), not through Triton:
-BLS `stop` requests sent while BLS streams from the engine were in flight deadlocked
-tritonserver 2.51 (the cancellation storm hung after ~50 bls requests).
+model reads (`StopSocket`, `send_stop`), not through Triton: BLS `stop` requests sent while
+BLS streams from the engine were in flight deadlocked tritonserver 2.51 (the cancellation
+storm hung after ~50 bls requests). The engine ends such a request quietly (a normal final,
+finish_reason "abort"): the front model answers its own client.
 
 Triton (2.51 and later) does not cancel an ensemble's step that is already running when the
 client cancels (gRPC stream cancel or client exit, HTTP `generate_stream` disconnect): the
@@ -12,10 +13,10 @@ decoupled `engine` would generate up to `max_tokens` for nobody (measured: 480 o
 after a cancel). It does mark every *later* step request as cancelled, and each engine
 response reaches `postprocessing` as such a step. So postprocessing asks
 ``request.is_cancelled()`` (one IPC round trip; at most every `poll_s` per engine request,
-the first response always) and, once it is true, sends the engine a `stop` carrying the
-response's `engine_request_key` (a BLS call) and answers CANCELLED; later responses of that
-request are refused without asking again. The engine then aborts the request within a step
-and frees its KV blocks.
+the first response always) and, once it is true, sends the engine's stop socket the
+response's `engine_request_key` and answers CANCELLED; later responses of that request are
+refused without asking again. The engine reads the socket at its next cancellation poll
+(0.1 s), aborts the request within a step and frees its KV blocks.
 """
 
 from __future__ import annotations
