@@ -28,6 +28,7 @@ class ItemRequest:
 
     prompt: str | list[int]
     params: SamplingParams
+    prompt_text: str | None = None  # the text of a prompt tokenized here (for echo)
     batch_index: int = 0
     stream: bool = False
     exclude_input_in_output: bool = True
@@ -245,6 +246,10 @@ _VLLM_FIELDS: dict[str, type] = {
     "stop": list, "stop_token_ids": list, "bad_words": list,
     "include_stop_str_in_output": bool, "skip_special_tokens": bool,
 }
+# Request options in sampling_parameters that are not sampling: how the prompt is tokenized.
+# add_special_tokens=false (as in vLLM's OpenAI server) for a prompt rendered by a chat
+# template, which already holds the BOS token as text.
+_VLLM_PROMPT_OPTIONS: dict[str, type] = {"add_special_tokens": bool}
 _VLLM_IGNORED = {"best_of", "use_beam_search", "length_penalty", "early_stopping",
                  "spaces_between_special_tokens", "prompt_logprobs", "detokenize"}
 
@@ -286,7 +291,9 @@ def _coerce(name: str, typ: type, v: Any) -> Any:
     return out
 
 
-def sampling_from_json(raw: str) -> SamplingParams:
+def sampling_from_json(raw: str, options: dict[str, Any] | None = None) -> SamplingParams:
+    """vLLM-contract JSON -> SamplingParams; prompt options (`_VLLM_PROMPT_OPTIONS`) go to
+    ``options`` when given."""
     if len(raw) > MAX_JSON_BYTES:
         raise InvalidRequestError("sampling_parameters", f"is {len(raw)} bytes; at most {MAX_JSON_BYTES}")
     try:
@@ -300,6 +307,10 @@ def sampling_from_json(raw: str) -> SamplingParams:
     kw: dict[str, Any] = {}
     for k, v in obj.items():
         if k in _VLLM_IGNORED or v is None:
+            continue
+        if k in _VLLM_PROMPT_OPTIONS:
+            if options is not None:
+                options[k] = _coerce(k, _VLLM_PROMPT_OPTIONS[k], v)
             continue
         if k not in _VLLM_FIELDS:
             raise InvalidRequestError(f"sampling_parameters.{k}",

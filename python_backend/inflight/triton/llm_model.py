@@ -35,18 +35,28 @@ def read_flags(tensors: dict[str, np.ndarray], defaults: dict[str, bool]) -> dic
 
 
 def llm_item(tensors: dict[str, np.ndarray], defaults: dict[str, bool],
-             default_max_tokens: int | None) -> ItemRequest:
+             default_max_tokens: int | None, tokenizer: Any = None) -> ItemRequest:
     if "text_input" not in tensors:
         raise InvalidRequestError("text_input", "is required")
     prompt = prompt_text(tensors, "text_input", 0)
     raw = text_item(tensors, "sampling_parameters", 0) if "sampling_parameters" in tensors else ""
-    params = sampling_from_json(raw)
+    options: dict[str, Any] = {}
+    params = sampling_from_json(raw, options)
+    engine_prompt: str | list[int] = prompt
+    if not options.get("add_special_tokens", True):  # no BOS added: the text has its own
+        if tokenizer is None:
+            raise InvalidRequestError("sampling_parameters.add_special_tokens",
+                                      "false needs the model's tokenizer")
+        engine_prompt = list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        if not engine_prompt:
+            raise InvalidRequestError("text_input", "tokenizes to no tokens; send a non-empty prompt")
     if params.max_tokens is None and default_max_tokens is not None:
         params.max_tokens = default_max_tokens
     flags = read_flags(tensors, defaults)
     if flags.get("return_logprobs") and params.logprobs is None:
         params.logprobs = 0
-    return ItemRequest(prompt=prompt, params=params, stream=flags["stream"],
+    return ItemRequest(prompt=engine_prompt, params=params, stream=flags["stream"],
+                       prompt_text=prompt,
                        exclude_input_in_output=flags["exclude_input_in_output"],
                        return_num_input_tokens=flags.get("return_num_input_tokens", False),
                        return_num_output_tokens=flags.get("return_num_output_tokens", False),
@@ -58,7 +68,7 @@ class TritonPythonModel(EngineModel):
         item, f = stream.item, stream.item.flags
         text = m.text
         if m.index not in stream.sent_first and not item.exclude_input_in_output:
-            text = (item.prompt if isinstance(item.prompt, str) else "") + text
+            text = (item.prompt_text or (item.prompt if isinstance(item.prompt, str) else "")) + text
         t = self.pb.Tensor
         out = [t("text_output", np.array([text.encode("utf-8")], dtype=object))]
         if f.get("return_finish_reason") and m.finished:
@@ -80,7 +90,8 @@ class TritonPythonModel(EngineModel):
         for request in requests:
             try:
                 tensors = read_inputs(self.pb, request, self.inputs)
-                item = llm_item(tensors, defaults, self.serving.default_max_tokens)
+                item = llm_item(tensors, defaults, self.serving.default_max_tokens,
+                                self.tokenizer)
             except Exception as e:  # noqa: BLE001 - the client gets the message
                 self.reject(request, e)
                 continue
