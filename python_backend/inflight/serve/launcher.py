@@ -157,8 +157,21 @@ def _add_serve_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="print the tritonserver command and environment, do not start it",
     )
+    _add_openai_arguments(parser)
     parser.set_defaults(func=serve_main, tritonserver_args=[])
     _pass_unknown_flags_through(parser)
+
+
+def _add_openai_arguments(parser: argparse.ArgumentParser) -> None:
+    """``--openai-port`` and the front end's options (frontends/openai/server.py)."""
+    try:
+        from inflight.frontends.openai.server import add_frontend_options
+    except ImportError:  # the `openai` extra (fastapi, uvicorn) is not installed
+        return
+    group = parser.add_argument_group(
+        "OpenAI API", "an OpenAI-compatible server (inflight openai) started once tritonserver "
+        "is ready, stopped with it")
+    add_frontend_options(group, port_flag="--openai-port")
 
 
 def _pass_unknown_flags_through(parser: argparse.ArgumentParser) -> None:
@@ -206,6 +219,7 @@ def serve_main(args: argparse.Namespace) -> int:
         server.send_signal(signum)
 
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, signal.SIGTERM)}
+    openai: Any = None
     try:
         try:
             endpoints = server.start(args.repository, **_server_options(args))
@@ -223,11 +237,29 @@ def serve_main(args: argparse.Namespace) -> int:
                 print(f"inflight serve: {exc}", file=sys.stderr)
         else:
             _print_ready(endpoints, server.pid)
+            openai = _start_openai(args, endpoints.grpc_url)
         return _exit_code(server.wait())
     finally:
+        if openai is not None:
+            openai.stop()
         server.stop()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+
+
+def _start_openai(args: argparse.Namespace, grpc_url: str) -> Any:
+    """The OpenAI front end as a child process when ``--openai-port`` is set, else None."""
+    if getattr(args, "openai_port", None) is None:
+        return None
+    from inflight.frontends.openai.child import OpenAIChild
+
+    child = OpenAIChild(args, grpc_url)
+    if child.wait_ready():
+        print(f"  OpenAI   {child.url}/v1   (chat/completions, completions, models)", flush=True)
+    else:
+        print("inflight serve: the OpenAI server did not become ready; tritonserver keeps "
+              "running", file=sys.stderr, flush=True)
+    return child
 
 
 def _server_options(args: argparse.Namespace) -> dict[str, Any]:

@@ -33,6 +33,20 @@ BOS = "<|begin_of_text|>"
 EOS = "<|end_of_text|>"
 PAD = "<|pad|>"
 SPECIAL_TOKENS = (BOS, EOS, PAD)
+# A small chat template (role markers as plain text, the BOS token as text, tools listed in
+# a system block, Hermes-style <tool_call> for assistant tool calls), so chat requests are
+# testable; the tiny model has random weights, so what it answers is still gibberish.
+CHAT_TEMPLATE = (
+    "{{- bos_token }}"
+    "{%- if tools %}<|system|>\nTools:\n{% for t in tools %}{{ t | tojson }}\n{% endfor %}"
+    "Call one as <tool_call>{\"name\": ..., \"arguments\": {...}}</tool_call>\n"
+    "{{ eos_token }}{% endif %}"
+    "{%- for m in messages %}<|{{ m.role }}|>\n"
+    "{%- if m.content %}{{ m.content }}{% endif %}"
+    "{%- for c in m.tool_calls or [] %}<tool_call>{{ c.function | tojson }}</tool_call>"
+    "{%- endfor %}\n{{ eos_token }}{% endfor %}"
+    "{%- if add_generation_prompt %}<|assistant|>\n{% endif %}"
+)
 BPE_VOCAB_SIZE = 1533  # + 3 special tokens appended after training = 1536
 MAX_POSITIONS = 512
 
@@ -146,6 +160,7 @@ def build_tokenizer(out_dir: str) -> PreTrainedTokenizerFast:
         clean_up_tokenization_spaces=False,  # keep decode(encode(s)) == s
         model_max_length=MAX_POSITIONS,
     )
+    tok.chat_template = CHAT_TEMPLATE
     tok.save_pretrained(out_dir)
     _patch_tokenizer_config(out_dir)
     return tok

@@ -1,0 +1,1 @@
+"""Front ends in front of the engine core: the OpenAI-compatible HTTP server (`openai/`)."""
