@@ -109,7 +109,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     for mod, fn in (("serve.launcher", "add_serve_parser"), ("repo", "add_repo_parser"),
                     ("demo", "add_demo_parser"), ("bench.cli", "add_bench_parser"),
-                    ("soak", "add_soak_parser")):
+                    ("soak", "add_soak_parser"),
+                    ("frontends.openai.server", "add_openai_parser")):
         try:  # a command whose optional extras are missing is left out, not fatal
             register = getattr(importlib.import_module(f"inflight.{mod}"), fn)
         except ImportError:

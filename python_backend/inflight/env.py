@@ -38,3 +38,8 @@ def allow_fault_injection() -> bool:
     Unset in production, so a repository parameter alone can never break a live engine.
     """
     return _get("ALLOW_FAULT_INJECTION", "0") == "1"
+
+
+def openai_api_key() -> str:
+    """The OpenAI front end's API key (``inflight openai``), kept out of the process list."""
+    return _get("OPENAI_API_KEY")

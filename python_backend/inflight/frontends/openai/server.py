@@ -97,9 +97,15 @@ def child_env(a: argparse.Namespace) -> dict[str, str]:
 
 
 def run(cfg: OpenAIConfig) -> int:
-    import uvicorn
+    try:
+        import uvicorn
 
-    from .app import build_app
+        from .app import build_app
+    except ImportError as e:
+        from ...errors import ConfigError
+
+        raise ConfigError(f"the OpenAI server needs the 'openai' extra ({e.name} is missing): "
+                          "pip install 'inflight[openai]'") from None
 
     app = build_app(cfg)
     server = uvicorn.Server(uvicorn.Config(
