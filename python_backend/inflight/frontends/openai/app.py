@@ -96,12 +96,17 @@ async def parse_body(request: Request, model: type[BaseModel]) -> Any:
         raise bad_request(f"{param or 'body'}: {first.get('msg')}", param=param) from None
 
 
-def build_app(cfg: OpenAIConfig, bridge: TritonBridge | None = None) -> FastAPI:
-    bridge = bridge or TritonBridge(cfg.triton_url, cfg.grpc_channels)
-    registry = ModelRegistry(cfg, bridge)
+def build_app(cfg: OpenAIConfig) -> FastAPI:
+    bridge: TritonBridge
+    registry: ModelRegistry
 
     @asynccontextmanager
-    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        nonlocal bridge, registry
+        # gRPC aio channels belong to the loop that creates them: uvicorn's, started by now
+        bridge = TritonBridge(cfg.triton_url, cfg.grpc_channels)
+        registry = ModelRegistry(cfg, bridge)
+        app.state.registry, app.state.bridge = registry, bridge
         try:
             await registry.refresh()
             log.info("serving models: %s", ", ".join(registry.models) or "none yet")
@@ -114,8 +119,6 @@ def build_app(cfg: OpenAIConfig, bridge: TritonBridge | None = None) -> FastAPI:
     app = FastAPI(title="inflight OpenAI-compatible API", lifespan=lifespan,
                   docs_url=None, redoc_url=None, openapi_url=None)
     app.add_middleware(GuardMiddleware, api_key=cfg.api_key, max_body=cfg.max_body_bytes)
-    app.state.registry = registry
-    app.state.bridge = bridge
 
     @app.exception_handler(OpenAIError)
     async def _openai_error(_: Request, e: OpenAIError) -> Response:

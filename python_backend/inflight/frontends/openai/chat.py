@@ -44,6 +44,21 @@ class _Choice:
         self.reason: str | None = None
         self.calls = 0  # tool calls sent so far (their stream index)
         self.started = False
+        self.blank = ""  # whitespace-only content held back while parsing tool calls
+
+    def content(self, text: str, final: bool) -> str:
+        """Streamed content with tool parsing: whitespace alone waits for real text (the
+        non-streamed answer drops whitespace-only content next to tool calls)."""
+        if self.parser is None:
+            return text
+        if text and not text.strip():
+            self.blank += text
+            text = ""
+        elif text:
+            text, self.blank = self.blank + text, ""
+        if final and self.calls == 0:
+            text, self.blank = text + self.blank, ""
+        return text
 
 
 async def create_chat(req: ChatCompletionRequest, model: ServedModel, bridge: TritonBridge,
@@ -94,14 +109,14 @@ async def create_chat(req: ChatCompletionRequest, model: ServedModel, bridge: Tr
         events: list[str | ToolCallOut] = [piece.text] if c.parser is None else \
             c.parser.feed(piece.text) + (c.parser.finish() if piece.final else [])
         delta: dict[str, Any] = {}
-        text = "".join(e for e in events if isinstance(e, str))
-        if text:
-            delta["content"] = text
         calls = []
         for e in events:
             if isinstance(e, ToolCallOut):
                 calls.append({"index": c.calls, **e.to_openai()})
                 c.calls += 1
+        text = c.content("".join(e for e in events if isinstance(e, str)), piece.final)
+        if text:
+            delta["content"] = text
         if calls:
             delta["tool_calls"] = calls
         lps = {"content": chat_logprobs(piece.logprobs, k, model.tokens)} \

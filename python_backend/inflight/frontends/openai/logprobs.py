@@ -74,7 +74,10 @@ class CompletionLogprobs:
             text = self.texts.get(tid)[0]
             tokens.append(text)
             lps.append(lp)
-            tops.append({self.texts.get(i)[0]: v for i, v in _top(entries, self.k)})
+            top: dict[str, float] = {}
+            for i, v in _top(entries, self.k):  # best first; tokens with equal text keep it
+                top.setdefault(self.texts.get(i)[0], v)
+            tops.append(top)
             offsets.append(self.offset)
             self.offset += len(text)
         return {"tokens": tokens, "token_logprobs": lps, "top_logprobs": tops,
