@@ -120,9 +120,11 @@ def _cmd_serve(a: argparse.Namespace) -> int:
           else token_norm_dist(a.num_requests, a.isl, a.osl, vocab, seed=a.seed))
     prompts = [tok.decode(p) for p in wl.prompts]
     os.makedirs(a.out, exist_ok=True)
-    res = run_serve(a.url, a.served_model, prompts, wl.output_lens, rate=a.rate,
-                    concurrency=a.concurrency, streams=a.streams, seed=a.seed)
-    name = f"serve-{a.served_model}-{a.dataset}-{a.num_requests}"
+    url = a.url or ("localhost:9000" if a.endpoint == "openai" else "localhost:8001")
+    res = run_serve(url, a.served_model, prompts, wl.output_lens, rate=a.rate,
+                    concurrency=a.concurrency, streams=a.streams, seed=a.seed,
+                    endpoint=a.endpoint, api_key=os.environ.get("OPENAI_API_KEY", "none"))
+    name = f"serve-{a.endpoint}-{a.served_model}-{a.dataset}-{a.num_requests}"
     plot = report.plot_latencies({"TTFT": res["_ttft"], "ITL": res["_itl"], "TPOT": res["_tpot"]},
                                  os.path.join(a.out, f"{name}.png"), name)
     _finish("serve", res, a.out, name, [plot])
@@ -215,7 +217,12 @@ def add_bench_parser(sub: Any) -> argparse.ArgumentParser:
     ru.add_argument("--repeats", type=int, default=3)
     ru.set_defaults(func=_cmd_profile, command_name="reuse")
     s = bs.add_parser("serve", help="drive a running tritonserver with tritonclient streaming")
-    s.add_argument("--url", default="localhost:8001", help="gRPC host:port")
+    s.add_argument("--endpoint", default="grpc", choices=["grpc", "openai"],
+                   help="grpc: Triton's gRPC stream (--url host:8001); openai: the OpenAI front "
+                   "end's streamed /v1/completions (--url host:9000; key from $OPENAI_API_KEY)")
+    s.add_argument("--url", default=None,
+                   help="Triton gRPC host:port (default localhost:8001), or the OpenAI server's "
+                   "host:port with --endpoint openai (default localhost:9000)")
     s.add_argument("--served-model", default="ensemble", help="ensemble | llm | bls")
     s.add_argument("--dataset", default="sharegpt", choices=["sharegpt", "fixed"])
     s.add_argument("--num-requests", type=int, default=1000)

@@ -126,17 +126,32 @@ async def _run(url: str, model: str, kind: str, prompts: list[str], max_tokens: 
 
 
 def run_serve(url: str, model: str, prompts: list[str], max_tokens: list[int], *, rate: float = float("inf"),
-              concurrency: int = 256, streams: int = 4, seed: int = 0) -> dict[str, Any]:
-    kind = "llm" if model == "llm" else "ensemble"
-    traces, wall = asyncio.run(_run(url, model, kind, prompts, max_tokens, rate,
-                                    min(concurrency, len(prompts)), min(streams, len(prompts)), seed))
+              concurrency: int = 256, streams: int = 4, seed: int = 0,
+              endpoint: str = "grpc", api_key: str = "none") -> dict[str, Any]:
+    """``endpoint`` grpc: Triton's gRPC stream to ``model``; openai: the OpenAI front end at
+    ``url`` (streamed /v1/completions, the same prompts and token counts)."""
+    traces: list[Any]
+    if endpoint == "openai":
+        from ..client.openai_load import run_openai, summarize_errors
+
+        traces, wall = asyncio.run(run_openai(url, model, prompts, max_tokens, rate=rate,
+                                              concurrency=min(concurrency, len(prompts)),
+                                              seed=seed, api_key=api_key))
+        n_err, first = summarize_errors(traces)
+        if n_err:
+            print(f"{n_err} request(s) failed; first error: {first}", file=sys.stderr)
+    else:
+        kind = "llm" if model == "llm" else "ensemble"
+        traces, wall = asyncio.run(_run(url, model, kind, prompts, max_tokens, rate,
+                                        min(concurrency, len(prompts)),
+                                        min(streams, len(prompts)), seed))
     ok = [t for t in traces if t.error is None and t.done and t.times]
     ttft = [t.times[0] - t.sent for t in ok]
     e2e = [t.times[-1] - t.sent for t in ok]
     itl = [b - a for t in ok for a, b in zip(t.times, t.times[1:])]
     tpot = [(t.times[-1] - t.times[0]) / (t.output_tokens - 1) for t in ok if t.output_tokens > 1]
     out_tokens = sum(t.output_tokens for t in ok)
-    return {"model": model, "requests": len(traces), "errors": len(traces) - len(ok),
+    return {"model": model, "endpoint": endpoint, "requests": len(traces), "errors": len(traces) - len(ok),
             "wall_s": wall, "output_tokens": out_tokens, "output_tok_s": out_tokens / wall,
             "req_s": len(ok) / wall, "rate": rate, "concurrency": concurrency,
             "ttft_s": percentiles(ttft), "itl_s": percentiles(itl), "tpot_s": percentiles(tpot),
