@@ -18,14 +18,21 @@ from typing import Any
 from .config import ModelConfig
 from .errors import ConfigError, did_you_mean
 from .model_source import resolve_model
-from .triton.contract import ENGINE_PARAMS
+from .triton.contract import ENGINE_PARAMS, shim_text
 from .triton.params import load_config, raw_parameters
 
-LAYOUTS = {"ensemble": ["preprocessing", "engine", "postprocessing", "ensemble", "bls"],
+LAYOUTS = {"ensemble": ["preprocessing", "engine", "postprocessing", "ensemble", "bls", "ensemble_unary"],
            "llm": ["llm"]}
+# --profile: whose names and defaults the repository speaks (docs/compatibility.md)
+PROFILES = {"inflight": {"ensemble", "llm"}, "trtllm": {"ensemble"}}
+TRTLLM_MODELS = ["preprocessing", "tensorrt_llm", "postprocessing", "ensemble", "tensorrt_llm_bls",
+                 "ensemble_unary"]
+# a profile's defaults where they differ from inflight's (the user's --set wins)
+PROFILE_DEFAULTS = {"trtllm": {"exclude_input_in_output": "false", "engine_model": "tensorrt_llm"}}
 SERVER_KEYS = ["triton_max_batch_size", "instance_count", "preprocessing_model", "engine_model",
-               "postprocessing_model"]
-DEFAULTS = {"triton_max_batch_size": "64", "instance_count": "1"}
+               "postprocessing_model", "add_special_tokens", "skip_special_tokens"]
+DEFAULTS = {"triton_max_batch_size": "64", "instance_count": "1", "decoupled_mode": "true"}
+_TRUE = ("true", "1", "yes")
 _PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
 
 
@@ -76,26 +83,61 @@ def _drop_unfilled_params(text: str) -> str:
     return re.sub(r'parameters \{\n  key: "\w+"\n  value: \{ string_value: "\$\{\w+\}" \}\n\}\n', "", text)
 
 
+def _models(profile: str, layout: str) -> dict[str, tuple[str, str | None]]:
+    """{model name: (config template, shim line or None for a file to copy)}."""
+    if profile == "trtllm":
+        from .triton import trtllm_contract
+
+        tpl = trtllm_contract.templates()
+        return {n: (tpl[n], trtllm_contract.SHIMS.get(n)) for n in TRTLLM_MODELS}
+    src = templates_dir()
+    out = {}
+    for name in LAYOUTS[layout]:
+        with open(os.path.join(src, name, "config.pbtxt"), encoding="utf-8") as f:
+            out[name] = (f.read(), None)
+    return out
+
+
+def _unary(name: str, text: str) -> tuple[str, str | None]:
+    """decoupled_mode=false: the model becomes unary (the engine gathers its sequences; bls
+    becomes the unary front model, which calls the unary engine)."""
+    text = text.replace("model_transaction_policy {\n  decoupled: true\n}\n", "")
+    if name in ("bls", "tensorrt_llm_bls"):
+        return text, "from inflight.triton.unary_model import TritonPythonModel"
+    return text, None
+
+
 def build(model: str, out: str, layout: str = "ensemble", values: dict[str, str] | None = None,
-          force: bool = False) -> str:
-    if layout not in LAYOUTS:
-        raise ConfigError(f"layout must be one of {sorted(LAYOUTS)}, got {layout!r}")
+          force: bool = False, profile: str = "inflight") -> str:
+    if profile not in PROFILES:
+        raise ConfigError(f"profile must be one of {sorted(PROFILES)}, got {profile!r}")
+    if layout not in PROFILES[profile]:
+        raise ConfigError(f"profile {profile!r} has layout(s) {sorted(PROFILES[profile])}, not {layout!r}")
     model = os.path.abspath(resolve_model(model))
     ModelConfig.from_hf(model)  # the checkpoint as model load will read it
-    vals = {**DEFAULTS, "model_path": model, "tokenizer_dir": model, **(values or {})}
-    validate(vals)
+    vals = {**DEFAULTS, **PROFILE_DEFAULTS.get(profile, {}), "model_path": model,
+            "tokenizer_dir": model, "profile": profile, **(values or {})}
+    validate({k: v for k, v in vals.items() if k != "profile"})
+    decoupled = vals["decoupled_mode"].lower() in _TRUE
     if os.path.exists(out) and os.listdir(out) and not force:
         raise ConfigError(f"{out!r} exists and is not empty; pass --force to overwrite")
     src = templates_dir()
-    for name in LAYOUTS[layout]:
+    for name, (template, shim_line) in _models(profile, layout).items():
+        if not decoupled and name == "ensemble_unary":
+            continue  # every model is unary already
+        if not decoupled:
+            template, unary_shim = _unary(name, template)
+            shim_line = unary_shim or shim_line
         dst = os.path.join(out, name)
         os.makedirs(os.path.join(dst, "1"), exist_ok=True)
-        with open(os.path.join(src, name, "config.pbtxt"), encoding="utf-8") as f:
-            text = _drop_unfilled_params(fill_text(f.read(), vals))
+        text = _drop_unfilled_params(fill_text(template, vals))
         with open(os.path.join(dst, "config.pbtxt"), "w", encoding="utf-8") as f:
             f.write(text)
         shim = os.path.join(src, name, "1", "model.py")
-        if os.path.isfile(shim):
+        if shim_line is not None:
+            with open(os.path.join(dst, "1", "model.py"), "w", encoding="utf-8") as f:
+                f.write(shim_text(shim_line))
+        elif os.path.isfile(shim):
             shutil.copyfile(shim, os.path.join(dst, "1", "model.py"))
     return out
 
@@ -111,11 +153,11 @@ def fill_file(path: str, values: dict[str, str], in_place: bool = True) -> str:
 
 def _cmd_build(a: argparse.Namespace) -> int:
     try:
-        out = build(a.model, a.out, a.layout, parse_sets(a.set), a.force)
+        out = build(a.model, a.out, a.layout, parse_sets(a.set), a.force, a.profile)
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {a.layout} repository to {out}\nstart it with: inflight serve {out}")
+    print(f"wrote {a.profile} {a.layout} repository to {out}\nstart it with: inflight serve {out}")
     return 0
 
 
@@ -138,6 +180,11 @@ def add_repo_parser(sub: Any) -> argparse.ArgumentParser:
     b.add_argument("--model", required=True, help="HF checkpoint directory or tiny:FAMILY")
     b.add_argument("--out", required=True, help="repository directory to write")
     b.add_argument("--layout", default="ensemble", choices=sorted(LAYOUTS))
+    b.add_argument("--profile", default="inflight", choices=sorted(PROFILES),
+                   help="whose contract the repository speaks: inflight (its own names and "
+                   "defaults), trtllm (tensorrtllm_backend's model and tensor names, defaults "
+                   "and parameters: preprocessing, tensorrt_llm, postprocessing, ensemble, "
+                   "tensorrt_llm_bls); docs/compatibility.md")
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help=f"fill a parameter (repeatable); known: {', '.join(known_keys())}")
     b.add_argument("--force", action="store_true", help="overwrite a non-empty --out")

@@ -58,6 +58,9 @@ class SamplingParams:
     return_generation_logits: bool = False
     detokenize: bool = True
     skip_special_tokens: bool = True
+    # additive logit bias {token id: bias} (TensorRT-LLM `embedding_bias`), applied before
+    # penalties and sampling
+    embedding_bias: dict[int, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if isinstance(self.stop, str):
@@ -116,7 +119,8 @@ class SamplingParams:
         for name, ids in (("end_id", [self.end_id]), ("pad_id", [self.pad_id]),
                           ("stop_token_ids", self.stop_token_ids),
                           ("stop_words", [t for s in self.stop_words_ids for t in s]),
-                          ("bad_words", [t for s in self.bad_words_ids for t in s])):
+                          ("bad_words", [t for s in self.bad_words_ids for t in s]),
+                          ("embedding_bias", list(self.embedding_bias))):
             for t in ids:
                 if t is None:
                     continue

@@ -11,7 +11,7 @@ import numpy as np
 
 from ..engine_loop import EngineLoop
 from ..errors import EngineDeadError, InvalidRequestError, QueueFullError
-from .convert import ItemRequest
+from .convert import ItemRequest, client_error
 from .health import EngineWatcher, fault_hook
 from .params import ServingConfig, parse_parameters, raw_parameters
 from .serving import ServingCore
@@ -89,6 +89,8 @@ class EngineModel:
         for item in items:
             try:
                 self.core.submit(call, item, client_id)
+            except InvalidRequestError as e:  # named as the client sent it (issue 12)
+                self.core.fail_item(call, item, triton_error(self.pb, client_error(e, item.names)))
             except Exception as e:  # noqa: BLE001 - reported to this client only
                 self.core.fail_item(call, item, triton_error(self.pb, e))
 

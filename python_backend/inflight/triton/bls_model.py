@@ -22,6 +22,8 @@ from typing import Any
 from ..errors import InvalidRequestError
 from .base import input_names, pb_module, read_inputs, triton_error
 from .cancel_forward import POLL_S, send_stop
+from .convert import refuse_unsupported
+from .front import engine_inputs
 from .params import raw_parameters
 
 _IDS = itertools.count()
@@ -37,6 +39,14 @@ class TritonPythonModel:
         self.engine = params.get("engine_model", "engine")
         self.post = params.get("postprocessing_model", "postprocessing")
         self.outputs = [o["name"] for o in self.model_config.get("output", [])]
+        # TensorRT-LLM profile: the engine takes the peer's names, postprocessing its
+        # TOKENS_BATCH/OUTPUT; tokenization happens here (front.py), one hop fewer
+        self.profile = params.get("profile", "inflight")
+        self.tokenizer = None
+        if self.profile == "trtllm":
+            from ..engine import load_tokenizer
+
+            self.tokenizer = load_tokenizer(params["tokenizer_dir"], False)
 
     def execute(self, requests: list[Any]) -> None:
         for request in requests:
@@ -59,6 +69,13 @@ class TritonPythonModel:
             tensors = read_inputs(pb, request, self.inputs)
             if "text_input" not in tensors:
                 raise InvalidRequestError("text_input", "is required")
+            if self.tokenizer is not None:
+                refuse_unsupported(tensors)
+                tok = self.tokenizer
+                pad = tok.pad_token_id if tok.pad_token_id is not None else 0
+                eng = engine_inputs(tensors, tok, self.profile, pad, len(tok))
+                self._stream(request, sender, [pb.Tensor(k, v) for k, v in eng.items()])
+                return
             pre = self._call(self.pre, [pb.Tensor("text_input", tensors["text_input"])],
                              ["input_ids", "input_lengths"])
             engine_inputs = [pb.get_output_tensor_by_name(pre, "input_ids"),
@@ -93,8 +110,7 @@ class TritonPythonModel:
                     continue
                 if pending is not None:
                     sender.send(pending)
-                post = self._call(self.post, outs, self.outputs)
-                pending = pb.InferenceResponse(output_tensors=post.output_tensors())
+                pending = pb.InferenceResponse(output_tensors=self._postprocess(outs))
         except BaseException:
             if not stopped:  # never leave the engine generating for nobody
                 send_stop(self.engine, rid)
@@ -108,7 +124,21 @@ class TritonPythonModel:
         else:
             sender.send(pb.InferenceResponse(output_tensors=[]), flags=final)
 
+    def _postprocess(self, outs: list[Any]) -> list[Any]:
+        if self.profile != "trtllm":
+            return self._call(self.post, outs, self.outputs).output_tensors()
+        pb = self.pb
+        names = {"output_ids": "TOKENS_BATCH", "sequence_length": "SEQUENCE_LENGTH"}
+        ins = [pb.Tensor(names.get(t.name(), t.name()), t.as_numpy()) for t in outs
+               if t.name() != "engine_request_key"]
+        wanted = ["OUTPUT"] + [n for n in self.outputs if n != "text_output"]
+        post = self._call(self.post, ins, wanted).output_tensors()
+        return [pb.Tensor("text_output", t.as_numpy()) if t.name() == "OUTPUT" else t for t in post]
+
     def _engine_outputs(self) -> list[str]:
+        if self.profile == "trtllm":  # every result output the client may ask for
+            return ["output_ids", "sequence_length", "text_delta"] + [
+                n for n in self.outputs if n != "text_output"]
         return ["output_ids", "sequence_length", "text_delta", "batch_index", "sequence_index",
                 "finish_reason", "cum_log_probs", "output_log_probs", "num_input_tokens",
                 "num_output_tokens"]

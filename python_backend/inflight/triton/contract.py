@@ -38,7 +38,7 @@ RESULT_OUTPUTS: list[Spec] = [
     ("batch_index", "TYPE_INT32", [1], False), ("sequence_index", "TYPE_INT32", [1], False),
     ("finish_reason", "TYPE_STRING", [1], False),
     ("num_input_tokens", "TYPE_INT32", [1], False), ("num_output_tokens", "TYPE_INT32", [1], False),
-    ("kv_cache_reused_block", "TYPE_INT32", [1], False),
+    ("kv_cache_reused_blocks", "TYPE_INT32", [1], False),
     ("kv_cache_alloc_new_blocks", "TYPE_INT32", [1], False),
     ("kv_cache_alloc_total_blocks", "TYPE_INT32", [1], False),
     ("arrival_time_ns", "TYPE_INT64", [1], False), ("first_scheduled_time_ns", "TYPE_INT64", [1], False),
@@ -94,7 +94,7 @@ ENGINE_PARAMS = ["model_path", "tokenizer_dir", "dtype", "device", "load_format"
                  "stream_interval", "attention_backend", "enforce_eager", "overlap_scheduler",
                  "max_num_return_sequences",
                  "max_logprobs", "default_max_tokens", "trust_remote_code",
-                 "allow_trust_remote_code"]
+                 "allow_trust_remote_code", "decoupled_mode"]
 
 
 def _io(kind: str, specs: list[Spec]) -> str:
@@ -140,8 +140,13 @@ def _ensemble() -> str:
             + "ensemble_scheduling {\n  step [\n" + steps + "  ]\n}\n")
 
 
+TOKENIZER_PARAMS = ["tokenizer_dir", "trust_remote_code", "allow_trust_remote_code"]
+# the unary front model (triton/unary_model.py): the ensemble contract, non-decoupled
+UNARY_PARAMS = TOKENIZER_PARAMS + ["engine_model", "profile", "decoupled_mode"]
+
+
 def templates() -> dict[str, str]:
-    tok = ["tokenizer_dir", "trust_remote_code", "allow_trust_remote_code"]
+    tok = TOKENIZER_PARAMS
     return {
         "preprocessing": _python_model("preprocessing", PRE_INPUTS, PRE_OUTPUTS, tok, False),
         "postprocessing": _python_model("postprocessing", POST_INPUTS, POST_OUTPUTS,
@@ -149,8 +154,11 @@ def templates() -> dict[str, str]:
         "engine": _python_model("engine", ENGINE_INPUTS, ENGINE_OUTPUTS, ENGINE_PARAMS, True, count="1"),
         "ensemble": _ensemble(),
         "bls": _python_model("bls", ENSEMBLE_INPUTS, ENSEMBLE_OUTPUTS,
-                             ["preprocessing_model", "engine_model", "postprocessing_model"], True),
+                             ["preprocessing_model", "engine_model", "postprocessing_model"]
+                             + UNARY_PARAMS, True),
         "llm": _python_model("llm", LLM_INPUTS, LLM_OUTPUTS, ENGINE_PARAMS, True, batch="0", count="1"),
+        "ensemble_unary": _python_model("ensemble_unary", ENSEMBLE_INPUTS, ENSEMBLE_OUTPUTS,
+                                        UNARY_PARAMS, False, count="1"),
     }
 
 
@@ -160,7 +168,12 @@ SHIMS = {
     "engine": "from inflight.triton.engine_model import TritonPythonModel",
     "bls": "from inflight.triton.bls_model import TritonPythonModel",
     "llm": "from inflight.triton.llm_model import TritonPythonModel",
+    "ensemble_unary": "from inflight.triton.unary_model import TritonPythonModel",
 }
+
+
+def shim_text(line: str) -> str:
+    return f'"""Triton shim: the model lives in the inflight package."""\n\n{line}  # noqa: F401\n'
 
 
 def write_templates(root: str) -> None:
@@ -170,8 +183,7 @@ def write_templates(root: str) -> None:
             f.write(text)
         if name in SHIMS:
             with open(os.path.join(root, name, "1", "model.py"), "w", encoding="utf-8") as f:
-                f.write(f'"""Triton shim: the model lives in the inflight package."""\n\n'
-                        f"{SHIMS[name]}  # noqa: F401\n")
+                f.write(shim_text(SHIMS[name]))
 
 
 if __name__ == "__main__":

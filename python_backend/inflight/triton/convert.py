@@ -38,6 +38,9 @@ class ItemRequest:
     return_perf_metrics: bool = False
     return_kv_cache_reuse_stats: bool = False
     flags: dict[str, Any] = field(default_factory=dict)
+    # SamplingParams field -> the tensor (or sampling_parameters key) the client sent, so
+    # that errors raised later (engine admission) name what the client sent
+    names: dict[str, str] = field(default_factory=dict)
 
 
 # name -> (allowed numpy dtype kinds, python cast). Aliases from older TensorRT-LLM releases
@@ -58,9 +61,41 @@ _SCALARS: dict[str, tuple[str, type]] = {
     "exclude_input_in_output": ("b", bool), "return_num_input_tokens": ("b", bool),
     "return_num_output_tokens": ("b", bool), "return_perf_metrics": ("b", bool),
     "return_kv_cache_reuse_stats": ("b", bool), "ignore_eos": ("b", bool),
+    "len_penalty": ("f", float), "early_stopping": ("b", bool), "streaming": ("b", bool),
 }
 _ALIASES = {"request_output_len": "max_tokens", "min_length": "min_tokens",
-            "random_seed": "seed", "runtime_top_k": "top_k", "runtime_top_p": "top_p"}
+            "random_seed": "seed", "runtime_top_k": "top_k", "runtime_top_p": "top_p",
+            "len_penalty": "length_penalty", "streaming": "stream"}
+# SamplingParams fields whose client-side name differs from the field's
+_FIELD_TENSORS = {"n": "num_return_sequences", "stop": "stop_words", "logprobs": "return_log_probs",
+                  "stop_words_ids": "stop_words_list", "bad_words_ids": "bad_words_list"}
+# Peer (TensorRT-LLM) inputs inflight does not implement -> the feature, named in the error
+UNSUPPORTED_FEATURES: dict[str, str] = {}
+
+
+def client_error(e: InvalidRequestError, names: dict[str, str]) -> InvalidRequestError:
+    """``e`` re-worded to name what the client sent (``names``: field -> client name)."""
+    name = names.get(e.field)
+    if not name or name == e.field:
+        return e
+    return InvalidRequestError(name, str(e)[len(e.field) + 2:])
+
+
+def refuse_unsupported(tensors: dict[str, np.ndarray]) -> None:
+    """A peer input inflight cannot honour is an INVALID_ARG naming the feature."""
+    if not UNSUPPORTED_FEATURES:
+        from .trtllm_contract import TRTLLM_ENGINE_UNSUPPORTED
+        UNSUPPORTED_FEATURES.update({k: v[2] for k, v in TRTLLM_ENGINE_UNSUPPORTED.items()})
+    # decoder-only models: the peer's preprocessing always sends decoder_input_ids (a
+    # placeholder); only a non-zero decoder_input_lengths asks for encoder-decoder decoding
+    lens = tensors.get("decoder_input_lengths")
+    no_decoder = lens is None or (lens.dtype.kind in "iu" and not lens.any())
+    for name in tensors:
+        if no_decoder and name in ("decoder_input_ids", "decoder_input_lengths"):
+            continue  # the neutral value the peer's preprocessing sends for decoder-only models
+        if name in UNSUPPORTED_FEATURES:
+            raise InvalidRequestError(name, f"{UNSUPPORTED_FEATURES[name]} is not supported by "
+                                      "inflight yet; leave this input out")
 _INT32 = (-(2**31), 2**31 - 1)
 
 
@@ -157,45 +192,113 @@ def _check_int32(name: str, v: int) -> int:
     return v
 
 
+def token_lists(tensors: dict[str, np.ndarray], name: str, item: int) -> list[list[int]]:
+    """TensorRT-LLM `stop_words_list` / `bad_words_list`: INT32 [B, 2, N] per item, row 0 the
+    concatenated token ids, row 1 the end offset of each word (-1 padding) -> token lists."""
+    if name not in tensors:
+        return []
+    arr = tensors[name]
+    if arr.dtype.kind not in "iu":
+        raise InvalidRequestError(name, f"must be an INT32 tensor [batch, 2, N], got dtype {arr.dtype}")
+    if arr.size == 0:
+        return []
+    a = arr if arr.ndim == 3 else arr.reshape(1, *arr.shape[-2:]) if arr.ndim == 2 else None
+    if a is None or a.shape[1] != 2:
+        raise InvalidRequestError(name, f"must have shape [batch, 2, N], got {list(arr.shape)}")
+    if a.shape[0] > 1 and item >= a.shape[0]:
+        raise InvalidRequestError(name, f"has batch size {a.shape[0]}; item {item} is missing")
+    ids, offsets = a[item if a.shape[0] > 1 else 0].tolist()
+    words, start = [], 0
+    for end in offsets:
+        if end < 0:
+            break
+        if not start <= end <= len(ids):
+            raise InvalidRequestError(name, f"offset {end} is outside the {len(ids)} token ids of row 0")
+        if end > start:
+            words.append([int(t) for t in ids[start:end]])
+        start = end
+    return words
+
+
+def embedding_bias_item(tensors: dict[str, np.ndarray], item: int) -> dict[int, float]:
+    """TensorRT-LLM `embedding_bias`: FP32 [B, V] (a dense additive logit bias; an empty
+    tensor means none) -> {token id: bias} of its non-zero entries."""
+    if "embedding_bias" not in tensors or tensors["embedding_bias"].size == 0:
+        return {}
+    arr = tensors["embedding_bias"]
+    if arr.dtype.kind != "f":
+        raise InvalidRequestError("embedding_bias", f"must be an FP32 tensor, got dtype {arr.dtype}")
+    row = _row(arr, "embedding_bias", item).astype(np.float64)
+    if not np.isfinite(row).all():
+        raise InvalidRequestError("embedding_bias", "must be finite")
+    nz = np.nonzero(row)[0]
+    return {int(i): float(row[i]) for i in nz}
+
+
 def sampling_from_tensors(tensors: dict[str, np.ndarray], item: int, *, require_max_tokens: bool,
-                          max_beam_width: int = 1) -> tuple[SamplingParams, dict[str, Any]]:
-    """TensorRT-LLM contract tensors -> SamplingParams + the return_* flags."""
+                          max_beam_width: int = 1, trtllm_defaults: bool = False
+                          ) -> tuple[SamplingParams, dict[str, Any]]:
+    """TensorRT-LLM contract tensors -> SamplingParams + the return_* flags (+ ``_names``:
+    field -> the tensor the client sent, for error messages)."""
     vals: dict[str, Any] = {}
+    names: dict[str, str] = dict(_FIELD_TENSORS)
     for name in _SCALARS:
         if name in tensors:
-            vals[_ALIASES.get(name, name)] = scalar(tensors, name, item)
+            field_name = _ALIASES.get(name, name)
+            vals[field_name] = scalar(tensors, name, item)
+            names[field_name] = name
     if "max_tokens" not in vals:
         if require_max_tokens:
-            raise InvalidRequestError("max_tokens", "is required (an INT32 >= 1); there is no default")
+            engine = "input_ids" in tensors  # the engine's name for it is request_output_len
+            raise InvalidRequestError("request_output_len" if engine else "max_tokens",
+                                      "is required (an INT32 >= 1); there is no default")
         vals["max_tokens"] = 16
     for name in ("max_tokens", "min_tokens", "top_k", "end_id", "pad_id", "beam_width",
                  "num_return_sequences"):
         if name in vals:
-            _check_int32(name, vals[name])
+            _check_int32(names.get(name, name), vals[name])
+    if vals.get("top_p") == 0.0:  # TensorRT-LLM: top_p 0 means "not set" (its clients send it)
+        vals["top_p"] = 1.0
+    if trtllm_defaults and not vals.get("top_k") and vals.get("top_p", 1.0) == 1.0:
+        vals["temperature"] = 0.0  # TensorRT-LLM: no top_k / top_p is greedy decoding
     beam = vals.pop("beam_width", 1)
     if not 1 <= beam <= max_beam_width:
         raise InvalidRequestError("beam_width", f"must be in [1, {max_beam_width}] (beam search is "
                                   f"not supported; max_beam_width={max_beam_width}), got {beam}")
     vals.pop("length_penalty", None)  # only meaningful for beam search
+    vals.pop("early_stopping", None)  # likewise
     flags = {k: vals.pop(k) for k in list(vals) if k.startswith("return_") or k in
              ("stream", "exclude_input_in_output")}
+    if "stop_words_list" not in tensors:
+        names["stop_words_ids"] = "stop_words"
+    if "bad_words_list" not in tensors:
+        names["bad_words_ids"] = "bad_words"
     end_id = vals.pop("end_id", None)
-    sp = SamplingParams(
-        max_tokens=vals.get("max_tokens"), min_tokens=vals.get("min_tokens", 0),
-        temperature=vals.get("temperature", 1.0), top_k=vals.get("top_k", 0),
-        top_p=vals.get("top_p", 1.0), min_p=vals.get("min_p", 0.0),
-        repetition_penalty=vals.get("repetition_penalty", 1.0),
-        presence_penalty=vals.get("presence_penalty", 0.0),
-        frequency_penalty=vals.get("frequency_penalty", 0.0),
-        seed=vals.get("seed"), end_id=end_id, pad_id=vals.get("pad_id"),
-        ignore_eos=bool(vals.get("ignore_eos", False)),
-        stop=word_list(tensors, "stop_words", item),
-        bad_words=word_list(tensors, "bad_words", item),
-        n=vals.get("num_return_sequences", 1),
-        logprobs=0 if flags.get("return_log_probs") else None,
-        return_context_logits=bool(flags.get("return_context_logits", False)),
-        return_generation_logits=bool(flags.get("return_generation_logits", False)),
-    )
+    try:
+        sp = SamplingParams(
+            max_tokens=vals.get("max_tokens"), min_tokens=vals.get("min_tokens", 0),
+            temperature=vals.get("temperature", 1.0), top_k=vals.get("top_k", 0),
+            top_p=vals.get("top_p", 1.0), min_p=vals.get("min_p", 0.0),
+            repetition_penalty=vals.get("repetition_penalty", 1.0),
+            presence_penalty=vals.get("presence_penalty", 0.0),
+            frequency_penalty=vals.get("frequency_penalty", 0.0),
+            seed=vals.get("seed"), end_id=end_id, pad_id=vals.get("pad_id"),
+            ignore_eos=bool(vals.get("ignore_eos", False)),
+            stop=word_list(tensors, "stop_words", item),
+            stop_words_ids=token_lists(tensors, "stop_words_list", item),
+            bad_words=word_list(tensors, "bad_words", item),
+            bad_words_ids=token_lists(tensors, "bad_words_list", item),
+            n=vals.get("num_return_sequences", 1),
+            logprobs=0 if flags.get("return_log_probs") else None,
+            return_context_logits=bool(flags.get("return_context_logits", False)),
+            return_generation_logits=bool(flags.get("return_generation_logits", False)),
+        )
+    except InvalidRequestError as e:
+        raise client_error(e, names) from None
+    bias = embedding_bias_item(tensors, item)
+    if bias:
+        sp.embedding_bias = bias
+    flags["_names"] = names
     return sp, flags
 
 
@@ -219,12 +322,14 @@ def input_ids_item(tensors: dict[str, np.ndarray], item: int) -> list[int]:
 
 
 def item_from_tensors(tensors: dict[str, np.ndarray], item: int, *, text_input: str | None,
-                      defaults: dict[str, bool], max_beam_width: int = 1) -> ItemRequest:
+                      defaults: dict[str, bool], max_beam_width: int = 1,
+                      trtllm_defaults: bool = False) -> ItemRequest:
     """One batch item of an `ensemble` (text_input) or `engine` (input_ids) request."""
     prompt: str | list[int] = (prompt_text(tensors, text_input, item) if text_input
                                else input_ids_item(tensors, item))
     sp, flags = sampling_from_tensors(tensors, item, require_max_tokens=True,
-                                      max_beam_width=max_beam_width)
+                                      max_beam_width=max_beam_width, trtllm_defaults=trtllm_defaults)
+    names = flags.pop("_names")
     return ItemRequest(
         prompt=prompt, params=sp, batch_index=item,
         stream=bool(flags.get("stream", False)),
@@ -235,6 +340,7 @@ def item_from_tensors(tensors: dict[str, np.ndarray], item: int, *, text_input: 
         return_log_probs=bool(flags.get("return_log_probs", False)),
         return_perf_metrics=bool(flags.get("return_perf_metrics", False)),
         return_kv_cache_reuse_stats=bool(flags.get("return_kv_cache_reuse_stats", False)),
+        names=names,
     )
 
 

@@ -16,7 +16,8 @@ from ..errors import InvalidRequestError
 from ..outputs import SequenceUpdate
 from .base import EngineModel, read_inputs
 from .cancel_forward import StopSocket
-from .convert import ItemRequest, batch_size, item_from_tensors
+from .convert import ItemRequest, batch_size, item_from_tensors, refuse_unsupported
+from .gather import GatheringRequest, GatheringSender
 from .serving import ItemStream
 
 
@@ -29,8 +30,15 @@ def _bool_input(tensors: dict[str, np.ndarray], name: str) -> bool:
     return bool(arr.reshape(-1)[0])
 
 
-def sequence_outputs(pb: Any, stream: ItemStream, m: SequenceUpdate, first: bool) -> list[Any]:
-    """Per-response tensors shared by `engine` and the ensemble contract (batch dim 1)."""
+def sequence_outputs(pb: Any, stream: ItemStream, m: SequenceUpdate, first: bool,
+                     declared: frozenset[str] = frozenset()) -> list[Any]:
+    """Per-response tensors shared by `engine` and the ensemble contract (batch dim 1).
+
+    ``declared``: the model's output names. Where the TensorRT-LLM profile declares its
+    speculative-decoding outputs (`acceptance_rate`, ...), `return_perf_metrics` also returns
+    the KV-reuse stats and those outputs with their neutral values (no speculation here), as
+    the peer does.
+    """
     item = stream.item
     t = pb.Tensor
     out = [t("batch_index", np.array([[item.batch_index]], dtype=np.int32)),
@@ -46,19 +54,26 @@ def sequence_outputs(pb: Any, stream: ItemStream, m: SequenceUpdate, first: bool
         out.append(t("num_input_tokens", np.array([[len(stream.prompt_ids)]], dtype=np.int32)))
     if item.return_num_output_tokens and mt is not None:
         out.append(t("num_output_tokens", np.array([[mt.num_output_tokens]], dtype=np.int32)))
-    if item.return_kv_cache_reuse_stats and mt is not None:
-        out.append(t("kv_cache_reused_block", np.array([[mt.kv_reused_blocks]], dtype=np.int32)))
-        out.append(t("kv_cache_alloc_new_blocks", np.array([[mt.kv_new_blocks]], dtype=np.int32)))
-        out.append(t("kv_cache_alloc_total_blocks",
-                     np.array([[mt.kv_reused_blocks + mt.kv_new_blocks]], dtype=np.int32)))
+    peer_perf = "acceptance_rate" in declared and item.return_perf_metrics
+    if item.return_kv_cache_reuse_stats or peer_perf:  # every response (the peer's clients read
+        reused, new = (mt.kv_reused_blocks, mt.kv_new_blocks) if mt is not None else (0, 0)  # each)
+        out.append(t("kv_cache_reused_blocks", np.array([[reused]], dtype=np.int32)))
+        out.append(t("kv_cache_alloc_new_blocks", np.array([[new]], dtype=np.int32)))
+        out.append(t("kv_cache_alloc_total_blocks", np.array([[reused + new]], dtype=np.int32)))
     if m.context_logits is not None:
         out.append(t("context_logits", m.context_logits.numpy()[None].astype(np.float32)))
     if m.generation_logits is not None:
         out.append(t("generation_logits", m.generation_logits.numpy()[None, None].astype(np.float32)))
-    if item.return_perf_metrics and mt is not None:
-        for name, v in (("arrival_time_ns", mt.arrival_time), ("first_scheduled_time_ns", mt.first_scheduled_time),
-                        ("first_token_time_ns", mt.first_token_time), ("last_token_time_ns", mt.finished_time)):
+    if item.return_perf_metrics:  # timings are known on the final response (0 before it)
+        for name, v in (("arrival_time_ns", mt and mt.arrival_time),
+                        ("first_scheduled_time_ns", mt and mt.first_scheduled_time),
+                        ("first_token_time_ns", mt and mt.first_token_time),
+                        ("last_token_time_ns", mt and mt.finished_time)):
             out.append(t(name, np.array([[int((v or 0.0) * 1e9)]], dtype=np.int64)))
+    if peer_perf:  # no speculative decoding: nothing drafted, nothing accepted
+        out += [t("acceptance_rate", np.zeros((1, 1), dtype=np.float32)),
+                t("total_accepted_draft_tokens", np.zeros((1, 1), dtype=np.int32)),
+                t("total_draft_tokens", np.zeros((1, 1), dtype=np.int32))]
     return out
 
 
@@ -67,6 +82,11 @@ class TritonPythonModel(EngineModel):
         super().initialize(args)
         # quiet stops from postprocessing and bls (triton/cancel_forward.py)
         self.core.stops = StopSocket(self.model_name)
+        self.declared = frozenset(o["name"] for o in self.model_config.get("output", []))
+        # decoupled_mode=false: one response per request (triton/gather.py)
+        self.decoupled = bool(self.model_config.get("model_transaction_policy", {}).get("decoupled", False))
+        pad = self.tokenizer.pad_token_id
+        self.pad_id = int(pad) if pad is not None else 0
 
     def finalize(self) -> None:
         super().finalize()
@@ -77,7 +97,8 @@ class TritonPythonModel(EngineModel):
         first = m.index not in stream.sent_first
         ids = list(m.token_ids)
         text = m.text
-        if first and not stream.item.exclude_input_in_output:
+        # the prompt leads a non-streamed output only: a stream never repeats it (as TensorRT-LLM)
+        if first and not stream.item.exclude_input_in_output and not stream.item.stream:
             ids = stream.prompt_ids + ids
             text = self.tokenizer.decode(stream.prompt_ids, skip_special_tokens=True) + text
         t = self.pb.Tensor
@@ -85,7 +106,7 @@ class TritonPythonModel(EngineModel):
                t("sequence_length", np.array([[len(ids)]], dtype=np.int32)),
                t("text_delta", np.array([[text.encode("utf-8")]], dtype=object)),
                t("engine_request_key", np.array([[stream.key]], dtype=np.uint64))]
-        return out + sequence_outputs(self.pb, stream, m, first)
+        return out + sequence_outputs(self.pb, stream, m, first, self.declared)
 
     def execute(self, requests: list[Any]) -> None:
         for request in requests:
@@ -100,10 +121,20 @@ class TritonPythonModel(EngineModel):
                         self.pb.InferenceResponse(output_tensors=[]),
                         flags=self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
                     continue
+                refuse_unsupported(tensors)
                 items = self.items(tensors)
+                if not self.decoupled:
+                    for it in items:
+                        if it.stream:
+                            raise InvalidRequestError(
+                                it.names.get("stream", "streaming"),
+                                "streaming needs decoupled_mode=true (this model is unary)")
             except Exception as e:  # noqa: BLE001 - the client gets the message
                 self.reject(request, e)
                 continue
+            if not self.decoupled:  # one response per request: gather the sequences
+                request = GatheringRequest(request, GatheringSender(
+                    self.pb, request.get_response_sender(), self.pad_id))
             self.submit_items(request, items)
         return None
 
@@ -113,8 +144,7 @@ class TritonPythonModel(EngineModel):
         out = []
         for i in range(n):
             it = item_from_tensors(tensors, i, text_input=None, defaults=defaults,
-                                   max_beam_width=self.serving.max_beam_width)
-            if "streaming" in tensors and "stream" not in tensors:
-                it.stream = _bool_input(tensors, "streaming")
+                                   max_beam_width=self.serving.max_beam_width,
+                                   trtllm_defaults="acceptance_rate" in self.declared)
             out.append(it)
         return out

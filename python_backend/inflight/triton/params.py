@@ -23,7 +23,15 @@ SERVING_KEYS = {"stream_interval": int, "exclude_input_in_output": bool, "max_be
                 "max_inflight_requests": int, "fault_injection_step": int,
                 "fault_injection_step_delay_ms": int}
 IGNORED_KEYS = {"FORCE_CPU_ONLY_INPUT_TENSORS", "add_special_tokens", "skip_special_tokens",
-                "executor_worker_path", "gpt_model_type", "decoupled_mode"}
+                "executor_worker_path", "gpt_model_type", "decoupled_mode", "profile", "engine_model"}
+
+
+def _peer_only_keys() -> set[str]:
+    """tensorrtllm_backend parameters with no meaning here (docs/compatibility.md): a config
+    filled by that project's tools still loads."""
+    from .trtllm_contract import PEER_ONLY_ENGINE_PARAMS
+
+    return set(PEER_ONLY_ENGINE_PARAMS)
 
 
 def raw_parameters(model_config: dict[str, Any]) -> dict[str, str]:
@@ -89,7 +97,7 @@ def parse_parameters(params: dict[str, str], repo_dir: str | None = None,
     eng: dict[str, Any] = {}
     srv: dict[str, Any] = {}
     for key, s in params.items():
-        if key in IGNORED_KEYS:
+        if key in IGNORED_KEYS or key in _peer_only_keys():
             continue
         name = _RENAMES.get(key, key)
         if name in SERVING_KEYS:

@@ -24,7 +24,7 @@ from .params import raw_parameters
 PASSTHROUGH_ALWAYS = ("batch_index", "sequence_index", "finish_reason", "cum_log_probs",
                       "num_input_tokens", "num_output_tokens")
 OPTIONAL_PASSTHROUGH = ("output_log_probs", "context_logits", "generation_logits",
-                        "kv_cache_reused_block", "kv_cache_alloc_new_blocks",
+                        "kv_cache_reused_blocks", "kv_cache_alloc_new_blocks",
                         "kv_cache_alloc_total_blocks", "arrival_time_ns", "first_scheduled_time_ns",
                         "first_token_time_ns", "last_token_time_ns")
 
@@ -87,9 +87,10 @@ class PreprocessingModel(_TokenizerModel):
 
 
 def postprocess_text(tokenizer: Any, tensors: dict[str, np.ndarray]) -> np.ndarray:
-    """-> text_output [1, 1] bytes: the engine's text delta, else a decode of the ids."""
+    """-> text_output [B, 1] bytes (B > 1 behind a unary engine, decoupled_mode=false): the
+    engine's text delta, else a decode of the ids."""
     if "text_delta" in tensors:
-        return np.asarray(tensors["text_delta"], dtype=object).reshape(1, -1)[:, :1]
+        return np.asarray(tensors["text_delta"], dtype=object).reshape(-1, 1)
     ids = tensors["output_ids"].reshape(-1)
     n = int(tensors["sequence_length"].reshape(-1)[0]) if "sequence_length" in tensors else len(ids)
     text = tokenizer.decode(ids[:n].tolist(), skip_special_tokens=True)

@@ -1,0 +1,104 @@
+"""Issue 12 against a real tritonserver: the TensorRT-LLM profile (`inflight repo build
+--profile trtllm`), default decoupled_mode=true. One server: unary infer (gRPC and HTTP,
+batch 2) on `ensemble_unary` and streaming on `ensemble` from the one engine, output shapes as
+the peer's, no prompt in a stream, the peer's perf-metric output names, unimplemented inputs
+named by feature, errors naming the tensor the client sent."""
+
+from __future__ import annotations
+
+import queue
+
+import numpy as np
+import pytest
+
+grpcclient = pytest.importorskip("tritonclient.grpc")
+httpclient = pytest.importorskip("tritonclient.http")
+from tritonclient.utils import InferenceServerException, np_to_triton_dtype  # noqa: E402
+
+pytestmark = pytest.mark.e2e
+PROMPTS = [b"Hello world", b"The cat sat"]
+
+
+@pytest.fixture(scope="module")
+def server(triton_server_factory, tmp_path_factory: pytest.TempPathFactory):
+    from inflight import repo
+
+    out = tmp_path_factory.mktemp("trtllm") / "repo"
+    repo.build("tiny:llama", str(out), profile="trtllm",
+               values={"max_seq_len": "256", "max_tokens_in_paged_kv_cache": "2048"})
+    return triton_server_factory(out, ready_timeout=240)
+
+
+def _inputs(mod, tensors: dict[str, np.ndarray]) -> list:
+    out = []
+    for name, arr in tensors.items():
+        t = mod.InferInput(name, list(arr.shape), np_to_triton_dtype(arr.dtype))
+        t.set_data_from_numpy(arr)
+        out.append(t)
+    return out
+
+
+def _batch(n: int = 2, **extra: np.ndarray) -> dict[str, np.ndarray]:
+    return {"text_input": np.array([[p] for p in PROMPTS[:n]], dtype=object),
+            "max_tokens": np.full((n, 1), 6, dtype=np.int32), **extra}
+
+
+def _grpc(server):
+    return grpcclient.InferenceServerClient(server.grpc_url.replace("grpc://", ""))
+
+
+def _stream(server, model: str, tensors: dict[str, np.ndarray]) -> list:
+    q: queue.Queue = queue.Queue()
+    c = _grpc(server)
+    c.start_stream(callback=lambda result, error: q.put((result, error)))
+    c.async_stream_infer(model, _inputs(grpcclient, tensors))
+    c.stop_stream()  # waits for the stream to end
+    out = []
+    while not q.empty():
+        out.append(q.get())
+    return out
+
+
+def test_unary_grpc_and_http_batch_of_two(server) -> None:
+    r = _grpc(server).infer("ensemble_unary", _inputs(grpcclient, _batch()))
+    text = r.as_numpy("text_output")
+    assert text.shape == (2,)  # one string per batch item, as the peer's postprocessing shapes it
+    assert r.as_numpy("batch_index").reshape(-1).tolist() == [0, 1]
+    assert [t.startswith(p) for t, p in zip(text, PROMPTS)] == [True, True]  # exclude_input_in_output=false
+    h = httpclient.InferenceServerClient(server.http_url.replace("http://", ""))
+    hr = h.infer("ensemble_unary", _inputs(httpclient, _batch()))
+    assert hr.as_numpy("text_output").tolist() == text.tolist()  # greedy by default, as the peer
+
+
+def test_stream_never_repeats_the_prompt_and_matches_unary(server) -> None:
+    unary = _grpc(server).infer("ensemble_unary", _inputs(grpcclient, _batch(1)))
+    full = unary.as_numpy("text_output")[0]
+    events = _stream(server, "ensemble", _batch(1, stream=np.array([[True]])))
+    assert all(e is None for _, e in events), events
+    chunks = [r.as_numpy("text_output") for r, _ in events if r.as_numpy("text_output") is not None]
+    assert len(chunks) > 1 and all(c.shape == (1,) for c in chunks)
+    streamed = b"".join(c[0] for c in chunks)
+    assert not streamed.startswith(PROMPTS[0]) and full == PROMPTS[0] + streamed
+
+
+def test_perf_metrics_outputs_have_the_peer_names(server) -> None:
+    events = _stream(server, "ensemble", _batch(1, return_perf_metrics=np.array([[True]]),
+                                                 exclude_input_in_output=np.array([[True]])))
+    last = events[-1][0]
+    for name in ("kv_cache_alloc_new_blocks", "kv_cache_reused_blocks", "kv_cache_alloc_total_blocks",
+                 "arrival_time_ns", "first_token_time_ns", "last_token_time_ns", "total_draft_tokens"):
+        assert last.as_numpy(name) is not None, name
+    assert float(last.as_numpy("acceptance_rate")[0][0]) == 0.0
+
+
+@pytest.mark.parametrize("extra, message", [
+    ({"num_return_sequences": np.array([[100000]], dtype=np.int32)}, "num_return_sequences: "),
+    ({"lora_task_id": np.array([[3]], dtype=np.uint64)}, "lora_task_id: LoRA is not supported"),
+    ({"top_p": np.array([[1.5]], dtype=np.float32)}, "top_p: must be in (0, 1]"),
+])
+def test_errors_name_what_the_client_sent(server, extra: dict, message: str) -> None:
+    with pytest.raises(InferenceServerException) as e:
+        _grpc(server).infer("ensemble_unary", _inputs(grpcclient, _batch(1, **extra)))
+    assert message in str(e.value)
+    events = _stream(server, "ensemble", _batch(1, **extra))
+    assert any(err is not None and message in str(err) for _, err in events), events
