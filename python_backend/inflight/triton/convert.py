@@ -249,15 +249,14 @@ def sampling_from_tensors(tensors: dict[str, np.ndarray], item: int, *, require_
             names[field_name] = name
     if "max_tokens" not in vals:
         if require_max_tokens:
-            engine = "input_ids" in tensors  # the engine's name for it is request_output_len
-            raise InvalidRequestError("request_output_len" if engine else "max_tokens",
+            raise InvalidRequestError("max_tokens (request_output_len)",
                                       "is required (an INT32 >= 1); there is no default")
         vals["max_tokens"] = 16
     for name in ("max_tokens", "min_tokens", "top_k", "end_id", "pad_id", "beam_width",
                  "num_return_sequences"):
         if name in vals:
             _check_int32(names.get(name, name), vals[name])
-    if vals.get("top_p") == 0.0:  # TensorRT-LLM: top_p 0 means "not set" (its clients send it)
+    if trtllm_defaults and vals.get("top_p") == 0.0:  # TensorRT-LLM: 0 means "not set"
         vals["top_p"] = 1.0
     if trtllm_defaults and not vals.get("top_k") and vals.get("top_p", 1.0) == 1.0:
         vals["temperature"] = 0.0  # TensorRT-LLM: no top_k / top_p is greedy decoding
