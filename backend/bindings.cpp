@@ -32,7 +32,6 @@ PYBIND11_MODULE(_core, m) {
       py::arg("parent"), py::arg("tokens"), py::arg("extra") = "",
       "sha256(parent key or b'\\0', tokens as little-endian int64, extra key): the key of a full block.");
 
-  py_bind::bind_scheduled_request(m);
   py_bind::bind_kv(m);
   py_bind::bind_step(m);
   py_bind::bind_scheduler(m);

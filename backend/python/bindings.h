@@ -21,11 +21,6 @@ std::vector<Token> to_tokens(py::handle seq);
 py::list to_list(Span<const Token> xs);
 py::list to_list(Span<const BlockId> xs);
 
-// ScheduledRequest: a C type, so a step of N requests costs N small allocations rather than
-// N Python __init__ calls. `samples` is fixed when the scheduler made the object (the value
-// at planning time); one made from Python computes it on access, as the dataclass did.
-PyObject* new_scheduled(PyObject* request, long long num_new, long long start, int samples);
-
 // Writable views of the caller's step buffers (numpy arrays, e.g. of pinned torch tensors),
 // checked once when the buffers are (re)allocated, then used every step.
 class StepBufferViews {
@@ -45,13 +40,12 @@ class StepBufferViews {
 struct PyStepLayout {
   StepLayout lay;
   py::list query_start_loc, seq_lens, sample_rows;
-  py::dict ctx_rows;  // request id -> (first logits row, end)
+  py::dict ctx_rows;  // request handle -> (first logits row, end)
 };
 PyStepLayout make_layout(StepLayout lay, const StepBuffers& bufs, const std::vector<py::object>& ids);
 
 void bind_kv(py::module_& m);
 void bind_scheduler(py::module_& m);
 void bind_step(py::module_& m);
-void bind_scheduled_request(py::module_& m);
 
 }  // namespace inflight::py_bind

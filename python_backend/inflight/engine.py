@@ -1,5 +1,15 @@
-"""The synchronous engine core: validate and admit requests, run steps, produce deltas.
+"""The synchronous engine: validate and admit requests, run steps, produce deltas.
 
+A step is schedule -> worker (model runner + sampler) -> update -> output processing:
+
+    plan = scheduler.schedule()            # StepPlan: flat arrays (step_plan.py)
+    logits = runner.execute(runner.prepare(plan))
+    scheduler.launched(plan)
+    result = sampler(logits rows, plan)    # StepResult: tokens per sampling row
+    events = scheduler.update(plan, result)   # the core applies token stops and limits
+    outputs: events -> SequenceUpdates     # detokenize, stop strings, logprobs (output_processor)
+
+The scheduler core owns every sequence's tokens and counters; this class holds handles.
 Not thread-safe by itself; `EngineLoop` (engine_loop.py) owns one in its own thread.
 """
 
@@ -10,26 +20,25 @@ import json
 import logging
 import os
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 
 from .config import EngineConfig, ModelConfig
-from .detokenizer import IncrementalDetokenizer
 from .errors import ConfigError, InvalidRequestError, QueueFullError
 from .kv_cache_manager import KVCacheManager
 from .model_runner import ModelRunner
-from .outputs import RequestMetrics, SequenceUpdate
-from .request import Request, RequestStatus
-from .sampler import DeviceSample, Sampler, SamplerOutput, reads_history
+from .output_processor import SequenceOutput, UpdateCallback, new_output
+from .outputs import SequenceUpdate
+from .request import FinishReason, RequestHandle
+from .sampler import DeviceSample, RequestExtras, Sampler, SamplerOutput
 from .sampling_params import SamplingParams
-from .scheduler import Scheduler, SchedulerOutput
+from .scheduler import Scheduler, SequenceSpec
+from .step_plan import FINISH_NAMES, StepEvents, StepPlan, StepResult
 
 log = logging.getLogger(__name__)
-UpdateCallback = Callable[[SequenceUpdate], None]
-_PLACEHOLDER = 0  # stands for a sampled token still on the GPU (overlapped steps)
 
 
 def load_tokenizer(path: str, trust_remote_code: bool = False) -> Any:
@@ -62,33 +71,20 @@ def _generation_eos(model_dir: str) -> set[int]:
 class _InFlight:
     """An overlapped step whose sampled tokens are still on their way to the host."""
 
-    reqs: list[Request]  # the sampling requests, in row order of `sample`
+    plan: StepPlan
     sample: DeviceSample
 
 
 @dataclass
-class _Seq:
-    """Engine-side state of one sequence besides the Request: its detokenizer and sink."""
+class PreparedSequence:
+    """A validated sequence, ready for the core (built off the engine thread)."""
 
-    req: Request
-    detok: IncrementalDetokenizer | None
+    spec: SequenceSpec
+    params: SamplingParams
+    seq_index: int
+    prompt_ids: list[int]
     callback: UpdateCallback | None
-    emitted_tokens: int = 0
-    emitted_logprobs: int = 0
-    fed: int = 0  # output tokens fed to the detokenizer
-    hold: int = 0  # tokens held back while they may start a stop-word sequence
-    pending: bool = False  # token_ids ends with a placeholder for a token still on the GPU
-
-    def feed(self, finished: bool, drop_last: bool) -> None:
-        """Detokenize output tokens that can no longer be part of a stop-word sequence."""
-        if self.detok is None:
-            return
-        req = self.req
-        base = req.num_prompt_tokens  # index into token_ids: no copy of the output per step
-        end = req.num_output_tokens - (1 if drop_last else 0) - (0 if finished else self.hold)
-        if end > self.fed:
-            self.detok.add(req.token_ids[base + self.fed:base + end])
-            self.fed = end
+    generator: torch.Generator | None
 
 
 class LLMEngine:
@@ -104,13 +100,15 @@ class LLMEngine:
         self.max_seq_len = max_seq_len
         self.runner = ModelRunner(cfg, mc, max_seq_len)
         self.kv = KVCacheManager(self.runner.num_blocks, cfg.block_size, cfg.enable_kv_cache_reuse)
-        self.scheduler = Scheduler(cfg, self.kv)
+        self.scheduler = Scheduler(cfg, self.kv, self.runner.max_blocks_per_seq,
+                                   pin=self.runner.device.type == "cuda")
         self.sampler = Sampler(self.runner.device, cfg.seed)
         self.eos_token_ids = frozenset(set(mc.eos_token_ids) | _generation_eos(cfg.model)
                                        | ({self.tokenizer.eos_token_id}
                                           if self.tokenizer.eos_token_id is not None else set()))
-        self.seqs: dict[str, _Seq] = {}  # internal sequence id -> state
-        self.children: dict[str, list[str]] = {}  # client request id -> sequence ids
+        # the one registry of live sequences: core handle -> output-side state
+        self.seqs: dict[int, SequenceOutput] = {}
+        self.children: dict[str, list[int]] = {}  # client request id -> its handles
         self._order = itertools.count()
         self.num_steps = 0
         self.last_step_tokens = 0
@@ -166,70 +164,91 @@ class LLMEngine:
     def _encode_words(self, words: list[str]) -> list[list[int]]:
         return [self.tokenizer.encode(w, add_special_tokens=False) for w in words]
 
+    def check_admission(self, request_id: str, num_seqs: int, queued_elsewhere: int = 0,
+                        live: bool = False) -> None:
+        """The admission rules, in one place: no duplicate live id, the queue cap."""
+        if live or request_id in self.children:
+            raise InvalidRequestError("request_id", f"{request_id!r} is already in flight")
+        cap = self.cfg.max_queue_size
+        if cap and self.scheduler.num_waiting + queued_elsewhere + num_seqs > cap:
+            raise QueueFullError(f"request {request_id!r} exceeds maximum queue size ({cap})")
+
     def make_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
-                     callback: UpdateCallback | None = None, priority: int = 0,
-                     queued_elsewhere: int = 0) -> tuple[list[int], list[_Seq]]:
+                     callback: UpdateCallback | None = None, priority: int = 0
+                     ) -> tuple[list[int], list[PreparedSequence]]:
         """Validate and build the request's sequences without touching engine state (safe
-        from any thread). Raises InvalidRequestError or QueueFullError."""
+        from any thread). Raises InvalidRequestError."""
         prompt_ids = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
         if params.bad_words:
             params.bad_words_ids = params.bad_words_ids + [w for w in self._encode_words(params.bad_words) if w]
             params.bad_words = []
         max_tokens = self._resolve(prompt_ids, params)
-        cap = self.cfg.max_queue_size
-        if cap and self.scheduler.num_waiting + queued_elsewhere + params.n > cap:
-            raise QueueFullError(f"request {request_id!r} exceeds maximum queue size ({cap})")
-        ids = [request_id] if params.n == 1 else [f"{request_id}#{i}" for i in range(params.n)]
-        hold = max((len(w) for w in params.stop_words_ids), default=1) - 1
-        seqs: list[_Seq] = []
-        for i, sid in enumerate(ids):
-            eos = frozenset({params.end_id}) if params.end_id is not None else self.eos_token_ids
-            req = Request(sid, prompt_ids, params, max_tokens, eos, priority=priority,
-                          seq_index=i, parent_id=request_id, arrival_order=next(self._order))
-            if params.seed is not None:
-                seed = (params.seed + i * 0x9E3779B97F4A7C15) % 2**64
-                req.generator = torch.Generator(device=self.runner.device).manual_seed(seed)
-            detok = (IncrementalDetokenizer(self.tokenizer, prompt_ids, params.skip_special_tokens,
-                                            params.stop, params.include_stop_str_in_output)
-                     if params.detokenize else None)
-            seqs.append(_Seq(req, detok, callback, hold=hold))
+        p = params
+        eos = frozenset({p.end_id}) if p.end_id is not None else self.eos_token_ids
+        ends = tuple(sorted((set() if p.ignore_eos else set(eos)) | set(p.stop_token_ids)))
+        sampling = (float(p.temperature), int(p.top_k), float(p.top_p), float(p.min_p),
+                    float(p.repetition_penalty), float(p.presence_penalty),
+                    float(p.frequency_penalty), -1 if p.logprobs is None else int(p.logprobs))
+        seqs: list[PreparedSequence] = []
+        for i in range(p.n):
+            sid = request_id if p.n == 1 else f"{request_id}#{i}"
+            spec = SequenceSpec(sid, prompt_ids, max_tokens, priority, next(self._order),
+                                p.return_context_logits, "", ends,
+                                tuple(tuple(w) for w in p.stop_words_ids), p.min_tokens,
+                                p.include_stop_str_in_output, sampling)
+            gen = None
+            if p.seed is not None:
+                seed = (p.seed + i * 0x9E3779B97F4A7C15) % 2**64
+                gen = torch.Generator(device=self.runner.device).manual_seed(seed)
+            seqs.append(PreparedSequence(spec, p, i, prompt_ids, callback, gen))
         return prompt_ids, seqs
 
-    def enqueue(self, request_id: str, seqs: list[_Seq]) -> None:
+    def enqueue(self, request_id: str, seqs: list[PreparedSequence]) -> None:
         """Engine thread: admit prepared sequences to the waiting queue."""
         if request_id in self.children:
             raise InvalidRequestError("request_id", f"{request_id!r} is already in flight")
-        for seq in seqs:
-            self.seqs[seq.req.request_id] = seq
-            self.scheduler.add(seq.req)
-        self.children[request_id] = [seq.req.request_id for seq in seqs]
+        handles = []
+        for ps in seqs:
+            h = self.scheduler.add(ps.spec)
+            p = ps.params
+            req = RequestHandle(h, ps.spec.request_id, request_id, ps.seq_index, p, len(ps.prompt_ids))
+            self.seqs[h] = new_output(req, self.tokenizer, ps.prompt_ids, ps.callback)
+            ends = ps.spec.end_ids if p.min_tokens else ()
+            self.sampler.register(h, RequestExtras(len(ps.prompt_ids), ends, list(p.bad_words_ids),
+                                                   ps.generator, dict(p.embedding_bias)))
+            handles.append(h)
+        self.children[request_id] = handles
 
     def add_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
                     callback: UpdateCallback | None = None, priority: int = 0) -> list[int]:
         """Validate and queue (single-threaded use); returns the prompt token ids."""
         prompt_ids, seqs = self.make_request(request_id, prompt, params, callback, priority)
+        self.check_admission(request_id, len(seqs))
         self.enqueue(request_id, seqs)
         return prompt_ids
 
     def abort(self, request_id: str) -> bool:
         """Cancel every sequence of a request; False if the id is unknown or finished."""
-        ids = self.children.get(request_id)
-        if not ids:
+        hs = self.children.get(request_id)
+        if not hs:
             return False
-        for sid in list(ids):
-            seq = self.seqs.get(sid)
-            if seq is not None and not seq.req.is_finished:
-                self._finish(seq, RequestStatus.FINISHED_ABORTED)
+        for h in list(hs):
+            if h in self.seqs:
+                self._finish(h, FinishReason.ABORT)
         return True
 
     def fail_all(self, message: str) -> None:
         """Engine fault: every live sequence gets a final error update."""
-        for seq in list(self.seqs.values()):
-            seq.req.error = message
-            self._finish(seq, RequestStatus.FINISHED_ERROR)
+        for h, out in list(self.seqs.items()):
+            out.req.error = message
+            self._finish(h, FinishReason.ERROR)
+        self._inflight = None
 
     def has_unfinished(self) -> bool:
         return bool(self.seqs) or self._inflight is not None
+
+    def is_live(self, request_id: str) -> bool:
+        return request_id in self.children
 
     # ---- one step ---------------------------------------------------------------------------
     def step(self) -> list[SequenceUpdate]:
@@ -238,188 +257,160 @@ class LLMEngine:
         returns are step N's and the GPU never waits for the host in between."""
         if self.overlap:
             return self._step_overlapped()
-        sched = self.scheduler.schedule()
-        if not sched:
+        plan = self.scheduler.schedule()
+        if not plan:
             return []
-        inp, logits, sampling = self._launch(sched)
-        out = self.sampler(_rows(logits, inp.sample_rows), sampling) if sampling else None
-        self._keep_logits(sched, logits, inp.ctx_rows, inp.sample_rows)
-        self.scheduler.advance(sched.scheduled)
-        return self._postprocess(sampling, out)
+        logits = self._launch(plan)
+        if not plan.num_samples:
+            self.scheduler.update(plan, StepResult.one_per_row(plan.step, []))
+            return []
+        hist = self._history(plan, self.sampler.reads_history(plan))
+        sample = self.sampler.sample(_rows(logits, plan.sample_rows.tolist()), plan, hist)
+        return self._complete(_InFlight(plan, sample))
 
-    def _launch(self, sched: SchedulerOutput) -> tuple[Any, torch.Tensor, list[Request]]:
+    def _launch(self, plan: StepPlan) -> torch.Tensor:
         self.num_steps += 1
-        self.last_step_tokens = sched.num_tokens
-        inp = self.runner.prepare(sched, [])  # the plan carries its block tables
+        self.last_step_tokens = plan.num_tokens
+        self._mark_admitted(plan)
+        inp = self.runner.prepare(plan)
         prev = self._inflight
-        if prev is not None:  # inputs whose token is still on the GPU: take it from there
-            pos = {id(r): i for i, r in enumerate(prev.reqs)}
-            rows, src = [], []
-            for i, s in enumerate(sched.scheduled):
-                req = s.request
-                j = pos.get(id(req))
-                if j is not None and self.seqs[req.request_id].pending and s.start + s.num_new_tokens == req.num_tokens:
-                    rows.append(inp.meta.query_start_loc_cpu[i] + s.num_new_tokens - 1)
-                    src.append(j)
-            if rows:
-                self.runner.patch_input_ids(inp, rows, prev.sample.tokens, src)
+        if prev is not None and plan.num_samples:  # inputs still on the GPU: take them from there
+            pend = plan.rows["input_pending"]
+            if pend.any():
+                src_of = {h: j for j, h in enumerate(prev.plan.rows["sample_handles"].tolist())}
+                handles = plan.rows["sample_handles"].tolist()
+                token_rows = plan.logits_indices[plan.sample_rows].tolist()
+                rows, src = [], []
+                for k in pend.nonzero()[0].tolist():
+                    j = src_of.get(handles[k])
+                    if j is not None:
+                        rows.append(token_rows[k])
+                        src.append(j)
+                if rows:
+                    self.runner.patch_input_ids(inp, rows, prev.sample.tokens, src)
         logits = self.runner.execute(inp)
-        return inp, logits, [s.request for s in sched.scheduled if s.samples]
+        self.scheduler.launched(plan)
+        self._keep_logits(plan, logits)
+        return logits
+
+    def _mark_admitted(self, plan: StepPlan) -> None:
+        if plan.admitted:
+            now = time.monotonic()
+            for h in plan.admitted:
+                out = self.seqs.get(h)
+                if out is not None and out.req.times.first_scheduled is None:
+                    out.req.times.first_scheduled = now
+
+    def _history(self, plan: StepPlan, rows: list[int]) -> dict[int, np.ndarray] | None:
+        if not rows:
+            return None
+        handles = plan.rows["sample_handles"].tolist()
+        empty = np.zeros(0, dtype=np.int64)  # finished since planned: its sample is dropped
+        return {k: self.scheduler.tokens(handles[k]) if handles[k] in self.scheduler else empty
+                for k in rows}
 
     def _step_overlapped(self) -> list[SequenceUpdate]:
         prev = self._inflight
-        sched = self.scheduler.schedule()
-        if not sched:
+        plan = self.scheduler.schedule()
+        if not plan:
             self._inflight = None
             return self._complete(prev) if prev is not None else []
-        inp, logits, sampling = self._launch(sched)
+        logits = self._launch(plan)
         updates: list[SequenceUpdate] = []
-        if prev is not None and any(reads_history(r) for r in sampling):
+        hist_rows = self.sampler.reads_history(plan)
+        if prev is not None and hist_rows:
             updates, prev = self._complete(prev), None  # penalties read the previous token
-        sample = self.sampler.sample(_rows(logits, inp.sample_rows), sampling).to_host() if sampling else None
+        sample = None
+        if plan.num_samples:
+            hist = self._history(plan, hist_rows)
+            sample = self.sampler.sample(_rows(logits, plan.sample_rows.tolist()), plan, hist).to_host()
         if prev is not None:
             updates = self._complete(prev)  # overlaps the GPU running this step
-        self._keep_logits(sched, logits, inp.ctx_rows, inp.sample_rows)  # after: skips finished ones
-        self.scheduler.advance(sched.scheduled)  # block hashes: after the placeholders are filled
-        live = [r for r in sampling if not r.is_finished]
-        for r in live:
-            r.token_ids.append(_PLACEHOLDER)
-            self.seqs[r.request_id].pending = True
-        self._inflight = _InFlight(sampling, sample) if live and sample is not None else None
+        self._inflight = _InFlight(plan, sample) if sample is not None else None
+        if sample is None:  # nothing sampled: the step's plan still needs its (empty) update
+            self.scheduler.update(plan, StepResult.one_per_row(plan.step, []))
         return updates
 
     def _complete(self, f: _InFlight) -> list[SequenceUpdate]:
-        """Fill in an overlapped step's tokens (they replace the placeholders) and post-process
-        them; requests that finished or were aborted meanwhile drop theirs."""
+        """Hand a step's sampled tokens to the core, then turn its events into updates."""
         out = f.sample.result()
-        reqs: list[Request] = []
-        keep: list[int] = []
-        for i, req in enumerate(f.reqs):
-            seq = self.seqs.get(req.request_id)
-            if seq is None or req.is_finished or not seq.pending:
-                continue
-            seq.pending = False
-            req.token_ids.pop()
-            reqs.append(req)
-            keep.append(i)
-        if len(keep) != len(f.reqs):
-            out = SamplerOutput([out.token_ids[i] for i in keep],
-                                None if out.logprobs is None else [out.logprobs[i] for i in keep],
-                                None if out.top_logprobs is None else [out.top_logprobs[i] for i in keep])
-        return self._postprocess(reqs, out) if reqs else []
+        result = StepResult.one_per_row(f.plan.step, out.token_ids, out.logprobs, out.top_logprobs)
+        events = self.scheduler.update(f.plan, result)
+        return self._process(events, out)
 
-    def _keep_logits(self, sched: SchedulerOutput, logits: torch.Tensor,
-                     ctx_rows: dict[str, tuple[int, int]], sample_rows: list[int]) -> None:
-        for rid, (a, b) in ctx_rows.items():
-            seq = self.seqs.get(rid)
-            if seq is not None:
-                seq.req.context_logits.append(logits[a:b].cpu())  # type: ignore[union-attr]
-        rows = iter(sample_rows)
-        for s in sched.scheduled:
-            if s.samples:
-                row = next(rows)
-                if s.request.generation_logits is not None and not s.request.is_finished:
-                    s.request.generation_logits.append(logits[row].cpu())
+    def _keep_logits(self, plan: StepPlan, logits: torch.Tensor) -> None:
+        for h, (a, b) in plan.ctx_rows.items():
+            out = self.seqs.get(h)
+            if out is not None and out.context_logits is not None:
+                out.context_logits.append(logits[a:b].cpu())
+        if plan.num_samples and any(o.generation_logits is not None for o in self.seqs.values()):
+            for k, h in enumerate(plan.rows["sample_handles"].tolist()):
+                out = self.seqs.get(h)
+                if out is not None and out.generation_logits is not None:
+                    out.generation_logits.append(logits[int(plan.sample_rows[k])].cpu())
 
-    def _postprocess(self, reqs: list[Request], out: SamplerOutput | None) -> list[SequenceUpdate]:
+    # ---- outputs ---------------------------------------------------------------------------
+    def _process(self, ev: StepEvents, out: SamplerOutput) -> list[SequenceUpdate]:
         now = time.monotonic()
         updates: list[SequenceUpdate] = []
-        for i, req in enumerate(reqs):
-            assert out is not None
-            seq = self.seqs[req.request_id]
-            token = out.token_ids[i]
-            req.append_token(token)
+        offs = ev.offsets.tolist()
+        toks = ev.tokens.tolist()
+        starts, lens, rows = ev.start.tolist(), ev.output_len.tolist(), ev.rows.tolist()
+        for i, h in enumerate(ev.handles.tolist()):
+            seq = self.seqs.get(h)
+            if seq is None:
+                continue
+            req = seq.req
+            row = rows[i]
+            lp = ((out.logprobs[row], out.top_logprobs[row] if out.top_logprobs else [])
+                  if out.logprobs is not None else None)
+            seq.apply(starts[i], toks[offs[i]:offs[i + 1]], lens[i], lp)
             if req.times.first_token is None:
                 req.times.first_token = now
             req.times.last_token = now
-            if out.logprobs is not None and req.logprobs is not None:
-                lp = {token: out.logprobs[i]}
-                lp.update(dict(out.top_logprobs[i]) if out.top_logprobs else {})
-                req.logprobs.append(lp)
-                req.cumulative_logprob += out.logprobs[i]
-            status, drop_last = self._check_stop(req, token)
-            seq.feed(status is not None, drop_last)
-            if seq.detok is not None:
-                stoppable = status is None or status is RequestStatus.FINISHED_LENGTH
-                if stoppable and seq.detok.stopped_by is not None:
-                    status, req.stop_reason = RequestStatus.FINISHED_STOPPED, seq.detok.stopped_by
-            u = self._finish(seq, status, emit=False) if status is not None else self._delta(seq, final=False)
+            reason = FINISH_NAMES[int(ev.finish[i])]
+            p = req.params
+            drop_last = False
+            if reason == "stop":
+                if int(ev.stop_token[i]) >= 0:
+                    seq.stop_reason = int(ev.stop_token[i])
+                    drop_last = not p.include_stop_str_in_output
+                else:
+                    seq.stop_reason = str(list(p.stop_words_ids[int(ev.stop_sequence[i])]))
+            seq.feed(reason is not None, drop_last)
+            if seq.detok is not None and reason in (None, "length") and seq.detok.stopped_by is not None:
+                reason, seq.stop_reason = "stop", seq.detok.stopped_by
+                self.scheduler.stop_at(h, lens[i])
+            u = self._finish(h, FinishReason(reason), emit=False) if reason else seq.delta(final=False)
             updates.append(u)
             if seq.callback is not None:
                 seq.callback(u)
-        for req in reqs:
-            if req.is_finished:
-                self._drop(req)
+            if reason:
+                self._drop(h)
         return updates
 
-    def _check_stop(self, req: Request, token: int) -> tuple[RequestStatus | None, bool]:
-        """Token-level stop rules. Returns (status or None, whether the last token stays out
-        of the text). A matched stop-word sequence is cut from the output tokens."""
-        p = req.params
-        if req.num_output_tokens >= p.min_tokens:
-            if (token in req.eos_token_ids and not p.ignore_eos) or token in p.stop_token_ids:
-                req.stop_reason = token
-                return RequestStatus.FINISHED_STOPPED, not p.include_stop_str_in_output
-            tail = req.token_ids
-            for word in p.stop_words_ids:  # compare the tail in place (no copy of the output)
-                n = len(word)
-                if req.num_output_tokens >= n and tail[len(tail) - n:] == list(word):
-                    req.stop_reason = str(list(word))
-                    if not p.include_stop_str_in_output:
-                        del req.token_ids[len(req.token_ids) - len(word):]
-                    return RequestStatus.FINISHED_STOPPED, False
-        if req.num_output_tokens >= req.max_tokens or req.num_tokens >= self.max_seq_len:
-            return RequestStatus.FINISHED_LENGTH, False
-        return None, False
-
-    # ---- outputs ---------------------------------------------------------------------------
-    def _delta(self, seq: _Seq, final: bool) -> SequenceUpdate:
+    def _finish(self, h: int, reason: FinishReason, emit: bool = True) -> SequenceUpdate:
+        seq = self.seqs[h]
         req = seq.req
-        n_out, base = req.num_output_tokens, req.num_prompt_tokens
-        limit = n_out if final else max(n_out - seq.hold, seq.emitted_tokens)
-        new_ids = req.token_ids[base + seq.emitted_tokens:base + limit]
-        seq.emitted_tokens = limit
-        lps = None
-        if req.logprobs is not None:
-            lps = req.logprobs[seq.emitted_logprobs:]
-            seq.emitted_logprobs = len(req.logprobs)
-        text = seq.detok.take_delta(final) if seq.detok is not None else ""
-        return SequenceUpdate(req.parent_id or req.request_id, req.seq_index, new_ids, text, lps)
-
-    def _finish(self, seq: _Seq, status: RequestStatus, emit: bool = True) -> SequenceUpdate:
-        req = seq.req
-        if seq.pending:  # aborted with a token still on the GPU: it is dropped
-            seq.pending = False
-            req.token_ids.pop()
-        reused, new, _total = self.kv.request_block_counts(req.request_id)
-        self.scheduler.finish(req, status)
-        if emit:  # abort / error: release held-back tokens
-            seq.feed(True, False)
-        if seq.detok is not None and status is not RequestStatus.FINISHED_STOPPED:
-            seq.detok.flush()
-        u = self._delta(seq, final=True)
-        u.finished, u.finish_reason, u.stop_reason = True, status.value, req.stop_reason
-        u.error = req.error
-        u.cumulative_logprob = req.cumulative_logprob if req.logprobs is not None else None
-        u.metrics = RequestMetrics(
-            req.times.arrival, req.times.first_scheduled, req.times.first_token, req.times.finished,
-            req.num_prompt_tokens, req.num_output_tokens, req.num_cached_prompt_tokens,
-            req.num_preemptions, reused, new)
-        if req.context_logits is not None and req.context_logits:
-            u.context_logits = torch.cat(req.context_logits)[: req.num_prompt_tokens]
-        if req.generation_logits:
-            u.generation_logits = torch.stack(req.generation_logits)
-        self.kv.forget(req.request_id)
+        req.times.finished = time.monotonic()
+        state = self.scheduler.state(h)
+        blocks = self.kv.request_block_counts(req.seq_id)
+        self.scheduler.finish(h)
+        self.sampler.release(h)
+        u = seq.final(reason.value, state, blocks, emit)
+        self.kv.forget(req.seq_id)
         if emit:
             if seq.callback is not None:
                 seq.callback(u)
-            self._drop(req)
+            self._drop(h)
         return u
 
-    def _drop(self, req: Request) -> None:
+    def _drop(self, h: int) -> None:
         """Forget a finished sequence; the client id goes once all its sequences are gone."""
-        self.seqs.pop(req.request_id, None)
-        parent = req.parent_id or req.request_id
-        ids = self.children.get(parent)
-        if ids is not None and all(i not in self.seqs for i in ids):
+        seq = self.seqs.pop(h, None)
+        if seq is None:
+            return
+        parent = seq.req.parent_id
+        hs = self.children.get(parent)
+        if hs is not None and all(x not in self.seqs for x in hs):
             del self.children[parent]

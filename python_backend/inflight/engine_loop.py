@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from .config import EngineConfig
 from .engine import LLMEngine, UpdateCallback
-from .errors import EngineDeadError, InvalidRequestError, QueueFullError
+from .errors import EngineDeadError
 from .kv_cache_manager import KVStats
 from .sampling_params import SamplingParams
 
@@ -59,16 +59,11 @@ class EngineLoop:
         """Validate (raising InvalidRequestError / QueueFullError at once) and queue."""
         if not self.alive:
             raise EngineDeadError(f"engine is not running: {self.dead_reason or 'stopped'}")
-        with self._cv:
-            queued = self._inbox_seqs
         prompt_ids, seqs = self.engine.make_request(request_id, prompt, params, self._wrap(callback),
-                                                    priority, queued_elsewhere=queued)
-        with self._cv:
-            if request_id in self._live:
-                raise InvalidRequestError("request_id", f"{request_id!r} is already in flight")
-            cap = self.engine.cfg.max_queue_size
-            if cap and self.engine.scheduler.num_waiting + self._inbox_seqs + len(seqs) > cap:
-                raise QueueFullError(f"request {request_id!r} exceeds maximum queue size ({cap})")
+                                                    priority)
+        with self._cv:  # the engine's admission rules, with what waits in the inbox counted
+            self.engine.check_admission(request_id, len(seqs), self._inbox_seqs,
+                                        live=request_id in self._live)
             self._live.add(request_id)
             self._inbox_seqs += len(seqs)
             self._inbox.append(lambda: self._enqueue(request_id, seqs))
@@ -91,9 +86,10 @@ class EngineLoop:
         return cb
 
     def _maybe_release(self, request_id: str) -> None:
-        ids = self.engine.children.get(request_id, [])
-        unfinished = [i for i in ids if i in self.engine.seqs and not self.engine.seqs[i].req.is_finished]
-        if not unfinished:
+        # the final update of a request's last sequence is delivered as that sequence is
+        # dropped: the id is free once no sequence of it is left
+        hs = self.engine.children.get(request_id, [])
+        if sum(1 for h in hs if h in self.engine.seqs) <= 1:
             with self._cv:
                 self._live.discard(request_id)
 

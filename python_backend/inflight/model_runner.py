@@ -1,5 +1,4 @@
-"""Loads the model, owns the KV cache tensor, turns a SchedulerOutput into flat inputs and
-logits.
+"""Loads the model, owns the KV cache tensor, turns a StepPlan into device inputs and logits.
 
 Flat layout of a step: the new tokens of every scheduled request concatenated (decodes
 first), with positions, cache slots and per-request block tables.
@@ -19,7 +18,7 @@ from .cuda_graphs import DecodeGraphs
 from .errors import ConfigError
 from .loader import init_dummy_weights, load_weights
 from .models import model_class
-from .scheduler import SchedulerOutput
+from .step_plan import StepPlan
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +50,7 @@ class StepInputs:
     positions: torch.Tensor  # [T]
     meta: AttentionMetadata
     logits_indices: torch.Tensor  # [N] rows of hidden states to turn into logits
-    sample_rows: list[int]  # logits row of each sampling request, in scheduled order
     num_logits: int  # len(logits_indices)
-    ctx_rows: dict[str, tuple[int, int]]  # request id -> logits rows of its context logits
 
 
 class ModelRunner:
@@ -128,52 +125,46 @@ class ModelRunner:
         return blocks
 
     # ---- per step --------------------------------------------------------------------------
-    def prepare(self, sched: SchedulerOutput, block_tables: list[list[int]]) -> StepInputs:
-        # The C++ core writes the flat arrays into host buffers reused every step (pinned on
-        # CUDA); a plan from the scheduler carries its own block tables, so `block_tables` is
-        # only read for a SchedulerOutput made elsewhere (the engine may pass []).
-        bufs = self.__dict__.get("_step_buffers")
-        if bufs is None:
-            from .scheduler import StepBuffers
-
-            bufs = StepBuffers(self.block_size, self.cfg.max_num_tokens, self.cfg.max_batch_size,
-                               self.max_blocks_per_seq, pin=self.device.type == "cuda")
-            self._step_buffers = bufs
-        lay = bufs.build(sched, block_tables)
-        n_tok, n_req, width = lay.num_tokens, lay.num_reqs, lay.table_width
+    def prepare(self, plan: StepPlan) -> StepInputs:
+        """The plan's flat arrays on the device. A live plan views host buffers the scheduler
+        reuses every step (pinned on CUDA): CPU copies them, CUDA copies asynchronously and
+        records an event the scheduler waits on before it writes the next step."""
         dev = self.device
-        a = bufs.arrays
-        if dev.type == "cpu":  # the step's own copy: the buffers are overwritten next step
-
-            def put(name: str, n: int) -> torch.Tensor:
-                return torch.from_numpy(a[name][:n].copy())
-        else:  # async copies from pinned memory; bufs waits for them before its next write
+        bufs = plan.buffers
+        if dev.type == "cuda" and bufs is not None:
             t = bufs.tensors
 
             def put(name: str, n: int) -> torch.Tensor:
                 return t[name][:n].to(dev, non_blocking=True)
+        else:
+            a = plan.arrays
 
+            def put(name: str, n: int) -> torch.Tensor:
+                x = torch.from_numpy(a[name].reshape(-1)[:n].copy())
+                return x.to(dev) if dev.type != "cpu" else x
+
+        n_tok, n_req, width = plan.num_tokens, plan.num_reqs, plan.table_width
+        qsl = plan.query_start_loc.tolist()
         meta = AttentionMetadata(
             slot_mapping=put("slot_mapping", n_tok),  # [T] int64
             query_start_loc=put("query_start_loc", n_req + 1),  # [B+1] int32
             seq_lens=put("seq_lens", n_req),  # [B] int32
             block_tables=put("block_tables", n_req * width).view(n_req, width),  # [B, W] int32
-            num_decodes=lay.num_decodes,
-            max_query_len=lay.max_query_len,
-            max_seq_len=lay.max_seq_len,
-            query_start_loc_cpu=lay.query_start_loc,
-            seq_lens_cpu=lay.seq_lens,
+            num_decodes=plan.num_decodes,
+            max_query_len=plan.max_query_len,
+            max_seq_len=plan.max_seq_len,
+            query_start_loc_cpu=qsl,
+            seq_lens_cpu=plan.seq_lens.tolist(),
         )
         inp = StepInputs(
             input_ids=put("input_ids", n_tok),  # [T] int64
             positions=put("positions", n_tok),  # [T] int64
             meta=meta,
-            logits_indices=put("logits_indices", lay.num_logits),  # [N] int64
-            sample_rows=lay.sample_rows,
-            num_logits=lay.num_logits,
-            ctx_rows=lay.ctx_rows,
+            logits_indices=put("logits_indices", plan.num_logits),  # [N] int64
+            num_logits=plan.num_logits,
         )
-        bufs.record_copies(dev)
+        if bufs is not None:
+            bufs.record_copies(dev)
         return inp
 
     @torch.inference_mode()

@@ -1,18 +1,26 @@
-"""Batched token selection on the model's device.
+"""Batched token selection on the model's device, from a step plan's rows (no request objects).
 
-Order: logit masks (bad words, min_tokens) -> penalties (repetition, presence, frequency)
--> greedy argmax, or temperature -> top-k -> top-p -> min-p -> exponential-race sampling.
-Seeded rows draw their noise from their own ``torch.Generator``, so the same seed gives the
-same tokens whatever else shares the batch. Logprobs are of the raw model distribution.
+Order: embedding bias -> logit masks (bad words, min_tokens) -> penalties (repetition,
+presence, frequency) -> greedy argmax, or temperature -> top-k -> top-p -> min-p ->
+exponential-race sampling. Seeded rows draw their noise from their own ``torch.Generator``,
+so the same seed gives the same tokens whatever else shares the batch. Logprobs are of the
+raw model distribution.
+
+The numeric arguments come with the plan (per sampling row). What is per request and not a
+number (its generator, bad words, end ids, embedding bias) the worker keeps by handle
+(:meth:`Sampler.register` when a request arrives, :meth:`Sampler.release` when it ends),
+as a worker process would. Penalties and multi-token bad words read the request's tokens:
+the caller passes them as ``history`` for those rows only.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
-from .request import Request
+from .step_plan import StepPlan
 
 
 @dataclass
@@ -24,98 +32,114 @@ class SamplerOutput:
     top_logprobs: list[list[tuple[int, float]]] | None
 
 
-def _penalty_tensors(reqs: list[Request], vocab: int, device: torch.device
-                     ) -> tuple[torch.Tensor, torch.Tensor] | None:
-    """(output token counts [B, V], prompt+output presence mask [B, V]) or None if unused."""
-    if not any(_uses_penalties(r) for r in reqs):
-        return None
-    counts = torch.zeros(len(reqs), vocab, device=device)
-    seen = torch.zeros(len(reqs), vocab, dtype=torch.bool, device=device)
-    for i, r in enumerate(reqs):
-        if not _uses_penalties(r):
-            continue
-        out = torch.tensor(r.output_token_ids, dtype=torch.long, device=device)
+@dataclass
+class RequestExtras:
+    """Per-request sampling state that is not a plan number; registered once per sequence."""
+
+    num_prompt: int
+    end_ids: tuple[int, ...] = ()  # banned until min_tokens
+    bad_words: list[list[int]] = field(default_factory=list)
+    generator: torch.Generator | None = None
+    embedding_bias: dict[int, float] = field(default_factory=dict)
+
+    @property
+    def multi_token_bad_words(self) -> bool:
+        return any(len(w) > 1 for w in self.bad_words)
+
+
+_GONE = RequestExtras(num_prompt=0)
+
+
+def _uses_penalties(rows: dict[str, np.ndarray]) -> np.ndarray:
+    return ((rows["repetition_penalty"] != 1.0) | (rows["presence_penalty"] != 0.0)
+            | (rows["frequency_penalty"] != 0.0))
+
+
+def apply_penalties(logits: torch.Tensor, rows: dict[str, np.ndarray], idx: list[int],
+                    history: dict[int, np.ndarray], extras: list[RequestExtras]) -> torch.Tensor:
+    """Repetition penalty over prompt+output (HF semantics); presence/frequency penalties over
+    the output (OpenAI semantics), for rows ``idx`` of logits [B, V]."""
+    dev, v = logits.device, logits.shape[1]
+    counts = torch.zeros(len(idx), v, device=dev)
+    seen = torch.zeros(len(idx), v, dtype=torch.bool, device=dev)
+    for j, i in enumerate(idx):
+        toks = torch.from_numpy(history[i]).to(dev)
+        out = toks[extras[i].num_prompt:]
         if out.numel():
-            counts[i].index_add_(0, out, torch.ones_like(out, dtype=counts.dtype))
-        seen[i, torch.tensor(r.token_ids, dtype=torch.long, device=device)] = True
-    return counts, seen
-
-
-def _uses_penalties(r: Request) -> bool:
-    p = r.params
-    return p.repetition_penalty != 1.0 or p.presence_penalty != 0.0 or p.frequency_penalty != 0.0
-
-
-def apply_penalties(logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
-    """logits [B, V] fp32 -> penalised logits. Repetition penalty over prompt+output (HF
-    semantics); presence/frequency penalties over the output (OpenAI semantics)."""
-    pt = _penalty_tensors(reqs, logits.shape[1], logits.device)
-    if pt is None:
-        return logits
-    counts, seen = pt
-    dev = logits.device
-    rep = torch.tensor([r.params.repetition_penalty for r in reqs], device=dev)[:, None]
-    pres = torch.tensor([r.params.presence_penalty for r in reqs], device=dev)[:, None]
-    freq = torch.tensor([r.params.frequency_penalty for r in reqs], device=dev)[:, None]
-    penalised = torch.where(logits > 0, logits / rep, logits * rep)
-    logits = torch.where(seen, penalised, logits)
-    return logits - freq * counts - pres * (counts > 0).float()
-
-
-def apply_masks(logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
-    """Ban bad words (a multi-token word only when its prefix was just generated) and, until
-    min_tokens, end tokens."""
-    for i, r in enumerate(reqs):
-        p = r.params
-        out = r.output_token_ids
-        for word in p.bad_words_ids:
-            prefix = list(word[:-1])
-            if not prefix or out[-len(prefix):] == prefix:
-                logits[i, word[-1]] = float("-inf")
-        if r.num_output_tokens < p.min_tokens:
-            ends = set(p.stop_token_ids) | (set() if p.ignore_eos else set(r.eos_token_ids))
-            if ends:
-                logits[i, list(ends)] = float("-inf")
+            counts[j].index_add_(0, out, torch.ones_like(out, dtype=counts.dtype))
+        seen[j, toks] = True
+    sel = torch.tensor(idx, device=dev)
+    rep = torch.from_numpy(rows["repetition_penalty"][idx]).to(dev)[:, None]
+    pres = torch.from_numpy(rows["presence_penalty"][idx]).to(dev)[:, None]
+    freq = torch.from_numpy(rows["frequency_penalty"][idx]).to(dev)[:, None]
+    sub = logits[sel]
+    sub = torch.where(seen, torch.where(sub > 0, sub / rep, sub * rep), sub)
+    logits[sel] = sub - freq * counts - pres * (counts > 0).float()
     return logits
 
 
-def _filter(logits: torch.Tensor, reqs: list[Request]) -> torch.Tensor:
-    """Temperature, top-k, top-p, min-p on [B, V] -> filtered logits (-inf outside)."""
+def apply_masks(logits: torch.Tensor, rows: dict[str, np.ndarray], extras: list[RequestExtras],
+                history: dict[int, np.ndarray]) -> torch.Tensor:
+    """Ban bad words (a multi-token word only when its prefix was just generated) and, until
+    min_tokens, end tokens."""
+    n_out, min_tok = rows["num_output"], rows["min_tokens"]
+    for i, ex in enumerate(extras):
+        for word in ex.bad_words:
+            prefix = list(word[:-1])
+            if prefix:
+                out = history[i][ex.num_prompt:].tolist()
+                if out[-len(prefix):] != prefix:
+                    continue
+            logits[i, word[-1]] = float("-inf")
+        if n_out[i] < min_tok[i] and ex.end_ids:
+            logits[i, list(ex.end_ids)] = float("-inf")
+    return logits
+
+
+def apply_embedding_bias(logits: torch.Tensor, extras: list[RequestExtras]) -> torch.Tensor:
+    """Add each request's sparse additive bias {token id: bias} to its row of [B, V]."""
+    for i, ex in enumerate(extras):
+        if ex.embedding_bias:
+            ids = torch.tensor(list(ex.embedding_bias), dtype=torch.long, device=logits.device)
+            logits[i, ids] += torch.tensor(list(ex.embedding_bias.values()), dtype=logits.dtype,
+                                           device=logits.device)
+    return logits
+
+
+def _filter(logits: torch.Tensor, rows: dict[str, np.ndarray], idx: np.ndarray) -> torch.Tensor:
+    """Temperature, top-k, top-p, min-p on [b, V] (rows ``idx``) -> filtered logits."""
     dev = logits.device
-    temp = torch.tensor([max(r.params.temperature, 1e-6) for r in reqs], device=dev)[:, None]
+    temp = torch.from_numpy(np.maximum(rows["temperature"][idx], 1e-6)).to(dev)[:, None]
     logits = logits / temp
-    top_k = [r.params.top_k for r in reqs]
-    top_p = [r.params.top_p for r in reqs]
-    min_p = [r.params.min_p for r in reqs]
-    if any(k > 0 for k in top_k) or any(p < 1.0 for p in top_p):
-        sorted_logits, idx = logits.sort(dim=-1, descending=True)
+    top_k, top_p, min_p = rows["top_k"][idx], rows["top_p"][idx], rows["min_p"][idx]
+    if (top_k > 0).any() or (top_p < 1.0).any():
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
         v = logits.shape[1]
-        k_t = torch.tensor([k if k > 0 else v for k in top_k], device=dev)[:, None]
-        ranks = torch.arange(v, device=dev)[None, :]
-        drop = ranks >= k_t
+        k_t = torch.from_numpy(np.where(top_k > 0, top_k, v).astype(np.int64)).to(dev)[:, None]
+        drop = torch.arange(v, device=dev)[None, :] >= k_t
         probs = sorted_logits.masked_fill(drop, float("-inf")).softmax(-1)
         # keep the smallest prefix whose mass reaches top_p (the first token always stays)
         mass_before = probs.cumsum(-1) - probs
-        drop |= mass_before >= torch.tensor(top_p, device=dev)[:, None]
+        drop |= mass_before >= torch.from_numpy(top_p).to(dev)[:, None]
         sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
-        logits = torch.full_like(logits, float("-inf")).scatter(1, idx, sorted_logits)
-    if any(m > 0 for m in min_p):
+        logits = torch.full_like(logits, float("-inf")).scatter(1, order, sorted_logits)
+    if (min_p > 0).any():
         probs = logits.softmax(-1)
-        thresh = probs.max(-1, keepdim=True).values * torch.tensor(min_p, device=dev)[:, None]
+        thresh = probs.max(-1, keepdim=True).values * torch.from_numpy(min_p).to(dev)[:, None]
         logits = logits.masked_fill(probs < thresh, float("-inf"))
     return logits
 
 
-def _sample(logits: torch.Tensor, reqs: list[Request], default_gen: torch.Generator | None
-            ) -> torch.Tensor:
+def _sample(logits: torch.Tensor, gens: list[torch.Generator | None],
+            default_gen: torch.Generator | None) -> torch.Tensor:
     """Exponential race: argmax(p / E) with E ~ Exp(1) equals sampling from p."""
     probs = logits.softmax(-1)
     noise = torch.empty_like(probs)
-    seeded = [i for i, r in enumerate(reqs) if r.generator is not None]
-    if len(seeded) < len(reqs):
+    seeded = [i for i, g in enumerate(gens) if g is not None]
+    if len(seeded) < len(gens):
         noise.exponential_(generator=default_gen)
     for i in seeded:
-        noise[i].exponential_(generator=reqs[i].generator)
+        noise[i].exponential_(generator=gens[i])
     return (probs / noise).argmax(-1)
 
 
@@ -124,8 +148,8 @@ class DeviceSample:
     device->host copies without waiting; :meth:`result` waits for them (the one sync)."""
 
     def __init__(self, tokens: torch.Tensor, chosen: torch.Tensor | None,
-                 top: tuple[torch.Tensor, torch.Tensor] | None, want: list[int | None]) -> None:
-        self.tokens = tokens  # [B] int64, feeds the next step's inputs when overlapped
+                 top: tuple[torch.Tensor, torch.Tensor] | None, want: list[int]) -> None:
+        self.tokens = tokens  # [S] int64, feeds the next step's inputs when overlapped
         self._chosen, self._top, self._want = chosen, top, want
         self._host: list[torch.Tensor] | None = None
         self._event: torch.cuda.Event | None = None
@@ -153,40 +177,78 @@ class DeviceSample:
         top: list[list[tuple[int, float]]] = [[] for _ in tokens]
         if self._top is not None:
             vals_l, ids_l = self._host[2].tolist(), self._host[3].tolist()
-            top = [list(zip(ids_l[i], vals_l[i]))[: (w or 0)] for i, w in enumerate(self._want)]
+            top = [list(zip(ids_l[i], vals_l[i]))[: max(w, 0)] for i, w in enumerate(self._want)]
         return SamplerOutput(tokens, chosen, top)
-
-
-def reads_history(r: Request) -> bool:
-    """Whether sampling this request reads its previous tokens (penalties, multi-token bad
-    words): the overlapped engine must have the last token on the host first."""
-    return _uses_penalties(r) or any(len(w) > 1 for w in r.params.bad_words_ids)
 
 
 class Sampler:
     def __init__(self, device: torch.device, seed: int = 0) -> None:
         self.gen = torch.Generator(device=device).manual_seed(seed)
+        self.extras: dict[int, RequestExtras] = {}
+        self._special: set[int] = set()  # handles with bad words, a generator or a bias
 
+    # ---- per-request state (the worker's side of a request) -------------------------------
+    def register(self, handle: int, extras: RequestExtras) -> None:
+        self.extras[handle] = extras
+        if extras.bad_words or extras.generator is not None or extras.embedding_bias:
+            self._special.add(handle)
+
+    def release(self, handle: int) -> None:
+        self.extras.pop(handle, None)
+        self._special.discard(handle)
+
+    def reads_history(self, plan: StepPlan) -> list[int]:
+        """Sampling rows whose sampling reads the request's tokens (penalties, multi-token bad
+        words): an overlapped engine must have their last token on the host first."""
+        if not plan.num_samples:
+            return []
+        rows = plan.rows
+        need = _uses_penalties(rows)
+        if self._special:
+            for i, h in enumerate(rows["sample_handles"].tolist()):
+                if h in self._special and self.extras.get(h, _GONE).multi_token_bad_words:
+                    need[i] = True
+        return np.flatnonzero(need).tolist()  # type: ignore[no-any-return]
+
+    # ---- one step --------------------------------------------------------------------------
     @torch.no_grad()
-    def sample(self, logits: torch.Tensor, reqs: list[Request]) -> DeviceSample:
-        """logits: [B, V] fp32, one row per request that samples this step. No host sync."""
+    def sample(self, logits: torch.Tensor, plan: StepPlan,
+               history: dict[int, np.ndarray] | None = None) -> DeviceSample:
+        """logits: [S, V] fp32, one row per sampling row of ``plan``. ``history``: sampling row
+        -> prompt+output tokens, for the rows :meth:`reads_history` names. No host sync."""
+        rows = plan.rows
+        handles = rows["sample_handles"].tolist()
         raw = logits
-        if any(_uses_penalties(r) or r.params.bad_words_ids or r.params.min_tokens for r in reqs):
-            logits = apply_masks(apply_penalties(logits.clone(), reqs), reqs)
-        greedy = [r.params.greedy for r in reqs]
+        special = bool(self._special) and any(h in self._special for h in handles)
+        masks = special or bool((rows["num_output"] < rows["min_tokens"]).any())
+        pen_rows = np.flatnonzero(_uses_penalties(rows)).tolist()
+        if masks or pen_rows:
+            # a row whose request finished since it was planned (overlapped engines) samples
+            # with neutral extras; its token is dropped by update()
+            extras = [self.extras.get(h, _GONE) for h in handles]
+            hist = history or {}
+            logits = logits.clone()
+            if special:
+                logits = apply_embedding_bias(logits, extras)
+            if masks:
+                logits = apply_masks(logits, rows, extras, hist)
+            if pen_rows:
+                logits = apply_penalties(logits, rows, pen_rows, hist, extras)
         tokens = logits.argmax(-1)
-        if not all(greedy):
-            idx = [i for i, g in enumerate(greedy) if not g]
-            sub = [reqs[i] for i in idx]
-            sampled = _sample(_filter(logits[idx], sub), sub, self.gen)
-            tokens[idx] = sampled
-        want = [r.params.logprobs for r in reqs]
-        if all(w is None for w in want):
+        sampled = np.flatnonzero(rows["temperature"] > 0)
+        if len(sampled):
+            gens = [self.extras.get(handles[i], _GONE).generator if handles[i] in self._special else None
+                    for i in sampled.tolist()]
+            idx = torch.from_numpy(sampled).to(logits.device)
+            tokens[idx] = _sample(_filter(logits[idx], rows, sampled), gens, self.gen)
+        want = rows["logprobs"].tolist()
+        if all(w < 0 for w in want):
             return DeviceSample(tokens, None, None, want)
         logp = raw.log_softmax(-1)
         chosen = logp.gather(1, tokens[:, None])[:, 0]
-        k = max((w or 0) for w in want)
+        k = max(want)
         return DeviceSample(tokens, chosen, logp.topk(k, dim=-1) if k > 0 else None, want)
 
-    def __call__(self, logits: torch.Tensor, reqs: list[Request]) -> SamplerOutput:
-        return self.sample(logits, reqs).result()
+    def __call__(self, logits: torch.Tensor, plan: StepPlan,
+                 history: dict[int, np.ndarray] | None = None) -> SamplerOutput:
+        return self.sample(logits, plan, history).result()

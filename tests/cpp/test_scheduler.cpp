@@ -1,5 +1,6 @@
-// Scheduler step planner: budget, chunking, batch size, priority, preemption newest-first,
-// no starvation, abort at any point, and a random stress run with integrity checks.
+// Scheduler step planner and request owner: budget, chunking, batch size, priority,
+// preemption newest-first, no starvation, abort at any point, update() with 0/1/k tokens,
+// stop rules and roll-back, an overlapped step, and a random stress run with integrity checks.
 #include <map>
 #include <random>
 
@@ -33,21 +34,28 @@ struct Sim {
     return h;
   }
 
-  // One engine step: plan, "run", advance, sample for requests that reached their end.
+  // One engine step: plan, "run", launched, update with one token per sampling row; the core
+  // finishes requests at their length limit and the caller frees them.
   std::vector<std::tuple<Handle, int64_t, int32_t>> step() {
     const StepPlan& plan = s.schedule();
     std::vector<std::tuple<Handle, int64_t, int32_t>> out;
-    std::vector<Handle> sampled;
+    std::vector<Token> toks;
+    std::vector<int64_t> offs{0};
     for (const auto& e : plan.scheduled) {
       out.emplace_back(e.req->handle, e.start, e.num_new);
-      if (e.samples) sampled.push_back(e.req->handle);
+      if (e.samples) {
+        toks.push_back(1000 + e.req->num_tokens());
+        offs.push_back(static_cast<int64_t>(toks.size()));
+      }
     }
-    s.advance();
-    for (Handle h : sampled) {
-      RequestState* r = s.get(h);
-      Token t = 1000 + r->num_tokens();
-      s.append_tokens(*r, Span<const Token>(&t, 1));
-      if (r->num_tokens() - prompt[h] >= max_out[h]) s.finish(h);
+    if (!plan.scheduled.empty()) {
+      s.launched(plan.step);
+      const StepEvents& ev = s.update({plan.step, toks, offs});
+      std::vector<Handle> done;
+      for (const auto& e : ev.events) {
+        if (e.finish != FinishReason::kNone) done.push_back(e.handle);
+      }
+      for (Handle h : done) s.finish(h);
     }
     s.check_integrity();
     return out;
@@ -109,12 +117,18 @@ TEST(preemption_newest_first_keeps_tokens) {
 TEST(finish_and_preempt_outside_schedule_mark_the_plan) {
   Sim sim(64, config(64));
   Handle a = sim.add(3, 5), b = sim.add(3, 5);
-  sim.s.schedule();
-  CHECK(sim.s.plan().intact);
+  const StepPlan& plan = sim.s.schedule();
+  CHECK(plan.intact);
   CHECK(sim.s.finish(a));
-  CHECK(!sim.s.plan().intact && sim.s.plan().scheduled[0].req == nullptr);
-  sim.s.advance();  // skips a
+  CHECK(!plan.intact && plan.scheduled[0].req == nullptr);
+  sim.s.launched(plan.step);  // skips a
   CHECK_EQ(sim.s.get(b)->num_computed, int64_t{3});
+  CHECK_EQ(sim.s.get(b)->pending, 1);
+  std::vector<Token> t{7, 8};
+  std::vector<int64_t> offs{0, 1, 2};
+  const StepEvents& ev = sim.s.update({plan.step, t, offs});  // a's row is dropped
+  CHECK_EQ(ev.events.size(), size_t{1});
+  CHECK_EQ(sim.s.get(b)->tokens.back(), Token{8});
   CHECK(!sim.s.finish(a));
   sim.s.preempt(b);
   CHECK(sim.s.get(b)->status == RequestStatus::kPreempted);
@@ -122,21 +136,97 @@ TEST(finish_and_preempt_outside_schedule_mark_the_plan) {
   sim.s.check_integrity();
 }
 
-TEST(token_sync_hook_runs_before_planning) {
-  Sim sim(64, config(64));
-  Handle a = sim.add(3, 5);
-  int calls = 0;
-  sim.s.set_token_sync([&](RequestState& r) {
-    ++calls;
-    if (r.num_tokens() == 3) {
-      Token t = 42;
-      sim.s.append_tokens(r, Span<const Token>(&t, 1));
-    }
-  });
-  const StepPlan& plan = sim.s.schedule();
-  CHECK_EQ(calls, 1);
-  CHECK_EQ(plan.scheduled.at(0).num_new, 4);  // saw the synced token
-  CHECK_EQ(sim.s.get(a)->tokens.back(), Token{42});
+namespace {
+
+RequestSpec spec_of(const std::string& id, int prompt, int max_tokens, StopRules stop = {}) {
+  RequestSpec spec;
+  spec.id = id;
+  for (int i = 0; i < prompt; ++i) spec.tokens.push_back(i + 1);
+  spec.num_prompt_tokens = prompt;
+  spec.max_total_tokens = prompt + max_tokens;
+  spec.stop = std::move(stop);
+  return spec;
+}
+
+// Runs one step of a single-request scheduler and feeds `sampled` as its row's result.
+const StepEvents& step_with(Scheduler& s, std::vector<Token> sampled) {
+  static std::vector<Token> toks;
+  static std::vector<int64_t> offs;
+  const StepPlan& plan = s.schedule();
+  s.launched(plan.step);
+  toks = std::move(sampled);
+  offs = {0, static_cast<int64_t>(toks.size())};
+  return s.update({plan.step, toks, offs});
+}
+
+}  // namespace
+
+TEST(update_appends_k_tokens_and_stops_in_the_middle) {
+  KVCacheManager kv(64, 4, false);
+  Scheduler s(config(64), kv);
+  Handle h = s.add(spec_of("a", 3, 10, StopRules{{99}, {}, 0, false}));
+  const StepEvents& e1 = step_with(s, {5, 6, 7});  // k = 3 tokens for one row
+  CHECK_EQ(e1.events.at(0).output_len, int64_t{3});
+  CHECK(e1.tokens == (std::vector<Token>{5, 6, 7}));
+  CHECK_EQ(s.get(h)->num_computed, int64_t{3});  // 6 and 7 are computed next step
+  const StepEvents& e2 = step_with(s, {8, 99, 9});  // the end id in the middle: 9 rolls back
+  CHECK(e2.events.at(0).finish == FinishReason::kStop);
+  CHECK_EQ(e2.events.at(0).stop_token, Token{99});
+  CHECK(s.get(h)->tokens == (std::vector<Token>{1, 2, 3, 5, 6, 7, 8, 99}));
+  CHECK(s.finish(h));
+  CHECK_EQ(kv.num_free_blocks(), 64);
+}
+
+TEST(update_with_no_token_recomputes_the_last_position) {
+  KVCacheManager kv(64, 4, false);
+  Scheduler s(config(64), kv);
+  Handle h = s.add(spec_of("a", 3, 4));
+  const StepEvents& ev = step_with(s, {});
+  CHECK_EQ(ev.events.at(0).output_len, int64_t{0});
+  CHECK_EQ(s.get(h)->num_tokens(), int64_t{3});
+  const StepPlan& plan = s.schedule();
+  CHECK_EQ(plan.scheduled.at(0).start, int64_t{2});  // position 2 again, and it samples
+  CHECK(plan.scheduled.at(0).samples);
+}
+
+TEST(stop_sequences_min_tokens_and_length) {
+  KVCacheManager kv(64, 4, false);
+  Scheduler s(config(64), kv);
+  // the stop sequence [7, 8] is cut (not kept); min_tokens 2 ignores the early end id 99
+  Handle h = s.add(spec_of("a", 2, 10, StopRules{{99}, {{7, 8}}, 2, false}));
+  CHECK(step_with(s, {99}).events.at(0).finish == FinishReason::kNone);
+  step_with(s, {7});
+  const StepEvents& ev = step_with(s, {8});
+  CHECK(ev.events.at(0).finish == FinishReason::kStop);
+  CHECK_EQ(ev.events.at(0).stop_sequence, 0);
+  CHECK_EQ(ev.events.at(0).output_len, int64_t{1});  // 99 stays, 7 8 are cut
+  CHECK_EQ(ev.events.at(0).from, int64_t{1});
+  CHECK(s.finish(h));
+  Handle g = s.add(spec_of("b", 2, 2));
+  step_with(s, {4});
+  CHECK(step_with(s, {4}).events.at(0).finish == FinishReason::kLength);
+  CHECK(s.finish(g));
+}
+
+TEST(overlapped_step_fills_the_first_pending_slot) {
+  KVCacheManager kv(64, 4, false);
+  Scheduler s(config(64), kv);
+  Handle h = s.add(spec_of("a", 3, 2));
+  const StepPlan& p1 = s.schedule();
+  uint64_t s1 = p1.step;
+  s.launched(s1);
+  const StepPlan& p2 = s.schedule();  // planned before step 1's token is known
+  CHECK_EQ(p2.scheduled.at(0).start, int64_t{3});
+  uint64_t s2 = p2.step;
+  s.launched(s2);
+  CHECK_EQ(s.get(h)->pending, 2);
+  CHECK_THROWS(s.schedule(), std::logic_error);  // step 1 still in flight
+  std::vector<Token> t1{5}, t2{6};
+  std::vector<int64_t> offs{0, 1};
+  CHECK(s.update({s1, t1, offs}).events.at(0).finish == FinishReason::kNone);
+  CHECK(s.update({s2, t2, offs}).events.at(0).finish == FinishReason::kLength);
+  CHECK(s.get(h)->tokens == (std::vector<Token>{1, 2, 3, 5, 6}));
+  CHECK_THROWS(s.update({s2, t2, offs}), std::logic_error);  // once per step
 }
 
 TEST(random_stress_keeps_every_invariant) {

@@ -1,6 +1,6 @@
-"""Step metadata written by the C++ core (ModelRunner.prepare on CPU tensors): checked against
-the flat layout the pure-Python prepare() produced, on random mixed prefill/decode steps,
-through the scheduler's plan and through the generic path for hand-made outputs."""
+"""The StepPlan the C++ core writes (read through ModelRunner.prepare on CPU tensors), checked
+against the flat layout of a Python oracle on random mixed prefill/decode steps, live and
+after a round trip through bytes; buffer growth; the generic builder's checks."""
 
 from __future__ import annotations
 
@@ -14,45 +14,48 @@ from inflight import _core
 from inflight.config import EngineConfig
 from inflight.kv_cache_manager import KVCacheManager
 from inflight.model_runner import ModelRunner, StepInputs
-from inflight.request import Request, RequestStatus
-from inflight.sampling_params import SamplingParams
-from inflight.scheduler import ScheduledRequest, Scheduler, SchedulerOutput, StepBuffers
+from inflight.scheduler import Scheduler, SequenceSpec
+from inflight.step_plan import StepBuffers, StepPlan, StepResult
 
 BS = 4
 
 
-def oracle(out: SchedulerOutput, tables: list[list[int]]) -> dict[str, Any]:
-    """The layout of the pure-Python ModelRunner.prepare() this replaced."""
+def oracle(sched: Scheduler, kv: KVCacheManager, plan: StepPlan, ctx_wanted: set[int]) -> dict[str, Any]:
+    """The layout of the pure-Python ModelRunner.prepare() the core replaced."""
     ids: list[int] = []
     pos: list[int] = []
     slots: list[int] = []
     qsl, seq_lens, logits, sample_rows = [0], [], [], []
-    ctx: dict[str, tuple[int, int]] = {}
-    for s, table in zip(out.scheduled, tables, strict=True):
-        r, end = s.request, s.start + s.num_new_tokens
-        for p in range(s.start, end):
-            ids.append(r.token_ids[p])
+    ctx: dict[int, tuple[int, int]] = {}
+    tables = []
+    for h, start, n, samples in sched.entries(plan):
+        st = sched.state(h)
+        toks, table, end = sched.tokens(h).tolist(), kv.block_table(st["id"]), start + n
+        tables.append(table)
+        for p in range(start, end):
+            ids.append(toks[p])
             pos.append(p)
             slots.append(table[p // BS] * BS + p % BS)
-        qsl.append(qsl[-1] + s.num_new_tokens)
+        qsl.append(qsl[-1] + n)
         seq_lens.append(end)
-        if r.context_logits is not None and s.start < r.num_prompt_tokens:
-            n_ctx = min(end, r.num_prompt_tokens) - s.start
-            ctx[r.request_id] = (len(logits), len(logits) + n_ctx)
+        if h in ctx_wanted and start < st["num_prompt"]:
+            n_ctx = min(end, st["num_prompt"]) - start
+            ctx[h] = (len(logits), len(logits) + n_ctx)
             logits.extend(range(qsl[-2], qsl[-2] + n_ctx))
-        if s.samples:
+        if samples:
             if not logits or logits[-1] != qsl[-1] - 1:
                 logits.append(qsl[-1] - 1)
             sample_rows.append(len(logits) - 1)
     width = max(map(len, tables))
+    sizes = [n for _, _, n, _ in sched.entries(plan)]
     return {"input_ids": ids, "positions": pos, "slot_mapping": slots, "qsl": qsl,
             "seq_lens": seq_lens, "block_tables": [t + [0] * (width - len(t)) for t in tables],
             "logits_indices": logits, "sample_rows": sample_rows, "ctx_rows": ctx,
-            "num_decodes": sum(1 for s in out.scheduled if s.num_new_tokens == 1),
-            "max_query_len": max(s.num_new_tokens for s in out.scheduled), "max_seq_len": max(seq_lens)}
+            "num_decodes": sum(1 for n in sizes if n == 1),
+            "max_query_len": max(sizes), "max_seq_len": max(seq_lens)}
 
 
-def flatten(inp: StepInputs) -> dict[str, Any]:
+def flatten(inp: StepInputs, plan: StepPlan) -> dict[str, Any]:
     m = inp.meta
     assert inp.input_ids.dtype == inp.positions.dtype == m.slot_mapping.dtype == torch.int64
     assert m.query_start_loc.dtype == m.seq_lens.dtype == m.block_tables.dtype == torch.int32
@@ -61,8 +64,8 @@ def flatten(inp: StepInputs) -> dict[str, Any]:
     return {"input_ids": inp.input_ids.tolist(), "positions": inp.positions.tolist(),
             "slot_mapping": m.slot_mapping.tolist(), "qsl": m.query_start_loc_cpu,
             "seq_lens": m.seq_lens_cpu, "block_tables": m.block_tables.tolist(),
-            "logits_indices": inp.logits_indices.tolist(), "sample_rows": inp.sample_rows,
-            "ctx_rows": inp.ctx_rows, "num_decodes": m.num_decodes,
+            "logits_indices": inp.logits_indices.tolist(), "sample_rows": plan.sample_rows.tolist(),
+            "ctx_rows": plan.ctx_rows, "num_decodes": m.num_decodes,
             "max_query_len": m.max_query_len, "max_seq_len": m.max_seq_len}
 
 
@@ -84,29 +87,28 @@ def test_prepare_matches_the_python_layout_on_random_steps(seed: int) -> None:
     sched = Scheduler(cfg, kv)
     run = runner(cfg)
     shared = [rng.randrange(50) for _ in range(8)]
-    n = 0
-    for _ in range(60):
+    ctx: set[int] = set()
+    for n in range(60):
         if rng.random() < 0.4:
-            params = SamplingParams(max_tokens=rng.randint(1, 6),
-                                    return_context_logits=rng.random() < 0.3)
             prompt = shared[: rng.choice((0, 4, 8))] + [rng.randrange(50) for _ in range(rng.randint(1, 20))]
-            sched.add(Request(f"r{n}", prompt, params, params.max_tokens or 1, frozenset(),
-                              arrival_order=n))
-            n += 1
-        out = sched.schedule()
-        if not out:
+            want_ctx = rng.random() < 0.3
+            h = sched.add(SequenceSpec(f"r{n}", prompt, rng.randint(1, 6), arrival_order=n,
+                                       context_logits=want_ctx))
+            if want_ctx:
+                ctx.add(h)
+        plan = sched.schedule()
+        if not plan:
             continue
-        tables = [kv.block_table(s.request.request_id) for s in out.scheduled]
-        want = oracle(out, tables)
-        assert flatten(run.prepare(out, [])) == want  # the plan's own tables
-        hand_made = SchedulerOutput(list(out.scheduled))
-        assert flatten(run.prepare(hand_made, tables)) == want  # the generic path
-        sched.advance(out.scheduled)
-        for s in out.scheduled:
-            if s.samples:
-                s.request.append_token(rng.randrange(50))
-                if s.request.num_output_tokens >= s.request.max_tokens:
-                    sched.finish(s.request, RequestStatus.FINISHED_LENGTH)
+        want = oracle(sched, kv, plan, ctx)
+        assert flatten(run.prepare(plan), plan) == want  # live: views of the host buffers
+        back = StepPlan.from_bytes(plan.to_bytes())
+        assert flatten(run.prepare(back), back) == want  # as a worker process would get it
+        sched.launched(plan)
+        ev = sched.update(plan, StepResult.one_per_row(plan.step, [rng.randrange(50) for _ in range(plan.num_samples)]))
+        for i, h in enumerate(ev.handles.tolist()):
+            if ev.finish[i]:
+                kv.forget(sched.state(h)["id"])
+                sched.finish(h)
         sched.check_integrity()
 
 
@@ -114,45 +116,29 @@ def test_buffers_grow_and_outputs_do_not_alias_them() -> None:
     cfg = EngineConfig(model="unused", block_size=BS, max_num_tokens=64, max_batch_size=8)
     kv = KVCacheManager(64, BS)
     sched = Scheduler(cfg, kv)
+    sched.buffers = StepBuffers(2, 1, 1)  # far too small: grown on the first step
     run = runner(cfg)
-    run._step_buffers = StepBuffers(BS, 2, 1, 1)  # far too small: grown on the first step
     for i in range(3):
-        sched.add(Request(f"r{i}", list(range(1, 12)), SamplingParams(max_tokens=4), 4, frozenset()))
-    out = sched.schedule()
-    first = run.prepare(out, [])
-    assert first.input_ids.numel() == 33 and run._step_buffers.capacity[0] >= 33
+        sched.add(SequenceSpec(f"r{i}", list(range(1, 12)), 4))
+    plan = sched.schedule()
+    first = run.prepare(plan)
+    assert first.input_ids.numel() == 33 and sched.buffers.capacity[0] >= 33
     snapshot = first.input_ids.clone()
-    sched.advance(out.scheduled)
-    for s in out.scheduled:
-        s.request.append_token(99)
-    run.prepare(sched.schedule(), [])
+    sched.launched(plan)
+    sched.update(plan, StepResult.one_per_row(plan.step, [99, 99, 99]))
+    run.prepare(sched.schedule())
     assert torch.equal(first.input_ids, snapshot)  # the next step did not overwrite it
 
 
-def test_a_stale_plan_falls_back_to_the_given_tables() -> None:
-    cfg = EngineConfig(model="unused", block_size=BS, max_num_tokens=64)
-    kv = KVCacheManager(64, BS)
-    sched = Scheduler(cfg, kv)
-    a = Request("a", [1, 2, 3], SamplingParams(max_tokens=2), 2, frozenset())
-    b = Request("b", [4, 5, 6, 7, 8], SamplingParams(max_tokens=2), 2, frozenset())
-    sched.add(a)
-    sched.add(b)
-    out = sched.schedule()
-    tables = [kv.block_table("a"), kv.block_table("b")]
-    sched.finish(b, RequestStatus.FINISHED_ABORTED)  # the plan is no longer intact
-    got = flatten(runner(cfg).prepare(out, tables))
-    assert got == oracle(out, tables)
-
-
 def test_generic_builder_checks_its_inputs() -> None:
-    bufs = StepBuffers(BS, 8, 2, 2)
-    r = Request("r", [1, 2, 3, 4, 5], SamplingParams(), 1, frozenset())
+    bufs = StepBuffers(8, 2, 2)
+    entry = ("r", [1, 2, 3, 4, 5], 0, 5, 5, True, False)
     with pytest.raises(AssertionError, match="block table too short"):
-        bufs.build(SchedulerOutput([ScheduledRequest(r, 5, 0)]), [[0]])
+        _core.build_step_metadata([entry], [[0]], BS, bufs.views)
     with pytest.raises(AssertionError, match="past the request's tokens"):
-        bufs.build(SchedulerOutput([ScheduledRequest(r, 6, 0)]), [[0, 1]])
+        _core.build_step_metadata([entry[:3] + (6,) + entry[4:]], [[0, 1]], BS, bufs.views)
     with pytest.raises(TypeError, match="int32"):
         _core.StepBufferViews(*([np.zeros(4, np.int64)] * 8))
-    lay = bufs.build(SchedulerOutput([ScheduledRequest(r, 5, 0)]), [[3, 1]])
+    lay = _core.build_step_metadata([entry], [[3, 1]], BS, bufs.views)
     assert (lay.num_tokens, lay.num_reqs, lay.table_width, lay.sample_rows) == (5, 1, 2, [0])
     assert bufs.arrays["slot_mapping"][:5].tolist() == [12, 13, 14, 15, 4]

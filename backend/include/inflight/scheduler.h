@@ -15,9 +15,15 @@
 // seniority across preemptions and the victim is always the most junior, so the oldest
 // admitted request always progresses: nothing admitted starves, whatever the priorities of
 // requests that arrive later.
+//
+// One owner: the core holds each request's tokens, counters, status and stop rules; callers
+// hold a Handle. A step is schedule() -> (the model runs) -> launched(step) -> update(step,
+// result): launched() moves the counters and gives every sampling row a pending slot (so an
+// overlapped engine can plan step N+1 before step N's tokens reach the host), update() fills
+// the slots with 0..k sampled tokens, applies the token stop rules and length limits, rolls
+// back what lies past a stop, and returns one event per sampled row.
 #pragma once
 
-#include <functional>
 #include <set>
 #include <string>
 #include <unordered_map>
@@ -32,6 +38,28 @@ enum class Policy : uint8_t { kGuaranteedNoEvict, kMaxUtilization };
 Policy parse_policy(const std::string& name);
 
 enum class RequestStatus : uint8_t { kWaiting, kRunning, kPreempted };
+// Why a request finished by the token rules (aborts and errors are the caller's: finish()).
+enum class FinishReason : uint8_t { kNone, kStop, kLength };
+
+// Token-level stop rules, applied by update() to every new token in order.
+struct StopRules {
+  std::vector<Token> end_ids;                      // eos (unless ignored) + stop token ids
+  std::vector<std::vector<Token>> stop_sequences;  // multi-token stop words
+  int32_t min_tokens = 0;             // no stop before this many output tokens
+  bool keep_stop_sequence = false;    // keep a matched stop sequence's tokens in the output
+};
+
+// Per-request sampling arguments the step plan carries for each sampling row.
+struct SamplingArgs {
+  float temperature = 0.0f;  // 0: greedy
+  int32_t top_k = 0;
+  float top_p = 1.0f;
+  float min_p = 0.0f;
+  float repetition_penalty = 1.0f;
+  float presence_penalty = 0.0f;
+  float frequency_penalty = 0.0f;
+  int32_t logprobs = -1;  // -1: none; k >= 0: the chosen token's and the top-k logprobs
+};
 
 struct SchedulerConfig {
   int64_t max_num_tokens = 8192;  // token budget of one step
@@ -49,6 +77,8 @@ struct RequestSpec {
   int64_t arrival_order = 0;
   std::string extra_key;  // goes into every block hash: adapter id, cache salt
   bool context_logits = false;
+  StopRules stop;
+  SamplingArgs sampling;
 };
 
 struct RequestState {
@@ -63,13 +93,48 @@ struct RequestState {
   int64_t arrival = 0;
   std::string extra_key;
   bool context_logits = false;
+  StopRules stop;
+  SamplingArgs sampling;
   RequestStatus status = RequestStatus::kWaiting;
+  FinishReason finish = FinishReason::kNone;
+  Token stop_token = -1;         // the end id that stopped it
+  int32_t stop_sequence = -1;    // index of the stop sequence that stopped it
+  int32_t pending = 0;           // trailing slots in `tokens` whose sampled value is not known yet
   int32_t num_preemptions = 0;
-  int64_t seniority = -1;       // number of its first admission; -1 until admitted
-  uint64_t scheduled_step = 0;  // the last step that scheduled it
-  void* user = nullptr;         // opaque to the core: the binding's handle on its own object
+  int64_t num_cached = -1;       // prefix-cache hit at first admission (tokens); -1 until then
+  int64_t seniority = -1;        // number of its first admission; -1 until admitted
+  uint64_t scheduled_step = 0;   // the last step that scheduled it
 
   int64_t num_tokens() const { return static_cast<int64_t>(tokens.size()); }
+  int64_t num_output() const { return num_tokens() - num_prompt; }
+  int64_t num_known() const { return num_tokens() - pending; }  // tokens whose value is known
+};
+
+// One sampled row's outcome of update(): the request's output after the update is
+// [0, output_len); `tokens` are its output tokens from `from` on (from <= the length before:
+// a stop sequence cut may reach back into tokens reported earlier).
+struct StepEvent {
+  Handle handle = 0;
+  int32_t row = 0;  // the plan's sampling row
+  int64_t from = 0;
+  int64_t output_len = 0;
+  FinishReason finish = FinishReason::kNone;
+  Token stop_token = -1;
+  int32_t stop_sequence = -1;
+  size_t token_begin = 0, token_end = 0;  // range in StepEvents::tokens
+};
+
+struct StepEvents {
+  std::vector<StepEvent> events;
+  std::vector<Token> tokens;
+};
+
+// What the worker sampled: for the k-th sampling row of a plan, tokens [offsets[k],
+// offsets[k + 1]) (0..n tokens; 0 rolls the row back so its last position is computed again).
+struct StepResultView {
+  uint64_t step = 0;
+  Span<const Token> tokens;
+  Span<const int64_t> offsets;  // num_samples + 1
 };
 
 struct ScheduledEntry {
@@ -86,35 +151,39 @@ struct StepPlan {
   std::vector<Handle> preempted;
   int64_t num_tokens = 0;
   int32_t num_decodes = 0;
-  bool intact = true;  // false once an entry's request left before advance()
+  bool intact = true;     // false once an entry's request left before update()
+  bool launched = false;  // launched() ran: counters moved, pending slots given
+  bool updated = false;   // update() ran
 };
 
 class Scheduler {
  public:
-  // Called before a request's tokens are read by schedule(): a binding whose requests live
-  // elsewhere (Python lists) refreshes RequestState::tokens here.
-  using TokenSync = std::function<void(RequestState&)>;
-
   Scheduler(const SchedulerConfig& cfg, KVCacheManager& kv);
   ~Scheduler();
   Scheduler(const Scheduler&) = delete;
   Scheduler& operator=(const Scheduler&) = delete;
 
-  Handle add(RequestSpec spec, void* user = nullptr);
+  Handle add(RequestSpec spec);
   RequestState* get(Handle h);
+  const RequestState* get(Handle h) const;
   RequestState* find(const std::string& id);
-  void set_token_sync(TokenSync fn) { sync_ = std::move(fn); }
-  // Tokens change only by appending sampled tokens or, right before a request finishes,
-  // dropping a matched stop sequence.
-  void append_tokens(RequestState& r, Span<const Token> tokens);
+  // Tokens change only through update() (append, fill, roll back, stop cut) and truncate.
   void truncate_tokens(RequestState& r, size_t n);
 
   const StepPlan& schedule();
-  const StepPlan& plan() const { return plan_; }
-  // After the model ran: counters move to the end of each scheduled chunk and blocks that
-  // became full are offered to the prefix cache.
-  void advance();
-  void advance_one(RequestState& r, int64_t num_computed);
+  const StepPlan& plan() const { return plans_[cur_]; }
+  // The plan of `step` if it is one of the last two (an overlapped engine updates step N
+  // after planning N + 1); throws otherwise.
+  const StepPlan& plan_of(uint64_t step) const;
+  // The model ran `step`: counters move to the end of each scheduled chunk, every sampling
+  // row gets a pending slot, and full blocks of known tokens are offered to the prefix cache.
+  void launched(uint64_t step);
+  // The sampled tokens of a launched step: fills pending slots, applies the stop rules and
+  // length limits, returns one event per row whose request is still here.
+  const StepEvents& update(const StepResultView& result);
+  // Stop a request by a rule the core does not see (a stop string in the text): it keeps
+  // its first `output_len` output tokens and finishes kStop. The caller then calls finish().
+  void stop_at(Handle h, int64_t output_len);
   bool finish(Handle h);  // from wherever it is: blocks freed, state dropped
   void preempt(Handle h);  // a running request back to the waiting queue, by recompute
 
@@ -142,6 +211,9 @@ class Scheduler {
   };
   static WaitKey wait_key(const RequestState& r);
 
+  StepPlan& plan_ref(uint64_t step);
+  void apply_stops(RequestState& r, int64_t checked_from);
+  void cache_known(RequestState& r);
   int64_t num_new(const RequestState& r, int64_t start, int64_t budget) const;
   int64_t schedule_running(int64_t budget);
   void schedule_waiting(int64_t budget);
@@ -152,18 +224,16 @@ class Scheduler {
   void insert_running(RequestState* r);
   void erase_running(RequestState* r);
   void drop_from_plan(RequestState* r);
-  void sync(RequestState& r) {
-    if (sync_) sync_(r);
-  }
 
   SchedulerConfig cfg_;
   KVCacheManager& kv_;
-  TokenSync sync_;
   std::unordered_map<Handle, RequestState> requests_;  // node-based: states never move
   std::unordered_map<std::string, Handle> by_id_;
   std::set<WaitKey> waiting_;
   std::vector<RequestState*> running_;  // by seniority: most junior last
-  StepPlan plan_;
+  StepPlan plans_[2];  // the latest plan and the one before it
+  int cur_ = 0;
+  StepEvents events_;  // scratch of update(), reused every step
   Handle next_handle_ = 1;
   int64_t next_seniority_ = 0;
   uint64_t step_ = 0;

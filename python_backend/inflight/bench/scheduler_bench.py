@@ -2,25 +2,23 @@
 
 Each step times what the engine does around the model, with fake requests (random prompts):
 
-- plan: ``Scheduler.schedule()`` (admission, chunking, block allocation);
-- meta: the step metadata, i.e. ``ModelRunner.prepare()`` building the flat arrays (input
-  ids, positions, slot mapping, block tables, query_start_loc, seq_lens, logits indices)
-  as CPU tensors, plus gathering the block tables where that implementation's
-  ``prepare()`` needs them passed in;
-- post: after the "model": append a dummy token to every sampling request, then
-  ``Scheduler.advance()``; finished requests are finished and replaced as the engine does.
+- plan: ``Scheduler.schedule()``: admission, chunking, block allocation, and the StepPlan's
+  flat arrays written by the core into reused host buffers;
+- meta: ``ModelRunner.prepare(plan)`` making the step's tensors from the plan;
+- post: ``Scheduler.launched`` + ``Scheduler.update`` with one dummy token per sampling row
+  (the core applies the length limit); finished requests are freed and replaced as the engine
+  does.
 
-``plan + meta`` is the figure the issue targets (<= 100 us per step at 256 running).
-``--vs-python COMMIT`` also runs the pure-Python scheduler/KV manager/prepare() of an older
-commit (extracted read-only with ``git archive``, run in a subprocess with this same
-benchmark module), alternating with the installed one, and prints the speed-up.
+``plan + meta`` is the figure to watch (<= 100 us per step at 256 running). To compare two
+commits, run this module in each checkout on the same machine, alternating
+(``benchmarks/gpu_bench.sh`` does that for the GPU host).
 
 Scenarios: ``decode256`` / ``decode1024`` (N requests, all decoding) and ``mixed256``
 (256 live requests with short outputs: finished ones are replaced by new prompts that are
 prefilled in chunks next to the decodes; prefix reuse on, with a shared system prompt).
 
 Usage: ``python -m inflight.bench.scheduler_bench [--scenarios ...] [--steps N]`` or
-``inflight bench scheduler``; ``run(impl, num_running, ...)`` from Python.
+``inflight bench scheduler``; ``run(num_running, ...)`` from Python.
 """
 
 from __future__ import annotations
@@ -28,17 +26,11 @@ from __future__ import annotations
 import argparse
 import datetime
 import gc
-import io
 import json
 import os
 import platform
 import random
-import shutil
 import statistics
-import subprocess
-import sys
-import tarfile
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -47,15 +39,14 @@ from typing import Any
 
 import torch
 
-from .. import scheduler as scheduler_mod
 from ..config import EngineConfig
 from ..kv_cache_manager import KVCacheManager
 from ..model_runner import ModelRunner
-from ..request import Request, RequestStatus
-from ..sampling_params import SamplingParams
-from ..scheduler import Scheduler, SchedulerOutput
+from ..scheduler import Scheduler, SequenceSpec
+from ..step_plan import StepPlan, StepResult
 
 _NS = 1e-3  # ns -> us
+IMPL = "cpp-owner"  # the C++ core owns request state; StepPlan boundary
 
 
 @dataclass(frozen=True)
@@ -102,11 +93,6 @@ class Result:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def current_impl() -> str:
-    """'cpp' once scheduler.py wraps inflight._core, 'python' for the pure-Python version."""
-    return str(getattr(scheduler_mod, "IMPLEMENTATION", "python"))
-
-
 def _stub_runner(cfg: EngineConfig, max_seq_len: int) -> ModelRunner:
     """A ModelRunner without a model or KV tensor: enough for prepare()."""
     r = ModelRunner.__new__(ModelRunner)
@@ -127,28 +113,39 @@ class _Load:
         self.sc, self.sched, self.kv = sc, sched, kv
         self.rng = random.Random(seed)
         self.system = [self.rng.randrange(32000) for _ in range(sc.shared_prefix)]
-        self.params = SamplingParams(max_tokens=sc.output_len[1])
         self.n = 0
+        self.ids: dict[int, str] = {}
 
     def add(self) -> None:
         rng, sc = self.rng, self.sc
         plen = rng.randint(*sc.prompt_len)
         prompt = self.system + [rng.randrange(32000) for _ in range(plen - len(self.system))]
-        req = Request(f"req-{self.n}", prompt, self.params, rng.randint(*sc.output_len),
-                      frozenset(), arrival_order=self.n)
+        rid = f"req-{self.n}"
+        h = self.sched.add(SequenceSpec(rid, prompt, rng.randint(*sc.output_len), arrival_order=self.n))
+        self.ids[h] = rid
         self.n += 1
-        self.sched.add(req)
 
-    def after_step(self, out: SchedulerOutput) -> None:
-        """What LLMEngine.step does after the model: append, advance, finish, replace."""
-        sampling = [s.request for s in out.scheduled if s.samples]
-        self.sched.advance(out.scheduled)
-        for req in sampling:
-            req.append_token(1 + req.num_tokens % 31999)  # dummy; cheap so "post" is the bookkeeping
-            if req.num_output_tokens >= req.max_tokens:
-                self.sched.finish(req, RequestStatus.FINISHED_LENGTH)
-                self.kv.forget(req.request_id)
-                self.add()
+    def after_step(self, plan: StepPlan) -> None:
+        """What LLMEngine.step does after the model: launched, update, finish, replace."""
+        self.sched.launched(plan)
+        toks = 1 + plan.rows["num_output"] % 31999  # dummy; cheap so "post" is the bookkeeping
+        ev = self.sched.update(plan, StepResult(plan.step, toks.astype("int64"),
+                                                 _offsets(plan.num_samples)))
+        for h in ev.handles[ev.finish != 0].tolist():
+            self.sched.finish(h)
+            self.kv.forget(self.ids.pop(h))
+            self.add()
+
+
+_OFFS: dict[int, Any] = {}
+
+
+def _offsets(n: int) -> Any:
+    if n not in _OFFS:
+        import numpy as np
+
+        _OFFS[n] = np.arange(n + 1, dtype=np.int64)
+    return _OFFS[n]
 
 
 def _build(sc: Scenario, seed: int, policy: str) -> tuple[Scheduler, KVCacheManager, ModelRunner, _Load]:
@@ -182,40 +179,32 @@ class _Clock:
         return [b - a for a, b in pairwise(c)], [b - a for a, b in pairwise(w)]
 
 
-def run(impl: str = "auto", num_running: int = 256, *, scenario: str | Scenario | None = None,
+def run(num_running: int = 256, *, scenario: str | Scenario | None = None,
         steps: int = 200, warmup: int = 20, seed: int = 0,
         policy: str = "guaranteed_no_evict") -> Result:
-    """Measure ``steps`` steps of one scenario with the installed implementation.
-
-    ``impl`` names the implementation the caller expects ('python' or 'cpp'; 'auto' takes
-    whichever is installed): only the installed one can run, and a mismatch raises rather
-    than mislabel figures. ``scenario`` defaults to the decode scenario of ``num_running``.
-    """
-    have = current_impl()
-    if impl not in ("auto", have):
-        raise ValueError(f"asked for impl {impl!r} but the installed scheduler is {have!r}")
+    """Measure ``steps`` steps of one scenario. ``scenario`` defaults to the decode scenario
+    of ``num_running``."""
     sc = scenario if isinstance(scenario, Scenario) else SCENARIOS.get(
         scenario or f"decode{num_running}",
         Scenario(f"decode{num_running}", num_running, (128, 512), (4096, 4096)))
     sched, kv, runner, load = _build(sc, seed, policy)
-    needs_tables = not getattr(scheduler_mod, "PREPARE_READS_CORE_TABLES", False)
 
-    def step() -> tuple[SchedulerOutput, _Clock]:
+    def step() -> tuple[StepPlan, _Clock]:
         clock = _Clock()
         clock.tick()
-        out = sched.schedule()
+        plan = sched.schedule()
         clock.tick()
-        tables = ([kv.block_table(s.request.request_id) for s in out.scheduled]
-                  if needs_tables else [])
-        runner.prepare(out, tables)
+        runner.prepare(plan)
         clock.tick()
-        load.after_step(out)
+        load.after_step(plan)
         clock.tick()
-        return out, clock
+        return plan, clock
 
     if not sc.measure_prefill:  # prefill everything first: measure pure decode steps
-        while any(r.num_computed_tokens < r.num_tokens - 1 for r in sched.running) or sched.num_waiting:
-            step()
+        while True:
+            plan, _ = step()
+            if not sched.num_waiting and plan.num_decodes == sched.num_running:
+                break
     else:  # steady state: the first generation of requests has been replaced
         while load.n < 2 * sc.num_running:
             step()
@@ -238,7 +227,7 @@ def run(impl: str = "auto", num_running: int = 256, *, scenario: str | Scenario 
 
     both = sorted(c[0] + c[1] for c in cpu)
     return Result(
-        impl=have, scenario=sc.name, num_running=sc.num_running, steps=steps,
+        impl=IMPL, scenario=sc.name, num_running=sc.num_running, steps=steps,
         tokens_per_step=tokens / steps, decodes_per_step=decodes / steps,
         plan_cpu_us=med([c[0] for c in cpu]), meta_cpu_us=med([c[1] for c in cpu]),
         plan_meta_cpu_us=med(both), plan_meta_cpu_p90_us=both[int(0.9 * (len(both) - 1))] * _NS,
@@ -276,49 +265,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--policy", default="guaranteed_no_evict",
                    choices=("guaranteed_no_evict", "max_utilization"))
-    p.add_argument("--rounds", type=int, default=1,
-                   help="runs per scenario (alternating with --vs-python); the median run is shown")
-    p.add_argument("--vs-python", default=None, metavar="COMMIT",
-                   help="also run the pure-Python implementation of this git commit (or of a "
-                        "directory holding that commit's python_backend/)")
+    p.add_argument("--rounds", type=int, default=1, help="runs per scenario; the median run is shown")
     p.add_argument("--json", default=None, help="also write the results to this file")
-
-
-# Runs the benchmark module inside an extracted tree, past the editable install's finder.
-_BOOTSTRAP = ("import sys; sys.meta_path = [f for f in sys.meta_path if 'editable' not in "
-              "type(f).__module__]; sys.path.insert(0, sys.argv[1]); "
-              "from inflight.bench.scheduler_bench import main; raise SystemExit(main(sys.argv[2:]))")
-
-
-def reference_tree(commit: str, dest: str) -> str:
-    """python_backend/ of ``commit`` (or a copy of a directory holding an extracted
-    python_backend/, for machines without the git history) in ``dest``, with this benchmark."""
-    if os.path.isdir(commit):
-        shutil.copytree(os.path.join(commit, "python_backend"), os.path.join(dest, "python_backend"))
-    else:
-        here = os.path.dirname(os.path.abspath(__file__))
-        root = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=here, check=True,
-                              capture_output=True, text=True).stdout.strip()
-        tar = subprocess.run(["git", "archive", commit, "python_backend"], cwd=root, check=True,
-                             capture_output=True).stdout
-        with tarfile.open(fileobj=io.BytesIO(tar)) as tf:
-            tf.extractall(dest)  # noqa: S202 - our own repository's archive
-    bench = os.path.join(dest, "python_backend", "inflight", "bench")
-    os.makedirs(bench, exist_ok=True)
-    if not os.path.exists(os.path.join(bench, "__init__.py")):
-        open(os.path.join(bench, "__init__.py"), "w").close()
-    shutil.copy(os.path.abspath(__file__), os.path.join(bench, "scheduler_bench.py"))
-    return os.path.join(dest, "python_backend")
-
-
-def run_reference(pkg: str, name: str, args: argparse.Namespace) -> Result:
-    with tempfile.NamedTemporaryFile(suffix=".json") as out:
-        subprocess.run([sys.executable, "-c", _BOOTSTRAP, pkg, "--scenarios", name,
-                        "--steps", str(args.steps), "--warmup", str(args.warmup), "--seed",
-                        str(args.seed), "--policy", args.policy, "--json", out.name],
-                       check=True, capture_output=True)
-        with open(out.name, encoding="utf-8") as f:
-            return Result(**json.load(f)["results"][0])
 
 
 def _median_run(runs: list[Result]) -> Result:
@@ -331,29 +279,16 @@ def main_args(args: argparse.Namespace, echo: Callable[[str], None] = print) -> 
     if unknown:
         raise SystemExit(f"unknown scenario(s) {unknown}; known: {', '.join(SCENARIOS)}")
     echo(f"# {datetime.date.today()} {machine()}")
-    echo(HEADER + (" speed-up |" if args.vs_python else ""))
-    echo("|---|---|---|---|---|---|---|---|" + ("---|" if args.vs_python else ""))
+    echo(HEADER)
+    echo("|---|---|---|---|---|---|---|---|")
     results: list[Result] = []
-    with tempfile.TemporaryDirectory() as tmp:
-        pkg = reference_tree(args.vs_python, tmp) if args.vs_python else ""
-        for name in names:
-            sc = SCENARIOS[name]
-            cur: list[Result] = []
-            ref: list[Result] = []
-            for _ in range(args.rounds):  # alternate, so both see the same machine load
-                if pkg:
-                    ref.append(run_reference(pkg, name, args))
-                cur.append(run("auto", sc.num_running, scenario=sc, steps=args.steps,
-                               warmup=args.warmup, seed=args.seed, policy=args.policy))
-            r = _median_run(cur)
-            if ref:
-                p = _median_run(ref)
-                results.append(p)
-                echo(format_row(p) + " |")
-                echo(format_row(r) + f" {p.plan_meta_cpu_us / r.plan_meta_cpu_us:.1f}x |")
-            else:
-                echo(format_row(r))
-            results.append(r)
+    for name in names:
+        sc = SCENARIOS[name]
+        runs = [run(sc.num_running, scenario=sc, steps=args.steps, warmup=args.warmup,
+                    seed=args.seed, policy=args.policy) for _ in range(args.rounds)]
+        r = _median_run(runs)
+        echo(format_row(r))
+        results.append(r)
     if args.json:
         with open(args.json, "w", encoding="utf-8") as f:
             json.dump({"machine": machine(), "date": str(datetime.date.today()),
