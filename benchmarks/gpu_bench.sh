@@ -7,12 +7,48 @@
 #   bash benchmarks/gpu_bench.sh serve     # tritonserver ensemble benchmark vs the offline engine
 #   bash benchmarks/gpu_bench.sh profile   # torch.profiler of decode steps (8B b1/b256, 1B b1)
 #   bash benchmarks/gpu_bench.sh reuse     # TTFT of a repeated 4k prompt with prefix reuse
+#   bash benchmarks/gpu_bench.sh ab OLD.tar [build|latency|throughput|scheduler]
+#                                          # this tree vs an older one (git archive COMMIT > OLD.tar),
+#                                          # same machine, alternating old/new; both built as wheels
 # Results (JSON, PNG, logs) go to $OUT (default bench-results/).
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-bench-results}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 INFLIGHT_NO_PROGRESS=1
+if [ "${1:-}" = ab ]; then  # A/B of two trees: own wheels, own site dirs, no editable install
+  OLD=${2:?usage: gpu_bench.sh ab OLD.tar [build|latency|throughput|scheduler]}
+  WHAT=${3:-all}
+  if [ ! -d /tmp/isite/pytriton ]; then
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/isite .whl/tritonclient-*.whl .whl/python_rapidjson-*.whl
+  fi
+  [ -d /tmp/ab-old-src ] || { mkdir -p /tmp/ab-old-src && tar xf "$OLD" -C /tmp/ab-old-src; }
+  for side in old new; do
+    src=$([ $side = old ] && echo /tmp/ab-old-src || pwd)
+    if [ ! -d /tmp/ab-$side/inflight ]; then
+      python3 -m pip wheel -q --no-deps --no-build-isolation -w /tmp/ab-wheel-$side "$src" 2>&1 | tail -3
+      python3 -m pip install -q --no-deps --no-compile --target /tmp/ab-$side /tmp/ab-wheel-$side/inflight-*.whl
+    fi
+  done
+  # the CLI module moved in issue 11's package rooms: find it per side
+  cli() { if [ -f /tmp/ab-$1/inflight/tools/cli.py ]; then echo inflight.tools.cli; else echo inflight.cli; fi; }
+  sbench() { if [ -d /tmp/ab-$1/inflight/tools/bench ]; then echo inflight.tools.bench.scheduler_bench; else echo inflight.bench.scheduler_bench; fi; }
+  side() { local s=$1; shift; PYTHONPATH=/tmp/ab-$s:/tmp/isite python3 "$@"; }
+  for s in old new; do side $s -c "import inflight, inflight._core; print('$s', inflight.__file__)"; done
+  nvidia-smi --query-gpu=name,driver_version --format=csv,noheader
+  [ "$WHAT" = build ] && exit 0
+  order="old new"; [ "$WHAT" = scheduler ] && order="old new old new"
+  for s in $order; do  # alternating
+    case $WHAT in all|latency)
+      echo "== $s latency 8B b1"; side $s -m $(cli $s) bench latency --model llama-3.1-8b --isl 128 --osl 256 --out "$OUT/ab-$s" 2>&1 | tail -3 ;; esac
+    case $WHAT in all|throughput)
+      echo "== $s throughput 8B 128/128 x1000"
+      side $s -m $(cli $s) bench throughput --model llama-3.1-8b --isl 128 --osl 128 --num-requests 1000 --max-batch-size 1024 --max-num-tokens 16384 --out "$OUT/ab-$s" 2>&1 | tail -3 ;; esac
+    case $WHAT in all|scheduler)
+      echo "== $s scheduler bench"; side $s -m $(sbench $s) --scenarios decode256,mixed256 --steps 200 2>&1 | tail -2 ;; esac
+  done
+  exit 0
+fi
 if [ ! -d /tmp/isite/pytriton ]; then
   python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/isite .whl/tritonclient-*.whl .whl/python_rapidjson-*.whl
   tar xJf .whl/tritonserver-py312.tar.xz -C /tmp/isite
@@ -21,7 +57,7 @@ export PYTHONPATH=/tmp/isite
 python3 -c "import inflight._core" 2>/dev/null || python3 -m pip install -q -e . --no-deps --no-build-isolation 2>&1 | tail -3
 nvidia-smi --query-gpu=name,memory.used,memory.total,driver_version --format=csv
 python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)"
-B="python3 -m inflight.cli bench"
+B="python3 -m inflight.tools.cli bench"
 case "${1:-all}" in
   test)
     python3 -m pytest -q -p no:cacheprovider tests/kernels tests/unit/test_engine_parity.py 2>&1 | tee "$OUT/gpu-tests.log" | tail -25
@@ -49,10 +85,10 @@ case "${1:-all}" in
     pkill -9 -x tritonserver; pkill -9 -f triton_python_backend_stub; sleep 1  # leftovers of an earlier run
     python3 - "$OUT" <<'EOF'
 import json, os, sys, subprocess
-from inflight.bench.cli import resolve_bench_model
-from inflight.bench.dataset import sharegpt_like
-from inflight.bench.offline import make_engine, run_engine
-from inflight.repo import build
+from inflight.tools.bench.cli import resolve_bench_model
+from inflight.tools.bench.dataset import sharegpt_like
+from inflight.tools.bench.offline import make_engine, run_engine
+from inflight.tools.repo import build
 out = sys.argv[1]
 model, tok, _ = resolve_bench_model("llama-3.1-8b")
 kw = {"load_format": "dummy", "dtype": "bfloat16", "max_seq_len": "4096", "max_batch_size": "256",
@@ -65,7 +101,7 @@ EOF
     # Needs a tritonserver whose python stub reads numpy 2 arrays (>= 2.52) when this
     # environment has numpy 2: `inflight serve` refuses the nvidia-pytriton 2.51 stub then
     # (see docs/performance.md, "The Triton serve benchmark on the GPU").
-    python3 -m inflight.cli serve /tmp/serve-repo --http-port 8000 --grpc-port 8001 --metrics-port 8002 \
+    python3 -m inflight.tools.cli serve /tmp/serve-repo --http-port 8000 --grpc-port 8001 --metrics-port 8002 \
         > /tmp/tritonserver.log 2>&1 &
     SERVER=$!
     for i in $(seq 1 240); do curl -sf localhost:8000/v2/health/ready >/dev/null && break; kill -0 $SERVER 2>/dev/null || break; sleep 1; done
@@ -83,10 +119,10 @@ EOF
     [ -n "${SKIP_OFFLINE:-}" ] && exit 0
     python3 - "$OUT" <<'EOF'
 import json, sys
-from inflight.bench.cli import resolve_bench_model
-from inflight.bench.dataset import sharegpt_like
-from inflight.bench.offline import make_engine, run_engine
-from inflight.bench.report import save
+from inflight.tools.bench.cli import resolve_bench_model
+from inflight.tools.bench.dataset import sharegpt_like
+from inflight.tools.bench.offline import make_engine, run_engine
+from inflight.tools.bench.report import save
 from transformers import AutoTokenizer
 out = sys.argv[1]
 model, tok, _ = resolve_bench_model("llama-3.1-8b")

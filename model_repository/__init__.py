@@ -1,1 +1,1 @@
-"""Triton model-repository templates (config.pbtxt + 1/model.py shims); see inflight.repo."""
+"""Triton model-repository templates (config.pbtxt + 1/model.py shims); see inflight.tools.repo."""

@@ -7,10 +7,10 @@ from typing import TYPE_CHECKING, Any
 __version__ = "0.1.0"
 
 if TYPE_CHECKING:
-    from .config import EngineConfig
-    from .llm import LLM
-    from .outputs import CompletionOutput, RequestOutput, SequenceUpdate
-    from .sampling_params import SamplingParams
+    from inflight.config import EngineConfig
+    from inflight.llm import LLM
+    from inflight.outputs import CompletionOutput, RequestOutput, SequenceUpdate
+    from inflight.sampling_params import SamplingParams
 
 _LAZY = {
     "LLM": ".llm",

@@ -15,7 +15,7 @@ import re
 from dataclasses import dataclass, fields
 from typing import Any
 
-from .errors import ConfigError, did_you_mean
+from inflight.errors import ConfigError, did_you_mean
 
 SUPPORTED_ARCHITECTURES = (
     "LlamaForCausalLM",

@@ -14,12 +14,12 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from . import env
-from .config import EngineConfig
-from .engine_loop import EngineLoop
-from .model_source import resolve_model
-from .outputs import CompletionOutput, RequestOutput, SequenceUpdate
-from .sampling_params import SamplingParams
+from inflight import env
+from inflight.config import EngineConfig
+from inflight.engine.loop import EngineLoop
+from inflight.model_source import resolve_model
+from inflight.outputs import CompletionOutput, RequestOutput, SequenceUpdate
+from inflight.sampling_params import SamplingParams
 
 Prompt = str | list[int]
 

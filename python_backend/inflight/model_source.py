@@ -8,7 +8,7 @@ locally and cached (no download). Errors are :class:`ConfigError` naming what wa
 
 from __future__ import annotations
 
-from .config import check_model_dir
+from inflight.config import check_model_dir
 
 TINY_PREFIX = "tiny:"
 DIR_HINT = "; pass a Hugging Face checkpoint directory, or tiny:FAMILY for a tiny test model"
@@ -18,7 +18,7 @@ def resolve_model(name: str) -> str:
     """A checkpoint directory (checked: it exists and holds config.json), or ``tiny:FAMILY``
     (llama, llama2, mistral, qwen2, qwen3; ``tiny:`` alone means llama) built on first use."""
     if name.startswith(TINY_PREFIX):
-        from .testing import tiny
+        from inflight.testing import tiny
 
         family = name[len(TINY_PREFIX):] or "llama"
         tiny.check_family(family)  # before anything is built

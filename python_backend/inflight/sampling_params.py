@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
-from .errors import InvalidRequestError
+from inflight.errors import InvalidRequestError
 
 # Hard ceilings; the engine applies its configured (lower) caps on top in `validate_for`.
 MAX_N = 1024

@@ -1,4 +1,4 @@
-"""Fixtures that run a real tritonserver (``inflight.serve``) on a model repository.
+"""Fixtures that run a real tritonserver (``inflight.tools.serve``) on a model repository.
 
 ``triton_server_factory(repo)`` starts a server on free ports, waits until it is ready and
 returns a :class:`RunningServer` with its URLs; every server it started is stopped when the
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from inflight.serve import TritonServer, TritonServerNotFoundError, find_tritonserver
+from inflight.tools.serve import TritonServer, TritonServerNotFoundError, find_tritonserver
 
 if os.environ.get("CI"):  # the modules' importorskip("tritonclient...") must not skip in CI
     import tritonclient.grpc  # noqa: F401

@@ -25,17 +25,17 @@ import pytest
 pytestmark = pytest.mark.e2e
 pytest.importorskip("tritonclient.grpc")
 
-from inflight.cancel_storm import killed_client, read_events, run_storm  # noqa: E402
 from inflight.client.inputs import (  # noqa: E402
     SamplingParams,
     build_inputs,
     build_json_payload,
     model_kind_for,
 )
-from inflight.repo import build  # noqa: E402
 from inflight.testing.repos import add_parameter  # noqa: E402
 from inflight.testing.streams import metric, run_stream, wait_kv_idle, wait_metric_above  # noqa: E402
 from inflight.testing.tiny import tiny_model_dir  # noqa: E402
+from inflight.tools.cancel_storm import killed_client, read_events, run_storm  # noqa: E402
+from inflight.tools.repo import build  # noqa: E402
 
 MAX_TOKENS = 400
 STEP_DELAY_MS = 5  # >= 2 s to run MAX_TOKENS; a cancel takes well under that

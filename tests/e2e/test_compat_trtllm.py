@@ -21,7 +21,7 @@ PROMPTS = [b"Hello world", b"The cat sat"]
 
 @pytest.fixture(scope="module")
 def server(triton_server_factory, tmp_path_factory: pytest.TempPathFactory):
-    from inflight import repo
+    from inflight.tools import repo
 
     out = tmp_path_factory.mktemp("trtllm") / "repo"
     repo.build("tiny:llama", str(out), profile="trtllm",

@@ -1,4 +1,4 @@
-"""A real tritonserver started by ``inflight.serve``: decoupled streaming over gRPC and HTTP,
+"""A real tritonserver started by ``inflight.tools.serve``: decoupled streaming over gRPC and HTTP,
 cancellation, errors, and the ``inflight serve`` process forwarding SIGTERM."""
 
 from __future__ import annotations
@@ -161,9 +161,9 @@ def test_health_and_metrics_endpoints(stream_server: RunningServer) -> None:
 def test_serve_forwards_sigterm_and_exits_zero(
     tmp_path: Path, stream_model_writer: Callable[..., Path]
 ) -> None:
-    """``python -m inflight.serve`` (the ``inflight serve`` code path) under SIGTERM."""
+    """``python -m inflight.tools.serve`` (the ``inflight serve`` code path) under SIGTERM."""
     pytest.importorskip("tritonclient.grpc")
-    from inflight.serve import TritonServerNotFoundError, find_tritonserver
+    from inflight.tools.serve import TritonServerNotFoundError, find_tritonserver
 
     try:
         find_tritonserver()
@@ -175,7 +175,7 @@ def test_serve_forwards_sigterm_and_exits_zero(
             sys.executable,
             "-u",
             "-m",
-            "inflight.serve",
+            "inflight.tools.serve",
             str(tmp_path / "repo"),
             "--http-port",
             "0",
@@ -290,7 +290,7 @@ def test_demo_streams_and_stops_cleanly(triton_server_factory, tmp_path: Path) -
     """The README's first command after install: exit 0, the random-weights notice, the
     completion on stdout, the server stopped with nothing left behind and no log kept."""
     env = {**os.environ, "TMPDIR": str(tmp_path)}  # where the demo's log would be kept
-    proc = subprocess.run([sys.executable, "-m", "inflight.cli", "demo", "--max-tokens", "8"],
+    proc = subprocess.run([sys.executable, "-m", "inflight.tools.cli", "demo", "--max-tokens", "8"],
                           capture_output=True, text=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.startswith("The weather today is") and len(proc.stdout) > 21

@@ -30,11 +30,11 @@ pytest.importorskip("tritonclient.grpc")
 openai = pytest.importorskip("openai")
 pytest.importorskip("fastapi")
 
-from inflight.repo import build  # noqa: E402
 from inflight.testing.repos import add_parameter  # noqa: E402
 from inflight.testing.scripted import build_scripted_model  # noqa: E402
 from inflight.testing.streams import metric, run_stream, wait_kv_idle, wait_metric_above  # noqa: E402
 from inflight.testing.tiny import BOS, tiny_model_dir  # noqa: E402
+from inflight.tools.repo import build  # noqa: E402
 from transformers import AutoTokenizer  # noqa: E402
 
 API_KEY = "test-key-123"

@@ -26,7 +26,6 @@ import pytest
 pytestmark = pytest.mark.e2e
 pytest.importorskip("tritonclient.grpc")
 
-from inflight.repo import build  # noqa: E402
 from inflight.testing.repos import add_parameter  # noqa: E402
 from inflight.testing.streams import (  # noqa: E402
     Outcome,
@@ -36,6 +35,7 @@ from inflight.testing.streams import (  # noqa: E402
     wait_metric_above,
 )
 from inflight.testing.tiny import tiny_model_dir  # noqa: E402
+from inflight.tools.repo import build  # noqa: E402
 
 MAX_SEQ_LEN = 512
 DEFAULT = {"max_tokens_in_paged_kv_cache": "4096", "max_seq_len": str(MAX_SEQ_LEN)}

@@ -22,8 +22,8 @@ from inflight import LLM, SamplingParams  # noqa: E402
 from inflight.client.grpc_stream import GrpcStream, StreamError, decode_text  # noqa: E402
 from inflight.client.http import generate as http_generate  # noqa: E402
 from inflight.client.http import generate_stream as http_generate_stream  # noqa: E402
-from inflight.repo import build  # noqa: E402
 from inflight.testing.tiny import tiny_model_dir  # noqa: E402
+from inflight.tools.repo import build  # noqa: E402
 
 ENGINE = {"max_tokens_in_paged_kv_cache": "4096", "max_seq_len": "512", "stream_interval": "1"}
 PROMPTS = ["Hello world, this is", "The quick brown fox", "1 2 3 4"]
@@ -292,7 +292,7 @@ def test_bad_input_is_invalid_arg_and_server_keeps_serving(
 def test_bench_serve_counts_tokens_and_errors(server, model: str, rate: float) -> None:
     """`inflight bench serve`'s driver: exact token counts, and a failed request (max_tokens
     beyond max_seq_len) is counted as an error instead of stalling its stream."""
-    from inflight.bench.serve import run_serve
+    from inflight.tools.bench.serve import run_serve
 
     prompts = [f"{p} {i}" for i, p in enumerate(PROMPTS * 2)]
     lens = [5, 9, 3, 7, 900, 4]  # 900 > max_seq_len (512): refused

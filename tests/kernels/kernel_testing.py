@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from inflight.attention.base import AttentionMetadata
+from inflight.model.attention.base import AttentionMetadata
 
 # (atol, rtol) per dtype. bf16/fp16 elementwise results may differ from torch by one unit in
 # the last place (the interpreter even truncates fp32 -> bf16 instead of rounding to

@@ -9,8 +9,8 @@ import importlib.resources
 import pytest
 import torch
 from inflight.config import EngineConfig
-from inflight.engine import LLMEngine
-from inflight.models.layers import KernelSwitch
+from inflight.engine.core import LLMEngine
+from inflight.model.layers import KernelSwitch
 from inflight.sampling_params import SamplingParams
 from inflight.testing.tiny import tiny_model_dir
 
@@ -52,7 +52,7 @@ def test_tiny_greedy_optimized_equals_reference(family: str) -> None:
 
 
 def test_8b_shape_logits_close_bf16() -> None:
-    d = str(importlib.resources.files("inflight.bench") / "configs" / "llama-3.1-8b")
+    d = str(importlib.resources.files("inflight.tools.bench") / "configs" / "llama-3.1-8b")
     params = SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True, detokenize=False,
                             return_context_logits=True, return_generation_logits=True)
     kw = {"load_format": "dummy", "tokenizer": tiny_model_dir("llama"), "dtype": "bfloat16"}

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 import torch
-from inflight.attention.torch_backend import write_kv_cache
 from inflight.kernels import kv_cache_write, kv_cache_write_ref
+from inflight.model.attention.torch_backend import write_kv_cache
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])

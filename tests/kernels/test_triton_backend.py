@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from inflight.attention import get_attention_backend
-from inflight.attention.torch_backend import TorchAttentionBackend
-from inflight.attention.triton_backend import TritonAttentionBackend
+from inflight.model.attention import get_attention_backend
+from inflight.model.attention.torch_backend import TorchAttentionBackend
+from inflight.model.attention.triton_backend import TritonAttentionBackend
 from kernel_testing import ATTENTION_TOL, PagedCase, assert_close, make_case
 
 

@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
-from inflight.bench import report
-from inflight.cli import main
+from inflight.tools.bench import report
+from inflight.tools.cli import main
 
 
 def _run(tmp_path: Path, *args: str) -> dict:

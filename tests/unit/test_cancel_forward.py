@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from inflight.triton.cancel_forward import (
+from inflight.frontends.triton.cancel_forward import (
     MAX_TRACKED,
     CancelForwarder,
     StopSocket,
@@ -100,7 +100,7 @@ def test_cancelled_step_stops_exactly_that_engine_request_once(engine: Engine) -
 def test_stop_socket_carries_full_uint64_keys_and_client_ids(engine: Engine) -> None:
     import socket
 
-    from inflight.triton.cancel_forward import stop_address
+    from inflight.frontends.triton.cancel_forward import stop_address
 
     with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
         s.sendto(b"some-id", stop_address(engine.name))  # not 8 bytes: a client id

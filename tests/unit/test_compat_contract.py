@@ -9,11 +9,15 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from inflight import repo
+from inflight.tools import repo
 from inflight.errors import InvalidRequestError
-from inflight.triton import trtllm_contract
-from inflight.triton.convert import item_from_tensors, refuse_unsupported, sampling_from_tensors
-from inflight.triton.gather import stack_parts
+from inflight.frontends.triton import trtllm_contract
+from inflight.frontends.triton.convert import (
+    item_from_tensors,
+    refuse_unsupported,
+    sampling_from_tensors,
+)
+from inflight.frontends.triton.gather import stack_parts
 
 # tensorrtllm_backend's tensorrt_llm inputs (name, dtype, dims), as its clients send them
 PEER_ENGINE_INPUTS = {

@@ -1,4 +1,4 @@
-"""The C++ KV block pool (inflight._core via inflight.kv_cache_manager): exact state after
+"""The C++ KV block pool (inflight._core via inflight.engine.kv_cache): exact state after
 every operation in the style of vLLM's test_prefix_caching.py (block size 4, 11 blocks:
 block ids, ref counts, free-queue order after frees and evictions), the block keys, the
 reuse counters and the integrity checker."""
@@ -10,7 +10,7 @@ import struct
 
 import pytest
 from inflight import _core
-from inflight.kv_cache_manager import IntegrityError, KVCacheManager, hash_block
+from inflight.engine.kv_cache import IntegrityError, KVCacheManager, hash_block
 
 BS, NB = 4, 11
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 import torch
 from inflight.config import EngineConfig
-from inflight.engine import LLMEngine
+from inflight.engine.core import LLMEngine
 from inflight.outputs import SequenceUpdate
 from inflight.sampling_params import SamplingParams
 

@@ -10,10 +10,10 @@ import numpy as np
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from inflight.errors import InvalidRequestError
+from inflight.frontends.triton.contract import ENGINE_INPUTS, ENSEMBLE_INPUTS, LLM_INPUTS
+from inflight.frontends.triton.convert import ItemRequest, item_from_tensors, sampling_from_json
+from inflight.frontends.triton.llm_model import llm_item
 from inflight.sampling_params import SamplingParams
-from inflight.triton.contract import ENGINE_INPUTS, ENSEMBLE_INPUTS, LLM_INPUTS
-from inflight.triton.convert import ItemRequest, item_from_tensors, sampling_from_json
-from inflight.triton.llm_model import llm_item
 
 NAMES = sorted({n for n, *_ in ENGINE_INPUTS + ENSEMBLE_INPUTS + LLM_INPUTS})
 DTYPES = [np.int32, np.int64, np.uint64, np.float32, np.float64, np.bool_, np.object_]

@@ -4,7 +4,7 @@ eviction and the integrity checker (block size 4, 11 blocks)."""
 from __future__ import annotations
 
 import pytest
-from inflight.kv_cache_manager import KVCacheManager, hash_block
+from inflight.engine.kv_cache import KVCacheManager, hash_block
 
 BS, NB = 4, 11
 

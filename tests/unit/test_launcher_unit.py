@@ -1,4 +1,4 @@
-"""inflight.serve without a real tritonserver: discovery, stub install, argv, CLI parsing."""
+"""inflight.tools.serve without a real tritonserver: discovery, stub install, argv, CLI parsing."""
 
 from __future__ import annotations
 
@@ -10,16 +10,16 @@ import time
 from pathlib import Path
 
 import pytest
-from inflight.serve import binary as binary_mod
-from inflight.serve.binary import (
+from inflight.tools.serve import binary as binary_mod
+from inflight.tools.serve.binary import (
     TritonServerBinary,
     TritonServerNotFoundError,
     find_tritonserver,
     install_stub,
     python_env,
 )
-from inflight.serve.launcher import add_serve_parser, build_argparser, serve_main
-from inflight.serve.process import ServerEndpoints, TritonServer, TritonServerError
+from inflight.tools.serve.launcher import add_serve_parser, build_argparser, serve_main
+from inflight.tools.serve.process import ServerEndpoints, TritonServer, TritonServerError
 
 PY = f"{sys.version_info.major}.{sys.version_info.minor}"
 
@@ -188,7 +188,7 @@ def test_command_has_secure_defaults_and_free_ports(tmp_path: Path) -> None:
 @pytest.mark.parametrize("gpu", [False, True])
 def test_cpu_only_flags_without_a_gpu(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
                                       gpu: bool) -> None:
-    from inflight.serve import process
+    from inflight.tools.serve import process
 
     monkeypatch.setattr(process, "gpu_present", lambda: gpu)
     command, _ = _fake_server(tmp_path, "exit 0").build_command(tmp_path)
@@ -219,7 +219,7 @@ def test_stop_reaps_group_survivors_and_shm(tmp_path: Path) -> None:
 
 
 def process_group(pgid: int | None) -> set[int]:
-    from inflight.serve.process import _group_members
+    from inflight.tools.serve.process import _group_members
 
     assert pgid is not None
     return _group_members(pgid)
@@ -319,7 +319,7 @@ def test_serve_main_returns_server_exit_code(
     fake = TritonServerBinary(
         path=_executable(tmp_path / "tritonserver", "exit 7"), backend_dir=None
     )
-    monkeypatch.setattr("inflight.serve.launcher.find_tritonserver", lambda: fake)
+    monkeypatch.setattr("inflight.tools.serve.launcher.find_tritonserver", lambda: fake)
     args = build_argparser().parse_args(
         [str(tmp_path), "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0"]
     )
@@ -335,7 +335,7 @@ def test_serve_dry_run(
         backend_dir=Path("/opt/tritonserver/backends"),
         env={"PATH": "/venv/bin"},
     )
-    monkeypatch.setattr("inflight.serve.launcher.find_tritonserver", lambda: fake)
+    monkeypatch.setattr("inflight.tools.serve.launcher.find_tritonserver", lambda: fake)
     args = build_argparser().parse_args([str(tmp_path), "--dry-run", "--", "--log-verbose=2"])
     assert serve_main(args) == 0
     out = capsys.readouterr().out
@@ -352,7 +352,7 @@ def test_serve_main_without_tritonserver(
 
 
 def test_stub_built_for_numpy_1_is_refused_under_numpy_2(tmp_path) -> None:
-    from inflight.serve.binary import StubNumpyError, check_stub_numpy
+    from inflight.tools.serve.binary import StubNumpyError, check_stub_numpy
 
     old = tmp_path / "old_stub"
     old.write_bytes(b"\x7fELF...numpy.core.multiarray\x00...")
@@ -367,7 +367,12 @@ def test_stub_built_for_numpy_1_is_refused_under_numpy_2(tmp_path) -> None:
 
 def test_the_bundled_pytriton_stub_is_the_old_kind() -> None:
     """The finding the check rests on, on the stub the CI machine runs (nvidia-pytriton 0.7)."""
-    from inflight.serve.binary import StubNumpyError, check_stub_numpy, pytriton_root, stub_source
+    from inflight.tools.serve.binary import (
+        StubNumpyError,
+        check_stub_numpy,
+        pytriton_root,
+        stub_source,
+    )
 
     root = pytriton_root()
     if root is None:

@@ -7,11 +7,11 @@ import json
 
 import numpy as np
 import pytest
-from inflight.engine import load_tokenizer
+from inflight.engine.core import load_tokenizer
 from inflight.errors import InvalidRequestError
+from inflight.frontends.triton.convert import sampling_from_json
+from inflight.frontends.triton.llm_model import llm_item
 from inflight.testing.tiny import BOS, tiny_model_dir
-from inflight.triton.convert import sampling_from_json
-from inflight.triton.llm_model import llm_item
 
 DEFAULTS = {"stream": False, "exclude_input_in_output": True}
 

@@ -12,8 +12,8 @@ import torch
 from inflight import LLM, SamplingParams
 from inflight.config import EngineConfig, ModelConfig
 from inflight.errors import ConfigError
-from inflight.model_runner import ModelRunner
 from inflight.testing.tiny import build_tiny_model, tiny_model_dir
+from inflight.worker.model_runner import ModelRunner
 from safetensors.torch import load_file, save_file
 
 

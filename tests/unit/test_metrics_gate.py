@@ -12,11 +12,11 @@ import time
 from types import SimpleNamespace
 from typing import Any
 
-from inflight.engine_loop import EngineStats
-from inflight.kv_cache_manager import KVStats
-from inflight.triton import metrics as metrics_mod
-from inflight.triton.metrics import Metrics
-from inflight.triton.serving import TritonCall
+from inflight.engine.kv_cache import KVStats
+from inflight.engine.loop import EngineStats
+from inflight.frontends.triton import metrics as metrics_mod
+from inflight.frontends.triton.metrics import Metrics
+from inflight.frontends.triton.serving import TritonCall
 
 EVENTS: list[tuple[str, Any]] = []  # ("set", (labels, value)) / ("send", flags), in order
 

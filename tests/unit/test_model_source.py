@@ -9,9 +9,9 @@ from pathlib import Path
 
 import pytest
 from inflight import LLM, SamplingParams
-from inflight.cli import main
 from inflight.errors import ConfigError
 from inflight.model_source import resolve_model
+from inflight.tools.cli import main
 
 UNKNOWN_FAMILY = ("unknown family 'lama' for tiny:FAMILY; did you mean 'llama'? "
                   "known: llama, llama2, mistral, qwen2, qwen3")

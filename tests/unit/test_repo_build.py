@@ -8,10 +8,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from inflight import repo
-from inflight.cli import main
+from inflight.tools import repo
 from inflight.errors import ConfigError
-from inflight.triton.params import load_config
+from inflight.frontends.triton.params import load_config
+from inflight.tools.cli import main
 
 KNOWN = ", ".join(repo.known_keys())
 

@@ -1,4 +1,4 @@
-"""The scheduler core (C++ behind inflight.scheduler), the one owner of request state: token
+"""The scheduler core (C++ behind inflight.engine.scheduler), the one owner of request state: token
 budget, chunked context, batch size, priority, preemption newest-first by recompute, no
 starvation, prefix reuse, abort at any point, and the step boundary: update() with 0, 1 and k
 tokens per row, roll-back past a stop, a stop in the middle of k tokens, preemption with a
@@ -13,9 +13,9 @@ import numpy as np
 import pytest
 from inflight import _core
 from inflight.config import EngineConfig
-from inflight.kv_cache_manager import KVCacheManager
-from inflight.scheduler import Scheduler, SequenceSpec
-from inflight.step_plan import StepPlan, StepResult
+from inflight.engine.kv_cache import KVCacheManager
+from inflight.engine.scheduler import Scheduler, SequenceSpec
+from inflight.engine.step_plan import StepPlan, StepResult
 
 BS = 4
 

@@ -20,9 +20,9 @@ from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from inflight.config import EngineConfig
-from inflight.kv_cache_manager import KVCacheManager
-from inflight.scheduler import Scheduler, SequenceSpec
-from inflight.step_plan import StepPlan, StepResult
+from inflight.engine.kv_cache import KVCacheManager
+from inflight.engine.scheduler import Scheduler, SequenceSpec
+from inflight.engine.step_plan import StepPlan, StepResult
 
 BS = 4
 PREFIXES = ([], [7, 7, 7, 7], [7, 7, 7, 7, 8, 8, 8, 8], [9, 9, 9, 9, 9, 9])

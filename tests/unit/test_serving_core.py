@@ -12,10 +12,10 @@ from typing import Any
 
 import pytest
 from inflight.errors import InvalidRequestError
+from inflight.frontends.triton.convert import ItemRequest
+from inflight.frontends.triton.serving import ServingCore, TritonCall
 from inflight.outputs import SequenceUpdate
 from inflight.sampling_params import SamplingParams
-from inflight.triton.convert import ItemRequest
-from inflight.triton.serving import ServingCore, TritonCall
 
 FINAL = 1
 

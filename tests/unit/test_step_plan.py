@@ -12,10 +12,10 @@ import pytest
 import torch
 from inflight import _core
 from inflight.config import EngineConfig
-from inflight.kv_cache_manager import KVCacheManager
-from inflight.model_runner import ModelRunner, StepInputs
-from inflight.scheduler import Scheduler, SequenceSpec
-from inflight.step_plan import StepBuffers, StepPlan, StepResult
+from inflight.engine.kv_cache import KVCacheManager
+from inflight.engine.scheduler import Scheduler, SequenceSpec
+from inflight.engine.step_plan import StepBuffers, StepPlan, StepResult
+from inflight.worker.model_runner import ModelRunner, StepInputs
 
 BS = 4
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 from inflight.config import EngineConfig
-from inflight.engine import LLMEngine
+from inflight.engine.core import LLMEngine
 from inflight.errors import InvalidRequestError, QueueFullError
 from inflight.sampling_params import SamplingParams
 

@@ -1,3 +1,3 @@
 """Triton shim: the model lives in the inflight package."""
 
-from inflight.triton.engine_model import TritonPythonModel  # noqa: F401
+from inflight.frontends.triton.engine_model import TritonPythonModel  # noqa: F401

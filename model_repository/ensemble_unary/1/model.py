@@ -1,3 +1,3 @@
 """Triton shim: the model lives in the inflight package."""
 
-from inflight.triton.unary_model import TritonPythonModel  # noqa: F401
+from inflight.frontends.triton.unary_model import TritonPythonModel  # noqa: F401

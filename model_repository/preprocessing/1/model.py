@@ -1,3 +1,3 @@
 """Triton shim: the model lives in the inflight package."""
 
-from inflight.triton.text_models import PreprocessingModel as TritonPythonModel  # noqa: F401
+from inflight.frontends.triton.text_models import PreprocessingModel as TritonPythonModel  # noqa: F401

@@ -19,7 +19,7 @@ import transformers
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
 from transformers import GenerationConfig, PreTrainedTokenizerFast
 
-from .tiny import CHAT_TEMPLATE, _patch_tokenizer_config, _save_model
+from inflight.testing.tiny import CHAT_TEMPLATE, _patch_tokenizer_config, _save_model
 
 BOS, EOS, PAD, UNK = "<s>", "</s>", "<pad>", "<unk>"
 LOGIT = 30.0

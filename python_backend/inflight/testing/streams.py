@@ -92,7 +92,7 @@ def run_stream(url: str, model: str, inputs: Mapping[str, np.ndarray], *, reques
     """
     import tritonclient.grpc as grpcclient
 
-    from ..client.grpc_stream import to_infer_inputs
+    from inflight.client.grpc_stream import to_infer_inputs
 
     events: queue.Queue[tuple[Any, Any]] = queue.Queue()
     client = grpcclient.InferenceServerClient(url)

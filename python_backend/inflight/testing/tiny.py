@@ -25,9 +25,9 @@ import transformers
 from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 from transformers import GenerationConfig, PreTrainedModel, PreTrainedTokenizerFast
 
-from .. import env
-from ..errors import ConfigError, did_you_mean
-from . import tokenizer_corpus
+from inflight import env
+from inflight.errors import ConfigError, did_you_mean
+from inflight.testing import tokenizer_corpus
 
 BOS = "<|begin_of_text|>"
 EOS = "<|end_of_text|>"

@@ -2,6 +2,6 @@
 
 import sys
 
-from .server import main
+from inflight.frontends.openai.server import main
 
 sys.exit(main())

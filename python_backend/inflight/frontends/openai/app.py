@@ -19,13 +19,13 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from .chat import create_chat
-from .completions import create_completion
-from .config import OpenAIConfig
-from .errors import OpenAIError, bad_request
-from .protocol import ChatCompletionRequest, CompletionRequest
-from .registry import ModelRegistry
-from .triton_client import TritonBridge
+from inflight.frontends.openai.chat import create_chat
+from inflight.frontends.openai.completions import create_completion
+from inflight.frontends.openai.config import OpenAIConfig
+from inflight.frontends.openai.errors import OpenAIError, bad_request
+from inflight.frontends.openai.protocol import ChatCompletionRequest, CompletionRequest
+from inflight.frontends.openai.registry import ModelRegistry
+from inflight.frontends.openai.triton_client import TritonBridge
 
 log = logging.getLogger(__name__)
 

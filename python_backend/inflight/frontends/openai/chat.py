@@ -6,15 +6,15 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from .config import OpenAIConfig
-from .errors import bad_request
-from .generation import Usage, collect, new_id, open_streams, primed_sse
-from .logprobs import chat_logprobs
-from .protocol import ChatCompletionRequest
-from .registry import ServedModel
-from .sampling import check_chat, sampling_parameters
-from .tool_parsers import ToolCallOut, ToolParser
-from .triton_client import Piece, TritonBridge
+from inflight.frontends.openai.config import OpenAIConfig
+from inflight.frontends.openai.errors import bad_request
+from inflight.frontends.openai.generation import Usage, collect, new_id, open_streams, primed_sse
+from inflight.frontends.openai.logprobs import chat_logprobs
+from inflight.frontends.openai.protocol import ChatCompletionRequest
+from inflight.frontends.openai.registry import ServedModel
+from inflight.frontends.openai.sampling import check_chat, sampling_parameters
+from inflight.frontends.openai.tool_parsers import ToolCallOut, ToolParser
+from inflight.frontends.openai.triton_client import Piece, TritonBridge
 
 
 def render_prompt(req: ChatCompletionRequest, model: ServedModel) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import bad_request
+from inflight.frontends.openai.errors import bad_request
 
 
 class ChatTemplate:

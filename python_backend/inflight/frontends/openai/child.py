@@ -9,7 +9,7 @@ import sys
 import time
 import urllib.request
 
-from .server import child_env, frontend_argv
+from inflight.frontends.openai.server import child_env, frontend_argv
 
 READY_TIMEOUT_S = 120.0
 

@@ -6,13 +6,13 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
-from .config import OpenAIConfig
-from .generation import Usage, collect, new_id, open_streams, primed_sse
-from .logprobs import CompletionLogprobs, merge_completion_logprobs
-from .protocol import CompletionRequest
-from .registry import ServedModel
-from .sampling import check_completion, sampling_parameters
-from .triton_client import Piece, TritonBridge
+from inflight.frontends.openai.config import OpenAIConfig
+from inflight.frontends.openai.generation import Usage, collect, new_id, open_streams, primed_sse
+from inflight.frontends.openai.logprobs import CompletionLogprobs, merge_completion_logprobs
+from inflight.frontends.openai.protocol import CompletionRequest
+from inflight.frontends.openai.registry import ServedModel
+from inflight.frontends.openai.sampling import check_completion, sampling_parameters
+from inflight.frontends.openai.triton_client import Piece, TritonBridge
 
 
 async def create_completion(req: CompletionRequest, model: ServedModel, bridge: TritonBridge,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 
-from ...errors import ConfigError
+from inflight.errors import ConfigError
 
 TOOL_CALL_PARSERS = ("hermes", "llama3")
 

@@ -8,9 +8,9 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from .errors import OpenAIError
-from .streaming import DONE, fan_in, sse
-from .triton_client import Piece, TritonBridge
+from inflight.frontends.openai.errors import OpenAIError
+from inflight.frontends.openai.streaming import DONE, fan_in, sse
+from inflight.frontends.openai.triton_client import Piece, TritonBridge
 
 
 def new_id(prefix: str) -> str:

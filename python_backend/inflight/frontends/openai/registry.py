@@ -16,12 +16,12 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from .chat_template import ChatTemplate
-from .config import OpenAIConfig
-from .errors import model_not_found
-from .logprobs import TokenTexts
-from .tool_parsers import ToolParser, make_parser
-from .triton_client import TritonBridge
+from inflight.frontends.openai.chat_template import ChatTemplate
+from inflight.frontends.openai.config import OpenAIConfig
+from inflight.frontends.openai.errors import model_not_found
+from inflight.frontends.openai.logprobs import TokenTexts
+from inflight.frontends.openai.tool_parsers import ToolParser, make_parser
+from inflight.frontends.openai.triton_client import TritonBridge
 
 log = logging.getLogger(__name__)
 REFRESH_MIN_S = 1.0

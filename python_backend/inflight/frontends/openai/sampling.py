@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import bad_request
-from .protocol import ChatCompletionRequest, CompletionRequest, _Request
+from inflight.frontends.openai.errors import bad_request
+from inflight.frontends.openai.protocol import ChatCompletionRequest, CompletionRequest, _Request
 
 # request field -> sampling_parameters key, copied when set
 _PASS = ("temperature", "top_p", "presence_penalty", "frequency_penalty", "top_k", "min_p",

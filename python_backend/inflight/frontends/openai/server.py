@@ -12,8 +12,8 @@ import os
 import sys
 from typing import Any
 
-from ... import env
-from .config import TOOL_CALL_PARSERS, OpenAIConfig
+from inflight import env
+from inflight.frontends.openai.config import TOOL_CALL_PARSERS, OpenAIConfig
 
 DESCRIPTION = """\
 Serve the OpenAI API (/v1/models, /v1/completions, /v1/chat/completions, /health) in front
@@ -69,7 +69,7 @@ def config_from_args(a: argparse.Namespace, triton_url: str, host: str) -> OpenA
     key = a.api_key or (os.environ.get(a.api_key_env, "") if a.api_key_env
                         else env.openai_api_key())
     if a.api_key_env and not key:
-        from ...errors import ConfigError
+        from inflight.errors import ConfigError
 
         raise ConfigError(f"--api-key-env {a.api_key_env}: that variable is not set")
     return OpenAIConfig(triton_url=triton_url, host=host, port=a.openai_port, models=models,
@@ -100,9 +100,9 @@ def run(cfg: OpenAIConfig) -> int:
     try:
         import uvicorn
 
-        from .app import build_app
+        from inflight.frontends.openai.app import build_app
     except ImportError as e:
-        from ...errors import ConfigError
+        from inflight.errors import ConfigError
 
         raise ConfigError(f"the OpenAI server needs the 'openai' extra ({e.name} is missing): "
                           "pip install 'inflight[openai]'") from None
@@ -138,7 +138,7 @@ def _add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ...errors import InflightError
+    from inflight.errors import InflightError
 
     logging.basicConfig(level=env.log_level(), format="%(levelname)s %(name)s: %(message)s")
     p = argparse.ArgumentParser(prog="inflight openai", description=DESCRIPTION, epilog=EPILOG,

@@ -24,7 +24,7 @@ import numpy as np
 import tritonclient.grpc.aio as aio
 from tritonclient.grpc import InferInput
 
-from .errors import OpenAIError, from_triton
+from inflight.frontends.openai.errors import OpenAIError, from_triton
 
 _MAX_MSG = 2**31 - 1
 

@@ -1,0 +1,106 @@
+"""What every engine-owning Triton model shares: config parsing, the engine loop, the
+sender, metrics, and turning exceptions into Triton errors."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import numpy as np
+
+from inflight.engine.loop import EngineLoop
+from inflight.errors import EngineDeadError, InvalidRequestError, QueueFullError
+from inflight.frontends.triton.convert import ItemRequest, client_error
+from inflight.frontends.triton.health import EngineWatcher, fault_hook
+from inflight.frontends.triton.params import ServingConfig, parse_parameters, raw_parameters
+from inflight.frontends.triton.serving import ServingCore
+
+log = logging.getLogger(__name__)
+
+
+def pb_module() -> Any:
+    import triton_python_backend_utils as pb  # only importable inside the python backend stub
+
+    return pb
+
+
+def input_names(model_config: dict[str, Any]) -> list[str]:
+    return [i["name"] for i in model_config.get("input", [])]
+
+
+def read_inputs(pb: Any, request: Any, names: list[str]) -> dict[str, np.ndarray]:
+    out = {}
+    for name in names:
+        t = pb.get_input_tensor_by_name(request, name)
+        if t is not None:
+            out[name] = t.as_numpy()
+    return out
+
+
+def triton_error(pb: Any, e: Exception) -> Any:
+    """Map inflight errors onto Triton error codes; the message names the tensor."""
+    if isinstance(e, InvalidRequestError):
+        return pb.TritonError(str(e), pb.TritonError.INVALID_ARG)
+    if isinstance(e, QueueFullError):
+        return pb.TritonError(str(e), pb.TritonError.UNAVAILABLE)
+    if isinstance(e, EngineDeadError):
+        return pb.TritonError(str(e), pb.TritonError.UNAVAILABLE)
+    return pb.TritonError(f"{type(e).__name__}: {e}", pb.TritonError.INTERNAL)
+
+
+class EngineModel:
+    """Base of the `engine` and `llm` models (decoupled python-backend models)."""
+
+    def build_outputs(self, stream: Any, m: Any) -> list[Any]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def initialize(self, args: dict[str, Any]) -> None:
+        from inflight.frontends.triton.metrics import Metrics
+
+        self.pb = pb_module()
+        self.model_config = json.loads(args["model_config"])
+        self.model_name = args.get("model_name", "engine")
+        self.inputs = input_names(self.model_config)
+        repo = args.get("model_repository")
+        engine_kwargs, self.serving = parse_parameters(raw_parameters(self.model_config), repo)
+        from inflight.config import EngineConfig
+
+        cfg = EngineConfig.from_kwargs(**engine_kwargs)
+        self.loop = EngineLoop(cfg)
+        srv = self.serving
+        if srv.fault_injection_step or srv.fault_injection_step_delay_ms:
+            self.loop._fault_hook = fault_hook(self.loop, srv.fault_injection_step,
+                                               srv.fault_injection_step_delay_ms)
+        self.watcher = EngineWatcher(self.pb, self.model_name, self.loop)
+        self.tokenizer = self.loop.engine.tokenizer
+        self.metrics = Metrics(self.pb, self.model_name, args.get("model_version", "1"), self.loop)
+        self.core = ServingCore(self.loop, self.pb, self.build_outputs,
+                                self.serving.stream_interval, on_final=self.metrics.on_final,
+                                observer=self.metrics)
+
+    @property
+    def serving_config(self) -> ServingConfig:
+        return self.serving
+
+    def submit_items(self, request: Any, items: list[ItemRequest]) -> None:
+        call = self.core.new_call(request, items)
+        client_id = request.request_id() or ""
+        for item in items:
+            try:
+                self.core.submit(call, item, client_id)
+            except InvalidRequestError as e:  # named as the client sent it (issue 12)
+                self.core.fail_item(call, item, triton_error(self.pb, client_error(e, item.names)))
+            except Exception as e:  # noqa: BLE001 - reported to this client only
+                self.core.fail_item(call, item, triton_error(self.pb, e))
+
+    def reject(self, request: Any, e: Exception) -> None:
+        sender = request.get_response_sender()
+        sender.send(self.pb.InferenceResponse(output_tensors=[], error=triton_error(self.pb, e)),
+                    flags=self.pb.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
+
+    def finalize(self) -> None:
+        self.watcher.close()
+        self.metrics.close()
+        self.loop.shutdown()
+        self.core.shutdown()

@@ -1,0 +1,158 @@
+"""`inflight bench serve`: drive a running tritonserver through `ensemble` or `llm` with
+tritonclient gRPC streaming, at a fixed concurrency or a Poisson request rate.
+
+Metrics follow genai-perf: TTFT (first response), ITL (gaps between responses), TPOT
+((e2e - ttft) / (output tokens - 1)), E2E, output tok/s and req/s over the whole run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from inflight import env
+from inflight.tools.bench.report import percentiles
+
+
+@dataclass
+class Trace:
+    sent: float = 0.0
+    times: list[float] = field(default_factory=list)
+    output_tokens: int = 0
+    error: str | None = None
+    done: bool = False
+
+
+def request_inputs(kind: str, prompt: str, max_tokens: int) -> list[Any]:
+    import tritonclient.grpc as g
+
+    def t(name: str, arr: np.ndarray, dtype: str) -> Any:
+        x = g.InferInput(name, list(arr.shape), dtype)
+        x.set_data_from_numpy(arr)
+        return x
+
+    if kind == "llm":
+        sp = json.dumps({"max_tokens": max_tokens, "min_tokens": max_tokens, "temperature": 0,
+                         "ignore_eos": True})
+        return [t("text_input", np.array([prompt.encode()], dtype=object), "BYTES"),
+                t("stream", np.array([True]), "BOOL"),
+                t("sampling_parameters", np.array([sp.encode()], dtype=object), "BYTES"),
+                t("return_num_output_tokens", np.array([True]), "BOOL")]
+    return [t("text_input", np.array([[prompt.encode()]], dtype=object), "BYTES"),
+            t("max_tokens", np.array([[max_tokens]], dtype=np.int32), "INT32"),
+            t("min_tokens", np.array([[max_tokens]], dtype=np.int32), "INT32"),
+            t("temperature", np.array([[0.0]], dtype=np.float32), "FP32"),
+            t("ignore_eos", np.array([[True]]), "BOOL"),
+            t("stream", np.array([[True]]), "BOOL"),
+            t("return_num_output_tokens", np.array([[True]]), "BOOL")]
+
+
+async def _run(url: str, model: str, kind: str, prompts: list[str], max_tokens: list[int],
+               rate: float, concurrency: int, streams: int, seed: int) -> tuple[list[Trace], float]:
+    import tritonclient.grpc.aio as aio
+
+    traces = [Trace() for _ in prompts]
+    sem = asyncio.Semaphore(concurrency)
+    rng = np.random.default_rng(seed)
+    bar = tqdm(total=len(prompts), desc=f"serve {model}", unit="req", disable=env.disable_progress())
+    clients = [aio.InferenceServerClient(url) for _ in range(streams)]
+
+    async def gen(k: int):  # type: ignore[no-untyped-def]
+        for i in range(k, len(prompts), streams):
+            await sem.acquire()
+            traces[i].sent = time.perf_counter()
+            yield {"model_name": model, "inputs": request_inputs(kind, prompts[i], max_tokens[i]),
+                   "request_id": str(i), "enable_empty_final_response": True}
+
+    async def pace() -> None:  # Poisson arrivals: release the semaphore on schedule
+        for _ in prompts:
+            await asyncio.sleep(rng.exponential(1.0 / rate))
+            sem.release()
+
+    errors: list[str] = []
+
+    async def read(k: int) -> None:
+        # A stream ends when each of its requests got a final response or an error. An error
+        # response carries no request id, so it is counted, not attributed: requests left
+        # without a final response are the failed ones.
+        remaining = len(range(k, len(prompts), streams))
+        async for result, error in clients[k].stream_infer(gen(k)):
+            if error is not None:
+                errors.append(str(error))
+                remaining -= 1
+                bar.update(1)
+                if rate == float("inf"):
+                    sem.release()
+            else:
+                resp = result.get_response()
+                tr = traces[int(resp.id)]
+                now = time.perf_counter()
+                n = result.as_numpy("num_output_tokens")
+                if n is not None:
+                    tr.output_tokens = int(n.reshape(-1)[0])
+                if result.as_numpy("text_output") is not None:
+                    tr.times.append(now)
+                if resp.parameters["triton_final_response"].bool_param:
+                    tr.done = True
+                    remaining -= 1
+                    bar.update(1)
+                    if rate == float("inf"):
+                        sem.release()
+            if remaining <= 0:
+                return
+
+    if rate != float("inf"):
+        sem = asyncio.Semaphore(0)
+    t0 = time.perf_counter()
+    tasks = [read(k) for k in range(streams)] + ([pace()] if rate != float("inf") else [])
+    await asyncio.gather(*tasks)
+    wall = time.perf_counter() - t0
+    bar.close()
+    for c in clients:
+        await c.close()
+    for tr in traces:
+        if not tr.done:
+            tr.error = "no final response"
+    if errors:
+        print(f"{len(errors)} request(s) failed; first error: {errors[0]}", file=sys.stderr)
+    return traces, wall
+
+
+def run_serve(url: str, model: str, prompts: list[str], max_tokens: list[int], *, rate: float = float("inf"),
+              concurrency: int = 256, streams: int = 4, seed: int = 0,
+              endpoint: str = "grpc", api_key: str = "none") -> dict[str, Any]:
+    """``endpoint`` grpc: Triton's gRPC stream to ``model``; openai: the OpenAI front end at
+    ``url`` (streamed /v1/completions, the same prompts and token counts)."""
+    traces: list[Any]
+    if endpoint == "openai":
+        from inflight.client.openai_load import run_openai, summarize_errors
+
+        traces, wall = asyncio.run(run_openai(url, model, prompts, max_tokens, rate=rate,
+                                              concurrency=min(concurrency, len(prompts)),
+                                              seed=seed, api_key=api_key))
+        n_err, first = summarize_errors(traces)
+        if n_err:
+            print(f"{n_err} request(s) failed; first error: {first}", file=sys.stderr)
+    else:
+        kind = "llm" if model == "llm" else "ensemble"
+        traces, wall = asyncio.run(_run(url, model, kind, prompts, max_tokens, rate,
+                                        min(concurrency, len(prompts)),
+                                        min(streams, len(prompts)), seed))
+    ok = [t for t in traces if t.error is None and t.done and t.times]
+    ttft = [t.times[0] - t.sent for t in ok]
+    e2e = [t.times[-1] - t.sent for t in ok]
+    itl = [b - a for t in ok for a, b in zip(t.times, t.times[1:])]
+    tpot = [(t.times[-1] - t.times[0]) / (t.output_tokens - 1) for t in ok if t.output_tokens > 1]
+    out_tokens = sum(t.output_tokens for t in ok)
+    return {"model": model, "endpoint": endpoint, "requests": len(traces), "errors": len(traces) - len(ok),
+            "wall_s": wall, "output_tokens": out_tokens, "output_tok_s": out_tokens / wall,
+            "req_s": len(ok) / wall, "rate": rate, "concurrency": concurrency,
+            "ttft_s": percentiles(ttft), "itl_s": percentiles(itl), "tpot_s": percentiles(tpot),
+            "e2e_s": percentiles(e2e), "_ttft": ttft, "_itl": itl, "_tpot": tpot}
