@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import torch
 
 FLOAT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+CACHE_DTYPES = (*FLOAT_DTYPES, torch.float8_e4m3fn)  # paged KV caches (fp8: kv_cache_dtype=fp8)
 
 
 def check(cond: bool, msg: str) -> None:

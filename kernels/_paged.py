@@ -8,6 +8,8 @@ import triton.language as tl
 
 from ._common import check, check_tensor, is_interpreted
 
+FP8 = torch.float8_e4m3fn
+
 LOG2E = 1.4426950408889634
 
 
@@ -49,9 +51,9 @@ def check_paged_inputs(
     """Shared checks; returns (num_kv_heads, head_dim, group = Hq // Hkv)."""
     check_tensor("q", q, (None, None, None))
     _, hq, d = q.shape
-    check_tensor("k_cache", k_cache, (None, None, None, d), (q.dtype,))
+    check_tensor("k_cache", k_cache, (None, None, None, d), (q.dtype, FP8))
     hkv = k_cache.shape[2]
-    check_tensor("v_cache", v_cache, k_cache.shape, (q.dtype,))
+    check_tensor("v_cache", v_cache, k_cache.shape, (k_cache.dtype,))
     check(k_cache.stride() == v_cache.stride(), "k_cache and v_cache must share strides")
     check(hq % hkv == 0, f"q heads ({hq}) must be a multiple of kv heads ({hkv})")
     check(d % 16 == 0, f"head_dim must be a multiple of 16 (tl.dot), got {d}")

@@ -28,7 +28,7 @@ LAUNCH = {"block_n": 64, "num_warps": 4, "num_stages": 3}
 def _decode_split_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, bt_ptr, seq_lens_ptr,  # see paged_decode_attention
     out_ptr, mid_o_ptr, mid_lse_ptr,  # out: [B, Hq, D]; mid_o: [B, Hq, S, D]; mid_lse: [B, Hq, S]
-    scale_log2,
+    scale_log2, v_scale,  # scale_log2 includes k_scale (FP8 caches); v_scale scales the output
     stride_qb, stride_qh, stride_cb, stride_cs, stride_ch, stride_bt, stride_ob, stride_oh,
     num_q_heads, block_size, group, head_dim,
     NUM_SPLITS: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -59,18 +59,18 @@ def _decode_split_kernel(
         rows = token_offsets(bt_row, n, n_mask, block_size, stride_cb, stride_cs)
         kv_off = rows[:, None] + kvh * stride_ch + d[None, :]  # [BLOCK_N, BLOCK_D]
         kv_mask = n_mask[:, None] & (d < head_dim)[None, :]
-        k = tl.load(k_cache_ptr + kv_off, mask=kv_mask, other=0.0)
+        k = tl.load(k_cache_ptr + kv_off, mask=kv_mask, other=0.0).to(q.dtype)  # fp8 -> q's
         s = mma(q, tl.trans(k), DOT_PRECISION, UPCAST) * scale_log2
         s = tl.where(n_mask[None, :], s, float("-inf"))  # [BLOCK_G, BLOCK_N]
         m_new = tl.maximum(m_i, tl.max(s, 1))
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_cache_ptr + kv_off, mask=kv_mask, other=0.0)
+        v = tl.load(v_cache_ptr + kv_off, mask=kv_mask, other=0.0).to(q.dtype)
         acc = acc * alpha[:, None] + mma(p.to(v.dtype), v, DOT_PRECISION, UPCAST)
         m_i = m_new
 
-    acc = acc / tl.where(l_i > 0.0, l_i, 1.0)[:, None]  # empty split: acc = 0
+    acc = acc * (v_scale / tl.where(l_i > 0.0, l_i, 1.0))[:, None]  # empty split: acc = 0
     if NUM_SPLITS == 1:
         o_ptrs = out_ptr + b * stride_ob + heads[:, None] * stride_oh + d[None, :]
         tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=gd_mask)
@@ -125,12 +125,17 @@ def paged_decode_attention(
     out: torch.Tensor | None = None,
     num_splits: int | None = None,
     block_n: int | None = None,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> torch.Tensor:
     """Attention of one new query per request over its whole paged context.
 
+    An FP8 (float8_e4m3fn) cache holds k / k_scale and v / v_scale: the scales are folded
+    into the softmax scale and the output.
+
     q: [B, Hq, D] (token/head strides free, unit stride in D), fp32/fp16/bf16.
-    k_cache, v_cache: [num_blocks, block_size, Hkv, D] of q.dtype, same strides; Hq % Hkv
-    == 0 (q head i reads kv head i // (Hq // Hkv)); D a multiple of 16.
+    k_cache, v_cache: [num_blocks, block_size, Hkv, D] of q.dtype or float8_e4m3fn, same
+    strides; Hq % Hkv == 0 (q head i reads kv head i // (Hq // Hkv)); D a multiple of 16.
     block_tables: [B, max_blocks] int32; seq_lens: [B] int32 (context incl. the new token).
     max_seq_len: host-side bound used only to pick the split count (no host sync).
     out: optional [B, Hq, D] of q.dtype. num_splits / block_n override the heuristics.
@@ -138,6 +143,8 @@ def paged_decode_attention(
     """
     nreq = q.shape[0] if q.dim() == 3 else -1
     hkv, d, group = check_paged_inputs(q, k_cache, v_cache, block_tables, seq_lens, nreq)
+    if k_cache.dtype != torch.float8_e4m3fn:  # the scales belong to an FP8 cache only
+        k_scale = v_scale = 1.0
     if out is None:
         out = torch.empty_like(q)
     if out.shape != q.shape or out.dtype != q.dtype or out.stride(-1) != 1:
@@ -157,7 +164,7 @@ def paged_decode_attention(
         mid_o = mid_lse = out  # unused
     _decode_split_kernel[(nreq, hkv, splits)](
         q, k_cache, v_cache, block_tables, seq_lens, out, mid_o, mid_lse,
-        scale * LOG2E,
+        scale * LOG2E * k_scale, v_scale,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0), out.stride(0), out.stride(1),
         hq, k_cache.shape[1], group, d,
@@ -176,8 +183,9 @@ def paged_decode_attention(
 
 def paged_decode_attention_ref(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-    block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float,
+    block_tables: torch.Tensor, seq_lens: torch.Tensor, scale: float, k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> torch.Tensor:
     """Torch reference of :func:`paged_decode_attention` (fp32 math): [B, Hq, D]."""
     qsl = torch.arange(q.shape[0] + 1, dtype=torch.int32, device=q.device)
-    return attention_ref(q, k_cache, v_cache, qsl, seq_lens, block_tables, scale)
+    return attention_ref(q, k_cache, v_cache, qsl, seq_lens, block_tables, scale, k_scale, v_scale)

@@ -34,7 +34,7 @@ def _attend(
         rows = token_offsets(bt_row, n, n_mask, block_size, stride_cb, stride_cs)
         kv_off = rows[:, None] + kvh * stride_ch + d[None, :]  # [BLOCK_N, BLOCK_D]
         kv_mask = n_mask[:, None] & (d < head_dim)[None, :]
-        k = tl.load(k_cache_ptr + kv_off, mask=kv_mask, other=0.0)
+        k = tl.load(k_cache_ptr + kv_off, mask=kv_mask, other=0.0).to(q.dtype)  # fp8 -> q's
         s = mma(q, tl.trans(k), DOT_PRECISION, UPCAST) * scale_log2
         if CAUSAL:  # [BLOCK_M, BLOCK_N]
             s = tl.where((n[None, :] <= pos[:, None]) & n_mask[None, :], s, float("-inf"))
@@ -42,7 +42,7 @@ def _attend(
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_cache_ptr + kv_off, mask=kv_mask, other=0.0)
+        v = tl.load(v_cache_ptr + kv_off, mask=kv_mask, other=0.0).to(q.dtype)
         acc = acc * alpha[:, None] + mma(p.to(v.dtype), v, DOT_PRECISION, UPCAST)
         m_i = m_new
     return m_i, l_i, acc
@@ -52,7 +52,7 @@ def _attend(
 def _prefill_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, out_ptr,  # q, out: [T, Hq, D]; caches paged
     qsl_ptr, seq_lens_ptr, bt_ptr,  # [B+1], [B], [B, max_blocks] int32
-    scale_log2,
+    scale_log2, v_scale,  # scale_log2 includes k_scale (FP8 caches); v_scale scales the output
     stride_qt, stride_qh, stride_ot, stride_oh, stride_cb, stride_cs, stride_ch, stride_bt,
     block_size, group, head_dim,
     BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
@@ -92,7 +92,7 @@ def _prefill_kernel(
                             full_end, kv_end, kvh, d, block_size, stride_cb, stride_cs,
                             stride_ch, head_dim, scale_log2, True, BLOCK_N, DOT_PRECISION,
                             UPCAST)
-    acc = acc / l_i[:, None]
+    acc = acc * (v_scale / l_i)[:, None]
     o_ptrs = out_ptr + tok64[:, None] * stride_ot + heads[:, None] * stride_oh + d[None, :]
     tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=qd_mask)
 
@@ -117,12 +117,16 @@ def paged_prefill_attention(
     out: torch.Tensor | None = None,
     block_m: int | None = None,
     block_n: int | None = None,
+    k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> torch.Tensor:
     """Causal attention of each request's new queries over its paged context.
 
+    An FP8 (float8_e4m3fn) cache holds k / k_scale and v / v_scale.
+
     q: [T, Hq, D] (token/head strides free, unit stride in D), fp32/fp16/bf16.
-    k_cache, v_cache: [num_blocks, block_size, Hkv, D] of q.dtype with the new keys
-    already written; Hq % Hkv == 0; D a multiple of 16.
+    k_cache, v_cache: [num_blocks, block_size, Hkv, D] of q.dtype (or float8_e4m3fn) with
+    the new keys already written; Hq % Hkv == 0; D a multiple of 16.
     query_start_loc: [B+1] int32 into q's rows (qsl[0] may be > 0); seq_lens: [B] int32
     with seq_lens[b] >= qsl[b+1] - qsl[b] > 0; block_tables: [B, max_blocks] int32.
     max_query_len: host-side max of Lq (sizes the grid; smaller would skip queries).
@@ -133,6 +137,8 @@ def paged_prefill_attention(
     check_tensor("query_start_loc", query_start_loc, (None,), (torch.int32,))
     nreq = query_start_loc.shape[0] - 1
     hkv, d, group = check_paged_inputs(q, k_cache, v_cache, block_tables, seq_lens, nreq)
+    if k_cache.dtype != torch.float8_e4m3fn:  # the scales belong to an FP8 cache only
+        k_scale = v_scale = 1.0
     if out is None:
         out = torch.empty_like(q)
     if out.shape != q.shape or out.dtype != q.dtype or out.stride(-1) != 1:
@@ -149,7 +155,7 @@ def paged_prefill_attention(
     grid = (triton.cdiv(max_query_len, block_q), hkv, nreq)
     _prefill_kernel[grid](
         q, k_cache, v_cache, out, query_start_loc, seq_lens, block_tables,
-        scale * LOG2E,
+        scale * LOG2E * k_scale, v_scale,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
         k_cache.shape[1], group, d,
@@ -162,7 +168,7 @@ def paged_prefill_attention(
 def attention_ref(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
     query_start_loc: torch.Tensor, seq_lens: torch.Tensor, block_tables: torch.Tensor,
-    scale: float,
+    scale: float, k_scale: float = 1.0, v_scale: float = 1.0,
 ) -> torch.Tensor:
     """Torch reference (fp32 math, host loop) for both paged attention kernels.
 
@@ -175,8 +181,10 @@ def attention_ref(
     for b, seq_len in enumerate(lens):
         s, e = qsl[b], qsl[b + 1]
         blocks = block_tables[b, : triton.cdiv(seq_len, bs)].long()
-        k = k_cache[blocks].flatten(0, 1)[:seq_len].repeat_interleave(group, dim=1)
-        v = v_cache[blocks].flatten(0, 1)[:seq_len].repeat_interleave(group, dim=1)
+        k = k_cache[blocks].flatten(0, 1)[:seq_len].float().repeat_interleave(group, dim=1)
+        v = v_cache[blocks].flatten(0, 1)[:seq_len].float().repeat_interleave(group, dim=1)
+        if k_cache.dtype == torch.float8_e4m3fn:
+            k, v = k * k_scale, v * v_scale
         pos_q = torch.arange(seq_len - (e - s), seq_len, device=q.device)[:, None]
         mask = torch.arange(seq_len, device=q.device)[None, :] <= pos_q  # [Lq, L]
         o = F.scaled_dot_product_attention(

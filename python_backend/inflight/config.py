@@ -30,6 +30,9 @@ LOAD_FORMATS = ("auto", "safetensors", "dummy")
 CHOICES: dict[str, tuple[str, ...]] = {
     "dtype": DTYPES, "load_format": LOAD_FORMATS, "batch_scheduler_policy": SCHEDULER_POLICIES,
     "overlap_scheduler": ("auto", "on", "off"), "attention_backend": ("auto", "torch", "triton"),
+    # quantization: auto = what the checkpoint declares (else none); docs/quantization.md
+    "quantization": ("auto", "none", "fp8", "awq", "compressed-tensors", "modelopt"),
+    "kv_cache_dtype": ("auto", "fp8"),  # auto: the model dtype, or fp8 when the checkpoint says
 }
 MINIMUMS: dict[str, int] = {
     "max_batch_size": 1, "max_num_tokens": 1, "max_num_return_sequences": 1, "max_seq_len": 2,
@@ -213,8 +216,14 @@ class EngineConfig:
     # plan and launch step N+1 before step N's tokens reach the host: auto = on for CUDA
     overlap_scheduler: str = "auto"  # auto | on | off
     trust_remote_code: bool = False
+    # quantization (model/quant): weights/activations format, and the paged KV cache's dtype
+    quantization: str = "auto"
+    kv_cache_dtype: str = "auto"  # auto | fp8 (TensorRT-LLM's kv_cache_quant_algo=FP8 too)
 
     def __post_init__(self) -> None:
+        for name in ("quantization", "kv_cache_dtype"):  # FP8 / fp8_e4m3 as TensorRT-LLM writes
+            value = str(getattr(self, name)).lower()
+            object.__setattr__(self, name, "fp8" if value == "fp8_e4m3" else value)
         for name, allowed in CHOICES.items():
             if getattr(self, name) not in allowed:
                 raise ConfigError(f"{name} must be {_one_of(allowed)}, got {getattr(self, name)!r}")

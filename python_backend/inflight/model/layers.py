@@ -7,6 +7,7 @@ to the torch reference otherwise (CPU, or ``INFLIGHT_ATTENTION_BACKEND=torch``).
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -72,9 +73,16 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
 
 
 class Linear(nn.Linear):
-    """nn.Linear through :func:`linear` (same parameters and checkpoint names)."""
+    """nn.Linear through :func:`linear` (same parameters and checkpoint names), or through a
+    quantized linear method (``quant``, set at load by ``model.quant.quantize_model``), which
+    then owns the layer's weight tensors."""
+
+    quant: Any = None  # a model.quant LinearMethod, or None: the float weight
+    parts: dict[str, tuple[int, int]] | None = None  # fused parts: id -> (first row, rows)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.quant is not None:
+            return self.quant.apply(self, x, self.bias)  # type: ignore[no-any-return]
         return linear(x, self.weight, self.bias)
 
 

@@ -27,6 +27,9 @@ class Attention(nn.Module):
         self.qkv_proj = Linear(cfg.hidden_size, cfg.q_size + 2 * cfg.kv_size, bias=cfg.attention_bias)
         self.o_proj = Linear(cfg.q_size, cfg.hidden_size, bias=False)
         self.rotary = rotary
+        # FP8 KV cache: cache = k / k_scale (per layer; the loader sets checkpoint values)
+        self.k_scale = 1.0
+        self.v_scale = 1.0
         if cfg.qk_norm:
             self.q_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
             self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
@@ -50,7 +53,8 @@ class Attention(nn.Module):
             q = self.q_norm(q)  # type: ignore[assignment]
             k = self.k_norm(k)  # type: ignore[assignment]
         q, k = self.rotary(positions, q, k)
-        o = backend.forward(q, k, v, kv_cache[0], kv_cache[1], meta, self.scale)  # [T, Hq, D]
+        o = backend.forward(q, k, v, kv_cache[0], kv_cache[1], meta, self.scale,
+                             self.k_scale, self.v_scale)  # [T, Hq, D]
         return self.o_proj(o.reshape(t, c.q_size))
 
 

@@ -20,6 +20,8 @@ from inflight import env
 from inflight.config import ModelConfig
 from inflight.errors import ConfigError
 from inflight.model.llama import STACKED_PARAMS
+from inflight.model.quant.base import Parts
+from inflight.model.quant.setup import checkpoint_parts, kv_scale_target
 
 
 def checkpoint_files(model_dir: str) -> list[str]:
@@ -72,15 +74,79 @@ def _shard_target(model: nn.Module, name: str) -> tuple[str, str | None]:
     return name, None
 
 
-def load_weights(model: nn.Module, cfg: ModelConfig, model_dir: str) -> None:
+class _QuantCollector:
+    """Gathers each quantized layer's checkpoint tensors (per fused part) and hands them to
+    the layer's linear method as soon as the layer is complete."""
+
+    def __init__(self, model: nn.Module, qlayers: dict[str, nn.Module]) -> None:
+        self.model, self.qlayers = model, qlayers
+        self.pending: dict[str, Parts] = {}
+        self.done: set[str] = set()
+
+    def add(self, module: str, shard: str | None, suffix: str, tensor: torch.Tensor, name: str) -> None:
+        method = self.qlayers[module].quant
+        if suffix not in method.required() + method.optional():
+            raise ConfigError(
+                f"checkpoint tensor {name!r} does not belong to the {method.name} format; its "
+                f"layers take {', '.join(method.required() + method.optional())}")
+        if module in self.done:  # an optional tensor after the layer was built (weight_shape)
+            return
+        parts = self.pending.setdefault(module, {})
+        parts.setdefault(shard, {})[suffix] = tensor
+        names = checkpoint_parts(self.model, module)
+        if all(p in parts and all(r in parts[p] for r in method.required()) for p in names):
+            method.load(self.qlayers[module], parts, names)
+            self.done.add(module)
+            del self.pending[module]
+
+    def check_complete(self, model_dir: str) -> None:
+        for module in self.qlayers:
+            if module in self.done:
+                continue
+            method, parts = self.qlayers[module].quant, self.pending.get(module, {})
+            lacking = [f"{ckpt}.{r}" for p, ckpt in checkpoint_parts(self.model, module).items()
+                       for r in method.required() if r not in parts.get(p, {})]
+            raise ConfigError(f"checkpoint in {model_dir!r} lacks {', '.join(lacking[:4])} "
+                              f"(the {method.name} format needs {', '.join(method.required())} "
+                              "for every quantized layer)")
+
+
+def _set_kv_scale(model: nn.Module, name: str, attn: str, which: str, tensor: torch.Tensor) -> None:
+    try:
+        layer = model.get_submodule(attn)
+    except AttributeError:
+        raise ConfigError(f"checkpoint tensor {name!r} has no place in the model") from None
+    if tensor.numel() != 1:
+        raise ConfigError(f"checkpoint tensor {name!r} has shape {tuple(tensor.shape)}; KV cache "
+                          "scales are one number per layer")
+    value = float(tensor.float().reshape(()))
+    if not value > 0.0:
+        raise ConfigError(f"checkpoint tensor {name!r} is {value}; a KV cache scale must be > 0")
+    for part in ("k", "v") if which == "kv" else (which,):
+        setattr(layer, f"{part}_scale", value)
+
+
+def load_weights(model: nn.Module, cfg: ModelConfig, model_dir: str,
+                 qlayers: dict[str, nn.Module] | None = None) -> None:
+    """Fill the model from the checkpoint. ``qlayers``: the layers a quantized linear method
+    owns (model.quant.quantize_model); their tensors go to the method."""
     params = dict(model.named_parameters(remove_duplicate=False))
     filled: dict[str, int] = {}  # param -> elements written
+    quant = _QuantCollector(model, qlayers or {})
     for name, tensor in iter_checkpoint(checkpoint_files(model_dir)):
         if "rotary_emb.inv_freq" in name:
             continue
         if cfg.tie_word_embeddings and name == "lm_head.weight":
             continue
+        kv = kv_scale_target(name)
+        if kv is not None:
+            _set_kv_scale(model, name, *kv, tensor)
+            continue
         target, shard = _shard_target(model, name)
+        module, _, suffix = target.rpartition(".")
+        if module in quant.qlayers and suffix != "bias":
+            quant.add(module, shard, suffix, tensor, name)
+            continue
         if target not in params:
             raise ConfigError(f"checkpoint tensor {name!r} has no place in {cfg.architecture}")
         param = params[target]
@@ -100,6 +166,7 @@ def load_weights(model: nn.Module, cfg: ModelConfig, model_dir: str) -> None:
     missing = [n for n, p in unique.items() if filled.get(n, 0) != p.numel()]
     if missing:
         raise ConfigError(f"checkpoint in {model_dir!r} lacks weights for: {missing[:8]}")
+    quant.check_complete(model_dir)
 
 
 @torch.no_grad()
@@ -114,3 +181,14 @@ def init_dummy_weights(model: nn.Module, seed: int = 0) -> None:
             p.zero_()
         else:
             p.normal_(0.0, 0.02, generator=gen)  # on the model's device: fast for 8B shapes
+
+
+@torch.no_grad()
+def init_dummy_quantized(qlayers: dict[str, nn.Module], seed: int = 0) -> None:
+    """Random N(0, 0.02) weights for the quantized layers, through each method's quantizer."""
+    for i, layer in enumerate(tqdm(list(qlayers.values()), desc="Dummy quantized weights",
+                                   unit="layer", disable=env.disable_progress())):
+        dev = layer.quant_device
+        gen = torch.Generator(device=dev).manual_seed(seed + 1 + i)
+        w = torch.empty(layer.out_features, layer.in_features, device=dev, dtype=layer.quant_dtype)
+        layer.quant.from_float(layer, w.normal_(0.0, 0.02, generator=gen))

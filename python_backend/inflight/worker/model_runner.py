@@ -17,8 +17,9 @@ from inflight.engine.step_plan import StepPlan
 from inflight.errors import ConfigError
 from inflight.model import model_class
 from inflight.model.attention import AttentionMetadata, get_attention_backend
+from inflight.model.quant import QuantSpec, check_device, quantize_model, resolve
 from inflight.worker.cuda_graphs import DecodeGraphs
-from inflight.worker.loader import init_dummy_weights, load_weights
+from inflight.worker.loader import init_dummy_quantized, init_dummy_weights, load_weights
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +63,12 @@ class ModelRunner:
         self.max_seq_len = max_seq_len
         self.block_size = cfg.block_size
         self.max_blocks_per_seq = -(-max_seq_len // cfg.block_size)
+        self.quant: QuantSpec | None = resolve(cfg.quantization, cfg.model, cfg.load_format)
+        kv_fp8 = cfg.kv_cache_dtype == "fp8" or (
+            cfg.kv_cache_dtype == "auto" and self.quant is not None and self.quant.kv_cache_fp8)
+        self.kv_dtype = torch.float8_e4m3fn if kv_fp8 else self.dtype
+        check_device(self.quant, kv_fp8, self.device.type,
+                     torch.cuda.get_device_capability(self.device) if self.device.type == "cuda" else None)
         self.model = self._load_model()
         self.backend = get_attention_backend(cfg.attention_backend, self.device.type)
         self.num_blocks = self._num_kv_blocks()
@@ -69,7 +76,7 @@ class ModelRunner:
         # kv_cache: [L, 2, num_blocks, block_size, Hkv, D]
         self.kv_cache = torch.zeros(
             c.num_layers, 2, self.num_blocks, cfg.block_size, c.num_kv_heads, c.head_dim,
-            dtype=self.dtype, device=self.device,
+            dtype=self.kv_dtype, device=self.device,
         )
         self.graphs: DecodeGraphs | None = None
         if self.device.type == "cuda" and not cfg.enforce_eager and self.backend.name == "triton":
@@ -83,16 +90,28 @@ class ModelRunner:
         torch.manual_seed(self.cfg.seed)
         with torch.device(self.device):
             model = cls(self.model_cfg, self.max_seq_len).to(self.dtype)
+        qlayers = ({} if self.quant is None else
+                   quantize_model(model, self.quant, self.device, self.dtype))
         if self.cfg.load_format == "dummy":
             init_dummy_weights(model, self.cfg.seed)
+            init_dummy_quantized(qlayers, self.cfg.seed)
         else:
-            load_weights(model, self.model_cfg, self.cfg.model)
+            load_weights(model, self.model_cfg, self.cfg.model, qlayers)
+        if self.kv_dtype != torch.float8_e4m3fn:  # checkpoint KV scales only mean something in FP8
+            for mod in model.modules():
+                if hasattr(mod, "k_scale"):
+                    mod.k_scale = mod.v_scale = 1.0
         model.eval().requires_grad_(False)
+        if self.quant is not None:
+            log.info("quantization: %s %s (%s), %d linear layers", self.quant.checkpoint_format,
+                     self.quant.kind, self.quant.source, len(qlayers))
+            if self.device.type == "cuda":  # the float weights dropped: give their memory back
+                torch.cuda.empty_cache()
         return model
 
     def kv_bytes_per_token(self) -> int:
         c = self.model_cfg
-        return 2 * c.num_layers * c.num_kv_heads * c.head_dim * torch.finfo(self.dtype).bits // 8
+        return 2 * c.num_layers * c.num_kv_heads * c.head_dim * torch.finfo(self.kv_dtype).bits // 8
 
     def workspace_bytes(self) -> int:
         """GPU memory kept out of the KV pool: one step's activations at max_num_tokens,
@@ -120,7 +139,8 @@ class ModelRunner:
                 f"no room for a single KV block ({per_token * self.block_size} bytes); "
                 "raise kv_cache_free_gpu_mem_fraction or max_tokens_in_paged_kv_cache"
             )
-        log.info("KV cache: %d blocks of %d tokens (%.2f GiB)", blocks, self.block_size,
+        log.info("KV cache: %d blocks of %d tokens = %d tokens, %s (%.2f GiB)", blocks,
+                 self.block_size, blocks * self.block_size, str(self.kv_dtype).removeprefix("torch."),
                  blocks * self.block_size * per_token / 2**30)
         return blocks
 

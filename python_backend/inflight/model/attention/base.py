@@ -1,7 +1,8 @@
 """The attention backend contract.
 
 KV cache layout (one tensor for the whole model, allocated by the model runner):
-    kv_cache: [num_layers, 2, num_blocks, block_size, num_kv_heads, head_dim]
+    kv_cache: [num_layers, 2, num_blocks, block_size, num_kv_heads, head_dim] in the model
+    dtype, or float8_e4m3fn with per-layer scales (kv_cache_dtype=fp8)
     layer l: k_cache = kv_cache[l, 0], v_cache = kv_cache[l, 1], each
     [num_blocks, block_size, num_kv_heads, head_dim]; token slot s lives at
     block s // block_size, offset s % block_size.
@@ -60,7 +61,10 @@ class AttentionBackend(Protocol):
         v_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
         meta: AttentionMetadata,
         scale: float,
+        k_scale: float = 1.0,
+        v_scale: float = 1.0,
     ) -> torch.Tensor:
         """Write k/v into the cache at meta.slot_mapping, then causal attention of q over
-        each request's whole context. Returns [T, Hq, D]."""
+        each request's whole context. Returns [T, Hq, D]. An FP8 (e4m3) cache stores
+        k / k_scale and v / v_scale (saturated); reads multiply the scales back."""
         ...

@@ -6,15 +6,32 @@ import torch
 
 from inflight.model.attention.base import AttentionMetadata
 
+FP8_MAX = 448.0
+
+
+def to_cache(x: torch.Tensor, dtype: torch.dtype, scale: float) -> torch.Tensor:
+    """Values as the cache stores them: an FP8 cache holds x / scale saturated to +-448."""
+    if dtype == torch.float8_e4m3fn:
+        return (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(dtype)
+    return x.to(dtype)
+
+
+def from_cache(x: torch.Tensor, scale: float) -> torch.Tensor:
+    """Cached values -> fp32 (times the scale for an FP8 cache)."""
+    return x.float() * scale if x.dtype == torch.float8_e4m3fn else x.float()
+
 
 def write_kv_cache(
     k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
-    slot_mapping: torch.Tensor,
+    slot_mapping: torch.Tensor, k_scale: float = 1.0, v_scale: float = 1.0,
 ) -> None:
     """k, v: [T, Hkv, D] -> cache slots slot_mapping [T]."""
     nb, bs, h, d = k_cache.shape
-    k_cache.view(nb * bs, h, d).index_copy_(0, slot_mapping, k.to(k_cache.dtype))
-    v_cache.view(nb * bs, h, d).index_copy_(0, slot_mapping, v.to(v_cache.dtype))
+    for x, cache, s in ((k, k_cache, k_scale), (v, v_cache, v_scale)):
+        vals = to_cache(x, cache.dtype, s)
+        if cache.dtype == torch.float8_e4m3fn:  # CPU index_copy_ has no fp8 kernel: copy bytes
+            cache, vals = cache.view(torch.uint8), vals.view(torch.uint8)
+        cache.view(nb * bs, h, d).index_copy_(0, slot_mapping, vals)
 
 
 def gather_context(
@@ -28,7 +45,7 @@ def gather_context(
 
 def paged_attention_ref(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, meta: AttentionMetadata,
-    scale: float,
+    scale: float, k_scale: float = 1.0, v_scale: float = 1.0,
 ) -> torch.Tensor:
     """Causal attention of each request's new queries over its cached context.
 
@@ -41,7 +58,8 @@ def paged_attention_ref(
     nd = meta.num_decodes
     if nd:
         out[:nd] = decode_attention_ref(q[:nd], k_cache, v_cache, meta.block_tables[:nd],
-                                        meta.seq_lens[:nd], max(meta.seq_lens_cpu[:nd]), scale)
+                                        meta.seq_lens[:nd], max(meta.seq_lens_cpu[:nd]), scale,
+                                        k_scale, v_scale)
     for b in range(nd, meta.num_reqs):
         seq_len = meta.seq_lens_cpu[b]
         s, e = qsl[b], qsl[b + 1]
@@ -52,7 +70,8 @@ def paged_attention_ref(
             k = k.repeat_interleave(hq // hkv, dim=1)
             v = v.repeat_interleave(hq // hkv, dim=1)
         qb = q[s:e].transpose(0, 1).float()  # [Hq, Lq, D]
-        kb, vb = k.transpose(0, 1).float(), v.transpose(0, 1).float()  # [Hq, L, D]
+        kb = from_cache(k, k_scale).transpose(0, 1)  # [Hq, L, D]
+        vb = from_cache(v, v_scale).transpose(0, 1)
         scores = torch.matmul(qb, kb.transpose(1, 2)) * scale  # [Hq, Lq, L]
         if lq > 1:  # causal: query i sits at position seq_len - lq + i
             pos_q = torch.arange(seq_len - lq, seq_len, device=q.device)[:, None]
@@ -65,15 +84,16 @@ def paged_attention_ref(
 
 def decode_attention_ref(
     q: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, block_tables: torch.Tensor,
-    seq_lens: torch.Tensor, max_seq_len: int, scale: float,
+    seq_lens: torch.Tensor, max_seq_len: int, scale: float, k_scale: float = 1.0,
+    v_scale: float = 1.0,
 ) -> torch.Tensor:
     """One query per request, all requests at once. q: [B, Hq, D] -> [B, Hq, D]."""
     b, hq, d = q.shape
     bs, hkv = k_cache.shape[1], k_cache.shape[2]
     nblocks = (max_seq_len + bs - 1) // bs
     tables = block_tables[:, :nblocks].long()
-    k = k_cache[tables].flatten(1, 2).float()  # [B, L, Hkv, D]
-    v = v_cache[tables].flatten(1, 2).float()
+    k = from_cache(k_cache[tables].flatten(1, 2), k_scale)  # [B, L, Hkv, D]
+    v = from_cache(v_cache[tables].flatten(1, 2), v_scale)
     g = hq // hkv
     qg = q.float().view(b, hkv, g, d)  # query heads grouped by their kv head
     scores = torch.einsum("bhgd,blhd->bhgl", qg, k) * scale  # [B, Hkv, G, L]
@@ -91,7 +111,8 @@ class TorchAttentionBackend:
 
     def forward(
         self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, k_cache: torch.Tensor,
-        v_cache: torch.Tensor, meta: AttentionMetadata, scale: float,
+        v_cache: torch.Tensor, meta: AttentionMetadata, scale: float, k_scale: float = 1.0,
+        v_scale: float = 1.0,
     ) -> torch.Tensor:
-        write_kv_cache(k, v, k_cache, v_cache, meta.slot_mapping)
-        return paged_attention_ref(q, k_cache, v_cache, meta, scale)
+        write_kv_cache(k, v, k_cache, v_cache, meta.slot_mapping, k_scale, v_scale)
+        return paged_attention_ref(q, k_cache, v_cache, meta, scale, k_scale, v_scale)

@@ -63,21 +63,24 @@ class TritonAttentionBackend:
         v_cache: torch.Tensor,  # [num_blocks, block_size, Hkv, D]
         meta: AttentionMetadata,
         scale: float,
+        k_scale: float = 1.0,
+        v_scale: float = 1.0,
     ) -> torch.Tensor:
         """Write k/v at meta.slot_mapping (-1 skips), then attention. Returns [T, Hq, D]."""
         if self._plan is None or self._plan.meta is not meta:
             self.plan(meta)
         p = self._plan
         assert p is not None
-        kv_cache_write(k, v, k_cache, v_cache, meta.slot_mapping)
+        kv_cache_write(k, v, k_cache, v_cache, meta.slot_mapping, k_scale, v_scale)
         out = torch.empty_like(q)
         if p.num_decodes > 0:
             nd = p.num_decodes
             paged_decode_attention(
                 q[:nd], k_cache, v_cache, p.decode_block_tables, p.decode_seq_lens, scale,
-                max_seq_len=meta.max_seq_len, out=out[:nd])
+                max_seq_len=meta.max_seq_len, out=out[:nd], k_scale=k_scale, v_scale=v_scale)
         if p.num_prefills > 0:
             paged_prefill_attention(
                 q, k_cache, v_cache, p.prefill_query_start_loc, p.prefill_seq_lens,
-                p.prefill_block_tables, scale, meta.max_query_len, out=out)
+                p.prefill_block_tables, scale, meta.max_query_len, out=out, k_scale=k_scale,
+                v_scale=v_scale)
         return out

@@ -1,0 +1,139 @@
+"""FP8 (e4m3) W8A8 linear layers: per-output-channel weight scales, per-token dynamic or
+static per-tensor activation scales.
+
+Runtime layout (one per layer, whatever the checkpoint): ``qweight`` e4m3 [N, K],
+``weight_scale`` fp32 [N] (a per-tensor scale of a fused part is repeated over its rows:
+per-part scales kept exactly, no requantization), ``input_scale`` fp32 [] or None
+(dynamic). A fused layer with static per-part input scales takes their max, as the
+activation is shared.
+
+GPU: ``torch._scaled_mm`` (cuBLASLt FP8 GEMM, row-wise scales). CPU and the reference: the
+same quantization of x and W, then the product in the activation dtype (emulation).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from inflight.errors import ConfigError
+from inflight.model.quant.base import Parts, expect, part_sizes, set_buffer
+
+FP8 = torch.float8_e4m3fn
+FP8_MAX = 448.0
+_MIN_SCALE = 1e-12
+
+
+def quantize_fp8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """x / scale, saturated to the e4m3 range, as e4m3 (scale broadcasts)."""
+    return (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+
+
+def per_channel_fp8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """w [N, K] -> (e4m3 [N, K], fp32 scales [N])."""
+    scale = (w.float().abs().amax(dim=1) / FP8_MAX).clamp(min=_MIN_SCALE)
+    return quantize_fp8(w, scale[:, None]), scale
+
+
+def per_token_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] -> (e4m3 [M, K], fp32 scales [M, 1])."""
+    scale = (x.float().abs().amax(dim=1, keepdim=True) / FP8_MAX).clamp(min=_MIN_SCALE)
+    return quantize_fp8(x, scale), scale
+
+
+def fp8_linear_ref(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor,
+                   input_scale: torch.Tensor | None) -> torch.Tensor:
+    """Emulated W8A8: x [M, K] -> [M, N] in x.dtype (the CPU path and the GPU tests' reference)."""
+    if input_scale is None:
+        xq, sx = per_token_fp8(x)
+    else:
+        xq, sx = quantize_fp8(x, input_scale), input_scale
+    w = qweight.to(x.dtype) * weight_scale.to(x.dtype)[:, None]
+    return F.linear((xq.float() * sx).to(x.dtype), w)
+
+
+def fp8_linear_cuda(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor,
+                    input_scale: torch.Tensor | None) -> torch.Tensor:
+    """cuBLASLt FP8 GEMM with row-wise scales: x [M, K] -> [M, N] in x.dtype."""
+    if input_scale is None:
+        xq, sx = per_token_fp8(x)
+    else:
+        xq = quantize_fp8(x, input_scale)
+        sx = input_scale.reshape(1, 1).expand(x.shape[0], 1).contiguous()
+    out = torch._scaled_mm(xq, qweight.t(), scale_a=sx, scale_b=weight_scale.view(1, -1),
+                           out_dtype=torch.bfloat16)  # row-wise scaling writes bf16
+    return out if x.dtype == torch.bfloat16 else out.to(x.dtype)
+
+
+class Fp8LinearMethod:
+    """FP8 weights from a checkpoint (``weight`` e4m3 + ``weight_scale`` [+ ``input_scale``])
+    or quantized on load from float weights (``from_checkpoint=False``: ``weight`` only)."""
+
+    def __init__(self, name: str, from_checkpoint: bool, static_input: bool,
+                 weight_strategy: str = "channel") -> None:
+        self.name = name
+        self.from_checkpoint = from_checkpoint
+        self.static_input = static_input
+        self.weight_strategy = weight_strategy  # tensor | channel (checkpoint layout)
+
+    def required(self) -> tuple[str, ...]:
+        if not self.from_checkpoint:
+            return ("weight",)
+        return ("weight", "weight_scale", "input_scale") if self.static_input else (
+            "weight", "weight_scale")
+
+    def optional(self) -> tuple[str, ...]:
+        return ("input_scale", "weight_zero_point", "input_zero_point") if self.from_checkpoint else ()
+
+    def from_float(self, layer: nn.Module, weight: torch.Tensor) -> None:
+        q, s = per_channel_fp8(weight)
+        set_buffer(layer, "qweight", q)
+        set_buffer(layer, "weight_scale", s)
+        set_buffer(layer, "input_scale", None)
+
+    def load(self, layer: nn.Module, parts: Parts, names: dict[str | None, str]) -> None:
+        sizes = part_sizes(layer)
+        k = layer.in_features
+        dev = layer.quant_device
+        if not self.from_checkpoint:
+            for p, n in sizes.items():
+                expect(f"{names[p]}.weight", parts[p]["weight"], (n, k), "float")
+            w = torch.cat([parts[p]["weight"] for p in sizes]).to(dev)
+            self.from_float(layer, w)
+            return
+        qs, scales, in_scales = [], [], []
+        for p, n in sizes.items():
+            t = parts[p]
+            expect(f"{names[p]}.weight", t["weight"], (n, k), self.name, (FP8,))
+            s = t["weight_scale"].float()
+            if s.numel() == 1:  # per-tensor: repeat over the part's rows
+                s = s.reshape(1).expand(n)
+            elif s.numel() == n:  # per-channel: [N] or [N, 1]
+                s = s.reshape(n)
+            else:
+                raise ConfigError(
+                    f"checkpoint tensor {names[p]}.weight_scale has shape {tuple(t['weight_scale'].shape)};"
+                    f" {self.name} needs one scale per tensor [] / [1] or per output channel [{n}] / [{n}, 1]")
+            if "input_scale" in t and self.static_input:
+                if t["input_scale"].numel() != 1:
+                    raise ConfigError(
+                        f"checkpoint tensor {names[p]}.input_scale has shape "
+                        f"{tuple(t['input_scale'].shape)}; static FP8 activations take one scale per tensor")
+                in_scales.append(t["input_scale"].float().reshape(()))
+            qs.append(t["weight"])
+            scales.append(s)
+        set_buffer(layer, "qweight", torch.cat(qs).to(dev))
+        set_buffer(layer, "weight_scale", torch.cat(scales).contiguous().to(dev))
+        # one activation feeds every part of a fused layer: the largest scale covers them all
+        set_buffer(layer, "input_scale",
+                   torch.stack(in_scales).max().to(dev) if in_scales else None)
+
+    def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+        shape = x.shape
+        x2 = x.reshape(-1, shape[-1])
+        fn = fp8_linear_cuda if x.is_cuda else fp8_linear_ref
+        out = fn(x2, layer.qweight, layer.weight_scale, layer.input_scale)
+        if bias is not None:
+            out = out + bias
+        return out.reshape(*shape[:-1], out.shape[-1])
