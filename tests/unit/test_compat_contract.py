@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from inflight.tools import repo
 from inflight.errors import InvalidRequestError
 from inflight.frontends.triton import trtllm_contract
 from inflight.frontends.triton.convert import (
@@ -18,6 +17,7 @@ from inflight.frontends.triton.convert import (
     sampling_from_tensors,
 )
 from inflight.frontends.triton.gather import stack_parts
+from inflight.tools import repo
 
 # tensorrtllm_backend's tensorrt_llm inputs (name, dtype, dims), as its clients send them
 PEER_ENGINE_INPUTS = {

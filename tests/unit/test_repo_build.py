@@ -8,9 +8,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from inflight.tools import repo
 from inflight.errors import ConfigError
 from inflight.frontends.triton.params import load_config
+from inflight.tools import repo
 from inflight.tools.cli import main
 
 KNOWN = ", ".join(repo.known_keys())

@@ -9,10 +9,11 @@ from typing import Any
 
 import numpy as np
 
+from inflight.engine.client import EngineClient
 from inflight.engine.loop import EngineLoop
 from inflight.errors import EngineDeadError, InvalidRequestError, QueueFullError
 from inflight.frontends.triton.convert import ItemRequest, client_error
-from inflight.frontends.triton.health import EngineWatcher, fault_hook
+from inflight.frontends.triton.health import EngineWatcher, check_fault_injection, fault_hook
 from inflight.frontends.triton.params import ServingConfig, parse_parameters, raw_parameters
 from inflight.frontends.triton.serving import ServingCore
 
@@ -49,6 +50,20 @@ def triton_error(pb: Any, e: Exception) -> Any:
     return pb.TritonError(f"{type(e).__name__}: {e}", pb.TritonError.INTERNAL)
 
 
+def start_engine(cfg: Any, srv: ServingConfig) -> EngineLoop | EngineClient:
+    """``engine_process`` auto/on: the engine core in its own process, fed over a local
+    channel (engine/client.py, issue 13); off: the engine thread inside this stub."""
+    step, delay = srv.fault_injection_step, srv.fault_injection_step_delay_ms
+    if step or delay:
+        check_fault_injection(step, delay)
+    if srv.engine_process != "off":
+        return EngineClient(cfg, warmup=srv.warmup, fault_step=step, fault_delay_ms=delay)
+    loop = EngineLoop(cfg, warmup=srv.warmup)
+    if step or delay:
+        loop._fault_hook = fault_hook(loop, step, delay)
+    return loop
+
+
 class EngineModel:
     """Base of the `engine` and `llm` models (decoupled python-backend models)."""
 
@@ -67,14 +82,13 @@ class EngineModel:
         from inflight.config import EngineConfig
 
         cfg = EngineConfig.from_kwargs(**engine_kwargs)
-        self.loop = EngineLoop(cfg)
-        srv = self.serving
-        if srv.fault_injection_step or srv.fault_injection_step_delay_ms:
-            self.loop._fault_hook = fault_hook(self.loop, srv.fault_injection_step,
-                                               srv.fault_injection_step_delay_ms)
+        self.loop = start_engine(cfg, self.serving)
         self.watcher = EngineWatcher(self.pb, self.model_name, self.loop)
         self.tokenizer = self.loop.engine.tokenizer
-        self.metrics = Metrics(self.pb, self.model_name, args.get("model_version", "1"), self.loop)
+        from inflight.frontends.triton.metric_families import metrics_options
+
+        opts = metrics_options(raw_parameters(self.model_config), self.loop.engine.max_seq_len)
+        self.metrics = Metrics(self.pb, self.model_name, args.get("model_version", "1"), self.loop, opts)
         self.core = ServingCore(self.loop, self.pb, self.build_outputs,
                                 self.serving.stream_interval, on_final=self.metrics.on_final,
                                 observer=self.metrics)

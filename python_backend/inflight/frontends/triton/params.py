@@ -21,9 +21,10 @@ _PUBLIC_NAMES = {"model": "model_path", "tokenizer": "tokenizer_dir"}
 SERVING_KEYS = {"stream_interval": int, "exclude_input_in_output": bool, "max_beam_width": int,
                 "default_max_tokens": int, "allow_trust_remote_code": bool,
                 "max_inflight_requests": int, "fault_injection_step": int,
-                "fault_injection_step_delay_ms": int}
+                "fault_injection_step_delay_ms": int, "engine_process": str, "warmup": str}
 IGNORED_KEYS = {"FORCE_CPU_ONLY_INPUT_TENSORS", "add_special_tokens", "skip_special_tokens",
-                "executor_worker_path", "gpt_model_type", "decoupled_mode", "profile", "engine_model"}
+                "executor_worker_path", "gpt_model_type", "decoupled_mode", "profile", "engine_model",
+                "REPORT_CUSTOM_METRICS"}  # the last: read by triton/metric_families.py
 
 
 def _peer_only_keys() -> set[str]:
@@ -72,8 +73,15 @@ class ServingConfig:
     max_inflight_requests: int = 0
     fault_injection_step: int = 0  # tests: honoured only with INFLIGHT_ALLOW_FAULT_INJECTION=1
     fault_injection_step_delay_ms: int = 0  # likewise
+    # issue 13: the engine core in its own process (auto = on: the Triton models' default)
+    engine_process: str = "auto"  # auto | on | off (off: the engine thread in the stub)
+    # dummy steps before ready, so kernels compile before serving: auto = on for CUDA
+    warmup: str = "auto"  # auto | on | off
 
     def __post_init__(self) -> None:
+        for name in ("engine_process", "warmup"):
+            if getattr(self, name) not in ("auto", "on", "off"):
+                raise ConfigError(f"{name} must be auto, on or off, got {getattr(self, name)!r}")
         for name, low in (("stream_interval", 1), ("max_beam_width", 1), ("default_max_tokens", 1),
                           ("max_inflight_requests", 0)):
             value = getattr(self, name)
