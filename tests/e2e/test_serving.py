@@ -22,6 +22,7 @@ from inflight import LLM, SamplingParams  # noqa: E402
 from inflight.client.grpc_stream import GrpcStream, StreamError, decode_text  # noqa: E402
 from inflight.client.http import generate as http_generate  # noqa: E402
 from inflight.client.http import generate_stream as http_generate_stream  # noqa: E402
+from inflight.testing.repos import add_parameter  # noqa: E402
 from inflight.testing.tiny import tiny_model_dir  # noqa: E402
 from inflight.tools.repo import build  # noqa: E402
 
@@ -40,7 +41,12 @@ def server(triton_server_factory, model_dir: str, tmp_path_factory: pytest.TempP
     repo = tmp_path_factory.mktemp("repo")
     build(model_dir, str(repo), "ensemble", ENGINE)
     build(model_dir, str(repo), "llm", ENGINE, force=True)
-    running = triton_server_factory(repo, ready_timeout=240)
+    # the stop test needs its 400-token victim still running when the stop arrives: the engine
+    # process (issue 13) generates them in well under a second on an idle box, so the engine
+    # model's steps take >= 5 ms (>= 2 s for the victim; a stop takes well under that)
+    add_parameter(repo / "engine" / "config.pbtxt", "fault_injection_step_delay_ms", "5")
+    running = triton_server_factory(repo, ready_timeout=240,
+                                    env={"INFLIGHT_ALLOW_FAULT_INJECTION": "1"})
     yield running
     running.stop()
 

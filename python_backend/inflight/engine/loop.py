@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from inflight.config import EngineConfig
 from inflight.engine.core import LLMEngine, UpdateCallback
 from inflight.engine.kv_cache import KVStats
+from inflight.engine.warmup import should_warm_up, warm_up
 from inflight.errors import EngineDeadError
 from inflight.sampling_params import SamplingParams
 
@@ -36,8 +37,13 @@ class EngineStats:
 
 
 class EngineLoop:
-    def __init__(self, cfg: EngineConfig, engine: LLMEngine | None = None) -> None:
+    def __init__(self, cfg: EngineConfig, engine: LLMEngine | None = None,
+                 warmup: str = "off") -> None:
+        """``warmup`` auto/on: dummy steps before the loop takes requests (engine/warmup.py;
+        the Triton models pass their ``warmup`` parameter, auto = on for CUDA)."""
         self.engine = engine or LLMEngine(cfg)
+        if should_warm_up(warmup, self.engine.runner.device.type):
+            warm_up(self.engine)
         self._cv = threading.Condition()
         self._inbox: list[Callable[[], None]] = []
         self._live: set[str] = set()  # client request ids accepted and not yet final

@@ -22,7 +22,6 @@ from collections.abc import Callable
 from typing import Any
 
 from inflight import env
-from inflight.engine.loop import EngineLoop
 from inflight.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -32,14 +31,19 @@ class InjectedFault(RuntimeError):
     """The step fault a test asked for."""
 
 
-def fault_hook(loop: EngineLoop, step: int, delay_ms: int = 0) -> Callable[[], None]:
-    """A hook for ``EngineLoop._fault_hook``: raises once the engine ran ``step`` steps
-    (0: never) and sleeps ``delay_ms`` before every step (a slow device, for timing tests)."""
+def check_fault_injection(step: int, delay_ms: int) -> None:
     if not env.allow_fault_injection():
         raise ConfigError("fault_injection_step / fault_injection_step_delay_ms are set but "
                           "INFLIGHT_ALLOW_FAULT_INJECTION=1 is not; fault injection is for tests")
     if step < 0 or delay_ms < 0:
         raise ConfigError(f"fault injection values must be >= 0, got {step}, {delay_ms}")
+
+
+def fault_hook(loop: Any, step: int, delay_ms: int = 0) -> Callable[[], None]:
+    """A hook for ``EngineLoop._fault_hook`` (and the engine process's loop): raises once the
+    engine ran ``step`` steps (0: never) and sleeps ``delay_ms`` before every step (a slow
+    device, for timing tests)."""
+    check_fault_injection(step, delay_ms)
 
     def hook() -> None:
         if delay_ms:
@@ -53,7 +57,8 @@ def fault_hook(loop: EngineLoop, step: int, delay_ms: int = 0) -> Callable[[], N
 class EngineWatcher:
     """Waits for the engine loop to stop; after a fault, unloads the model (see above)."""
 
-    def __init__(self, pb: Any, model_name: str, loop: EngineLoop) -> None:
+    def __init__(self, pb: Any, model_name: str, loop: Any) -> None:
+        """``loop``: an EngineLoop or an EngineClient (the engine process)."""
         self.pb = pb
         self.model_name = model_name
         self.loop = loop

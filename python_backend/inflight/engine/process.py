@@ -1,0 +1,201 @@
+"""The engine process: an LLMEngine driven by one thread that owns its GIL (issue 13).
+
+Started by ``EngineClient`` (engine/client.py) with the parent's interpreter, environment and
+``sys.path``; talks to it over two ZeroMQ PAIR sockets (wire.py messages). The loop:
+
+    take every message that arrived (Add / Abort / Shutdown) -> apply between steps
+    step (schedule -> worker -> update -> output processing: detokenize, stop strings)
+    send one Step message: the step's updates + the stats after it
+
+so an abort reaches the engine before the next step after it arrives, and the step loop never
+waits for the GIL of the Triton side. Output processing stays here: on the GPU it runs while
+the device executes the next step (overlapped scheduling), and the stub only turns updates into
+responses (docs/performance.md has the CPU measurement).
+
+No orphans: the process asks the kernel for SIGKILL when the thread that started it ends
+(``PR_SET_PDEATHSIG``, set first thing in ``BOOT``) and checks ``getppid()`` every iteration
+(a parent that died before the prctl). SIGINT and SIGTERM are ignored: a terminal's Ctrl-C or a
+signal to the server's process group must not kill the engine under a draining server; the
+parent ends it with Shutdown, and SIGKILL always works.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import asdict
+from typing import Any
+
+log = logging.getLogger(__name__)
+
+# run by `python -c BOOT SPEC`: tie the process to its parent before anything slow
+BOOT = (
+    "import ctypes, json, os, sys\n"
+    "spec = json.loads(sys.argv[1])\n"
+    "try:\n"
+    "    ctypes.CDLL(None, use_errno=True).prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL\n"
+    "except Exception:\n"
+    "    pass\n"
+    "if os.getppid() != spec['parent']:\n"
+    "    os._exit(3)\n"
+    "sys.path[:0] = [p for p in spec['sys_path'] if p not in sys.path]\n"
+    "from inflight.engine.process import main\n"
+    "main(spec)\n"
+)
+
+
+def spec_for(cfg: Any, inbox: str, outbox: str, *, warmup: str = "auto", fault_step: int = 0,
+             fault_delay_ms: int = 0) -> dict[str, Any]:
+    """What the child needs, as JSON (its argv): no pickle, nothing from the network."""
+    return {"config": asdict(cfg), "inbox": inbox, "outbox": outbox, "parent": os.getpid(),
+            "sys_path": list(sys.path), "warmup": warmup, "fault_step": fault_step,
+            "fault_delay_ms": fault_delay_ms}
+
+
+class _LoopView:
+    """What ``health.fault_hook`` reads of a loop."""
+
+    def __init__(self, engine: Any) -> None:
+        self.engine = engine
+
+
+class EngineProcess:
+    def __init__(self, engine: Any, inbox: Any, outbox: Any, parent: int,
+                 hook: Any = None) -> None:
+        from inflight.engine import wire
+
+        self.wire = wire
+        self.engine = engine
+        self.inbox, self.outbox = inbox, outbox
+        self.parent = parent
+        self.hook = hook
+        self.updates: list[Any] = []
+        self.acked = 0
+
+    def _cb(self, u: Any) -> None:
+        self.updates.append(self.wire.wire_update(u))
+
+    def _take(self, block_ms: int) -> list[Any]:
+        import zmq
+
+        msgs = []
+        if block_ms and not self.inbox.poll(block_ms):
+            return msgs
+        while True:
+            try:
+                data = self.inbox.recv(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return msgs
+            try:
+                msgs.append(self.wire.decode_to_engine(data))
+            except self.wire.WireError as e:  # never from our client: refuse, keep serving
+                log.error("engine process: dropped a malformed message: %s", e)
+
+    def _add(self, m: Any) -> None:
+        eng = self.engine
+        try:
+            _, seqs = eng.make_request(m.request_id, m.prompt_ids, m.params, self._cb, m.priority)
+            eng.enqueue(m.request_id, seqs)
+        except Exception as e:  # noqa: BLE001 - validated by the client already: report, go on
+            log.exception("engine process: request %s refused", m.request_id)
+            for i in range(m.params.n):
+                self.updates.append(self.wire.Update(m.request_id, i, [], "", finished=True,
+                                                     finish_reason="error", error=str(e)))
+        self.acked = m.seq
+
+    def _flush(self) -> None:
+        eng = self.engine
+        s = eng.scheduler
+        kv = eng.kv.stats()
+        stats = self.wire.Stats(s.num_waiting, s.num_running, eng.num_steps, eng.last_step_tokens,
+                                [int(v) for v in asdict(kv).values()])
+        self.outbox.send(self.wire.encode(self.wire.Step(self.updates, stats, self.acked)))
+        self.updates = []
+
+    def run(self) -> int:
+        """Serve until Shutdown (0), parent death (2) or a step fault (1)."""
+        wire, eng = self.wire, self.engine
+        while True:
+            msgs = self._take(0 if eng.has_unfinished() else 200)
+            stop = False
+            for m in msgs:
+                if isinstance(m, wire.Add):
+                    self._add(m)
+                elif isinstance(m, wire.Abort):
+                    eng.abort(m.request_id)
+                else:
+                    stop = True
+            if os.getppid() != self.parent:
+                return 2  # the parent is gone (PDEATHSIG normally got here first)
+            try:
+                if stop:
+                    for rid in list(eng.children):
+                        eng.abort(rid)
+                    self._flush()
+                    return 0
+                if msgs:
+                    self._flush()  # admissions' stats and aborts' finals, before the step
+                if not eng.has_unfinished():
+                    continue
+                if self.hook is not None:
+                    self.hook()
+                eng.step()
+                self._flush()
+            except Exception as e:  # noqa: BLE001 - any fault ends the engine
+                log.exception("engine step failed")
+                reason = f"engine step failed: {type(e).__name__}: {e}"
+                eng.fail_all(reason)
+                try:
+                    self._flush()
+                finally:
+                    self.outbox.send(wire.encode(wire.Dead(reason)))
+                return 1
+
+
+def main(spec: dict[str, Any]) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    logging.basicConfig(level=logging.INFO, format="[inflight engine %(process)d] %(levelname)s %(message)s")
+    import zmq
+
+    from inflight.engine import wire
+
+    ctx = zmq.Context()
+    inbox, outbox = ctx.socket(zmq.PAIR), ctx.socket(zmq.PAIR)
+    for sock in (inbox, outbox):
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.LINGER, 2000)
+    inbox.connect(spec["inbox"])
+    outbox.connect(spec["outbox"])
+    code = 1
+    try:
+        from inflight.config import EngineConfig
+        from inflight.engine.core import LLMEngine
+        from inflight.engine.warmup import should_warm_up, warm_up
+
+        engine = LLMEngine(EngineConfig(**spec["config"]))
+        took = warm_up(engine) if should_warm_up(spec["warmup"], engine.runner.device.type) else 0.0
+        hook = None
+        if spec["fault_step"] or spec["fault_delay_ms"]:
+            from inflight.frontends.triton.health import fault_hook
+
+            hook = fault_hook(_LoopView(engine), spec["fault_step"], spec["fault_delay_ms"])  # type: ignore[arg-type]
+    except Exception as e:  # noqa: BLE001 - the parent raises this as the start error
+        log.exception("engine process failed to start")
+        outbox.send(wire.encode(wire.Dead(f"engine failed to start: {type(e).__name__}: {e}")))
+    else:
+        outbox.send(wire.encode(wire.Hello(
+            os.getpid(), engine.vocab_size, engine.max_seq_len, engine.kv.num_blocks,
+            engine.kv.block_size, sorted(engine.eos_token_ids), took)))
+        code = EngineProcess(engine, inbox, outbox, spec["parent"], hook).run()
+    t0 = time.monotonic()
+    inbox.close()
+    outbox.close()  # LINGER: what is queued still goes out
+    ctx.term()
+    log.debug("engine process exits (%d) after %.3f s of socket drain", code, time.monotonic() - t0)
+    sys.stdout.flush()
+    os._exit(code)  # no interpreter teardown (CUDA, threads): the parent waits on this exit

@@ -1,0 +1,62 @@
+"""Warm-up before ready: run a few dummy requests through real steps so the kernels a server
+will need are compiled (OpenAI-Triton JIT specializations, cuBLAS heuristics, the sampler's
+paths) before it reports ready. The H200 profile of issue 13 saw Triton kernels compiling
+8 s into serving; the offline benchmark always warmed up first.
+
+The requests cover a prefill alone, prefill chunks mixed with decodes, several prompt lengths
+(different attention and GEMM shapes) and the default sampler paths (greedy, temperature
+with top-k/top-p, logprobs). Afterwards the engine is idle again: no live sequence, every KV
+block free, and the step counter back at 0 (fault injection and metrics count real steps).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import TYPE_CHECKING
+
+from inflight.sampling_params import SamplingParams
+
+if TYPE_CHECKING:
+    from inflight.engine.core import LLMEngine
+
+log = logging.getLogger(__name__)
+WARMUP_PREFIX = "__inflight_warmup"
+
+
+def should_warm_up(mode: str, device_type: str) -> bool:
+    """``warmup``: auto = on for CUDA (cheap there, and what it is for), on, off."""
+    return mode == "on" or (mode == "auto" and device_type == "cuda")
+
+
+def _lengths(engine: LLMEngine) -> list[int]:
+    cap = min(engine.max_seq_len - 8, engine.cfg.max_num_tokens // 2)
+    return sorted({max(1, min(n, cap)) for n in (1, 7, 33, 130, 515)})
+
+
+def warm_up(engine: LLMEngine, max_steps: int = 64) -> float:
+    """Run the dummy requests to their end; returns the seconds it took."""
+    t0 = time.monotonic()
+    vocab = engine.vocab_size
+    samplers = [SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True),
+                SamplingParams(max_tokens=4, temperature=0.8, top_k=50, top_p=0.9, ignore_eos=True),
+                SamplingParams(max_tokens=4, temperature=0.0, logprobs=1, ignore_eos=True)]
+    lengths = _lengths(engine)
+    # one request first: its second step is a decode mixed with the other prompts' prefill
+    first, rest = lengths[0], lengths[1:]
+    engine.add_request(f"{WARMUP_PREFIX}-0", [(7 * i + 3) % vocab for i in range(first)], samplers[0])
+    engine.step()
+    for k, n in enumerate(rest, 1):
+        engine.add_request(f"{WARMUP_PREFIX}-{k}", [(11 * i + k) % vocab for i in range(n)],
+                           samplers[k % len(samplers)])
+    steps = 0
+    while engine.has_unfinished() and steps < max_steps:
+        engine.step()
+        steps += 1
+    for rid in list(engine.children):  # never expected: leave nothing behind
+        engine.abort(rid)
+    engine.num_steps = 0
+    engine.last_step_tokens = 0
+    took = time.monotonic() - t0
+    log.info("warm-up: %d prompt lengths %s, %d steps, %.2f s", len(lengths), lengths, steps + 1, took)
+    return took
