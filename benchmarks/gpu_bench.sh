@@ -7,6 +7,8 @@
 #   bash benchmarks/gpu_bench.sh serve     # tritonserver ensemble benchmark vs the offline engine
 #   bash benchmarks/gpu_bench.sh profile   # torch.profiler of decode steps (8B b1/b256, 1B b1)
 #   bash benchmarks/gpu_bench.sh reuse     # TTFT of a repeated 4k prompt with prefix reuse
+#   bash benchmarks/gpu_bench.sh openai    # issue 16: llm layout over gRPC vs through the OpenAI front end,
+#                                          # same server (stub venv: ../shared/tools/device-serve-env.sh)
 #   bash benchmarks/gpu_bench.sh ab OLD.tar [build|latency|throughput|scheduler]
 #                                          # this tree vs an older one (git archive COMMIT > OLD.tar),
 #                                          # same machine, alternating old/new; both built as wheels
@@ -80,6 +82,32 @@ case "${1:-all}" in
     timeout 200 $B throughput --model llama-3.1-8b --isl 128 --osl 128 --num-requests $((1000 * N)) --max-batch-size 1024 --max-num-tokens 16384 --baseline hf --hf-requests 128 --out "$OUT" 2>&1 | tail -4
     timeout 120 $B throughput --model llama-3.1-8b --isl 2048 --osl 128 --num-requests $((200 * N)) --max-num-tokens 16384 --out "$OUT" 2>&1 | tail -4
     timeout 200 $B throughput --model llama-3.1-8b --isl 1000 --osl 1000 --num-requests $((384 * N)) --max-batch-size 512 --max-num-tokens 16384 --out "$OUT" 2>&1 | tail -4
+    ;;
+  openai)  # issue 16: the same llm server over gRPC and through the OpenAI front end, alternating
+    pkill -9 -x tritonserver; pkill -9 -f triton_python_backend_stub; sleep 1
+    python3 -c "
+import shutil
+from inflight.tools.bench.cli import resolve_bench_model
+from inflight.tools.repo import build
+model, tok, _ = resolve_bench_model('llama-3.1-8b')
+shutil.rmtree('/tmp/serve-llm', ignore_errors=True)
+build(model, '/tmp/serve-llm', 'llm', {'load_format': 'dummy', 'dtype': 'bfloat16', 'max_seq_len': '4096',
+      'max_batch_size': '256', 'stream_interval': '1', 'tokenizer_dir': tok}, force=True)
+print('repo ready', flush=True)"
+    python3 -m inflight.tools.cli serve /tmp/serve-llm --http-port 8000 --grpc-port 8001 --metrics-port 8002 \
+        --openai-port 9000 > /tmp/tritonserver.log 2>&1 &
+    SERVER=$!
+    for i in $(seq 1 300); do curl -sf localhost:9000/health >/dev/null && break; kill -0 $SERVER 2>/dev/null || break; sleep 1; done
+    if curl -sf localhost:9000/health >/dev/null; then echo "server + openai front end ready after ${i}s"
+    else echo "NOT ready after ${i}s"; tail -40 /tmp/tritonserver.log; exit 1; fi
+    for ep in grpc openai grpc openai; do
+      url=localhost:8001; [ $ep = openai ] && url=localhost:9000
+      echo "== $ep"
+      timeout 240 $B serve --endpoint $ep --url $url --served-model llm --dataset sharegpt --num-requests 1000 \
+          --out "$OUT/openai-$ep" 2>&1 | grep -vE "^\s*$" | tail -6
+    done
+    kill -INT $SERVER; sleep 5
+    pkill -9 -x tritonserver; pkill -9 -f triton_python_backend_stub
     ;;
   serve)
     pkill -9 -x tritonserver; pkill -9 -f triton_python_backend_stub; sleep 1  # leftovers of an earlier run

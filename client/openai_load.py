@@ -5,7 +5,9 @@ Every request asks for exactly ``max_tokens`` tokens (``ignore_eos``, ``min_toke
 vLLM's extensions, which the front end passes to the engine), greedy, with
 ``stream_options.include_usage`` so the output token count is the engine's. What it records
 per request matches ``inflight bench serve``'s gRPC traces: send time, arrival time of each
-chunk with text, output tokens, error.
+chunk (the front end skips tokens that add no text, so with real weights a chunk is a token
+or a few; with dummy weights and a small tokenizer many tokens decode to nothing), output
+tokens, error.
 """
 
 from __future__ import annotations
@@ -55,7 +57,10 @@ async def run_openai(url: str, model: str, prompts: list[str], max_tokens: list[
                     stream=True, stream_options={"include_usage": True},
                     extra_body={"ignore_eos": True, "min_tokens": max_tokens[i]})
                 async for chunk in stream:
-                    if chunk.choices and chunk.choices[0].text:
+                    # every chunk with a choice counts, its text empty or not: the front end
+                    # only sends empty text with a finish reason, and a request whose tokens
+                    # all decode to nothing (dummy weights, a small tokenizer) still completed
+                    if chunk.choices:
                         tr.times.append(time.perf_counter())
                     if chunk.usage is not None:
                         tr.output_tokens = chunk.usage.completion_tokens
