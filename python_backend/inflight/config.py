@@ -17,12 +17,15 @@ from typing import Any
 
 from inflight.errors import ConfigError, did_you_mean
 
-SUPPORTED_ARCHITECTURES = (
-    "LlamaForCausalLM",
-    "MistralForCausalLM",
-    "Qwen2ForCausalLM",
-    "Qwen3ForCausalLM",
-)
+# The one architecture registry: HF architecture name -> (module of inflight.model, class).
+# inflight.model imports the class lazily; ModelConfig checks names against it.
+ARCHITECTURES: dict[str, tuple[str, str]] = {
+    "LlamaForCausalLM": ("llama", "LlamaForCausalLM"),
+    "MistralForCausalLM": ("llama", "LlamaForCausalLM"),
+    "Qwen2ForCausalLM": ("llama", "LlamaForCausalLM"),
+    "Qwen3ForCausalLM": ("llama", "LlamaForCausalLM"),
+}
+SUPPORTED_ARCHITECTURES = tuple(ARCHITECTURES)
 SCHEDULER_POLICIES = ("guaranteed_no_evict", "max_utilization")
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 LOAD_FORMATS = ("auto", "safetensors", "dummy")
