@@ -32,12 +32,16 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-tokens-in-paged-kv-cache", type=int, default=None,
                    help="KV pool size in tokens (default: from free memory)")
     g.add_argument("--attention-backend", default="auto", choices=["auto", "torch", "triton"])
+    g.add_argument("--quantization", default="auto", help="auto (from the checkpoint) | none | fp8 | awq"
+                   " | compressed-tensors | modelopt (docs/quantization.md)")
+    g.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8"])
 
 
 def engine_kwargs(a: argparse.Namespace) -> dict[str, Any]:
     return {"dtype": a.dtype, "device": a.device, "load_format": a.load_format,
             "max_seq_len": a.max_seq_len, "attention_backend": a.attention_backend,
-            "max_tokens_in_paged_kv_cache": a.max_tokens_in_paged_kv_cache}
+            "max_tokens_in_paged_kv_cache": a.max_tokens_in_paged_kv_cache,
+            "quantization": a.quantization, "kv_cache_dtype": a.kv_cache_dtype}
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:
@@ -109,7 +113,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_generate(sub)
     for mod, fn in (("tools.serve.launcher", "add_serve_parser"), ("tools.repo", "add_repo_parser"),
                     ("tools.demo", "add_demo_parser"), ("tools.bench.cli", "add_bench_parser"),
-                    ("tools.soak", "add_soak_parser"),
+                    ("tools.soak", "add_soak_parser"), ("tools.quantize", "add_quantize_parser"),
                     ("frontends.openai.server", "add_openai_parser")):
         try:  # a command whose optional extras are missing is left out, not fatal
             register = getattr(importlib.import_module(f"inflight.{mod}"), fn)

@@ -71,6 +71,7 @@ def rtn_int4(w: torch.Tensor, group: int, symmetric: bool = False
         lo, hi = g.amin(-1).clamp(max=0.0), g.amax(-1).clamp(min=0.0)
         scales = ((hi - lo) / 15.0).clamp(min=1e-10)
         zeros = (-lo / scales).round().clamp(0, 15)
+    scales = scales.half().float()  # representable in fp16, as AutoAWQ stores them
     codes = (g / scales[..., None]).round() + zeros[..., None]
     codes = codes.clamp(0, 15).to(torch.uint8).reshape(n, k)
     return codes, scales, zeros.to(torch.uint8)
@@ -105,9 +106,6 @@ class Int4LinearMethod:
 
     def _check_k(self, layer: nn.Module) -> None:
         k = layer.in_features
-        if not self.from_checkpoint:  # quantizing here: the largest group <= G that fits K
-            while self.group > 8 and k % self.group:
-                self.group //= 2
         if k % self.group or k % 8:
             raise ConfigError(f"{self.name}: group_size {self.group} must divide the layer's "
                               f"input size {k} (and 8 must too)")

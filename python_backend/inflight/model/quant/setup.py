@@ -8,6 +8,8 @@ over), so the loader's bookkeeping sees exactly what the checkpoint must provide
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 from torch import nn
 
@@ -41,6 +43,10 @@ def checkpoint_parts(model: nn.Module, module_name: str) -> dict[str | None, str
 def quantize_model(model: nn.Module, spec: QuantSpec, device: torch.device,
                    dtype: torch.dtype) -> dict[str, Linear]:
     """Give each quantized Linear its method; returns {module name: layer}."""
+    if spec.kind == "int4" and spec.source == "on load":
+        spec = dataclasses.replace(spec, group_size=fit_group(
+            spec.group_size, [m.in_features for n, m in model.named_modules()
+                              if isinstance(m, Linear) and ".layers." in f".{n}"]))
     out: dict[str, Linear] = {}
     for name, mod in model.named_modules():
         if not isinstance(mod, Linear) or ".layers." not in f".{name}":
@@ -55,3 +61,11 @@ def quantize_model(model: nn.Module, spec: QuantSpec, device: torch.device,
         mod.weight = None  # type: ignore[assignment]  # the method's buffers replace it
         out[name] = mod
     return out
+
+
+def fit_group(group: int, in_features: list[int]) -> int:
+    """The largest power of two <= ``group`` dividing every input size (one group size per
+    model, as the AWQ format has): 128 for real models, smaller for tiny test models."""
+    while group > 8 and any(k % group for k in in_features):
+        group //= 2
+    return group
