@@ -24,13 +24,15 @@ from inflight.model_source import resolve_model
 LAYOUTS = {"ensemble": ["preprocessing", "engine", "postprocessing", "ensemble", "bls", "ensemble_unary"],
            "llm": ["llm"]}
 # --profile: whose names and defaults the repository speaks (docs/compatibility.md)
-PROFILES = {"inflight": {"ensemble", "llm"}, "trtllm": {"ensemble"}}
+PROFILES = {"inflight": {"ensemble", "llm"}, "trtllm": {"ensemble"}, "vllm": {"llm"}}
+DEFAULT_LAYOUT = {"inflight": "ensemble", "trtllm": "ensemble", "vllm": "llm"}
 TRTLLM_MODELS = ["preprocessing", "tensorrt_llm", "postprocessing", "ensemble", "tensorrt_llm_bls",
                  "ensemble_unary"]
 # a profile's defaults where they differ from inflight's (the user's --set wins)
 PROFILE_DEFAULTS = {"trtllm": {"exclude_input_in_output": "false", "engine_model": "tensorrt_llm"}}
 SERVER_KEYS = ["triton_max_batch_size", "instance_count", "preprocessing_model", "engine_model",
-               "postprocessing_model", "add_special_tokens", "skip_special_tokens"]
+               "postprocessing_model", "add_special_tokens", "skip_special_tokens",
+               "REPORT_CUSTOM_METRICS"]
 DEFAULTS = {"triton_max_batch_size": "64", "instance_count": "1", "decoupled_mode": "true"}
 _TRUE = ("true", "1", "yes")
 _PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
@@ -85,6 +87,10 @@ def _drop_unfilled_params(text: str) -> str:
 
 def _models(profile: str, layout: str) -> dict[str, tuple[str, str | None]]:
     """{model name: (config template, shim line or None for a file to copy)}."""
+    if profile == "vllm":
+        from inflight.frontends.triton.contract import VLLM_SHIM, vllm_template
+
+        return {"llm": (vllm_template(), VLLM_SHIM)}
     if profile == "trtllm":
         from inflight.frontends.triton import trtllm_contract
 
@@ -107,10 +113,11 @@ def _unary(name: str, text: str) -> tuple[str, str | None]:
     return text, None
 
 
-def build(model: str, out: str, layout: str = "ensemble", values: dict[str, str] | None = None,
+def build(model: str, out: str, layout: str | None = None, values: dict[str, str] | None = None,
           force: bool = False, profile: str = "inflight") -> str:
     if profile not in PROFILES:
         raise ConfigError(f"profile must be one of {sorted(PROFILES)}, got {profile!r}")
+    layout = layout or DEFAULT_LAYOUT[profile]
     if layout not in PROFILES[profile]:
         raise ConfigError(f"profile {profile!r} has layout(s) {sorted(PROFILES[profile])}, not {layout!r}")
     model = os.path.abspath(resolve_model(model))
@@ -157,7 +164,7 @@ def _cmd_build(a: argparse.Namespace) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    print(f"wrote {a.profile} {a.layout} repository to {out}\nstart it with: inflight serve {out}")
+    print(f"wrote {a.profile} {a.layout or DEFAULT_LAYOUT[a.profile]} repository to {out}\nstart it with: inflight serve {out}")
     return 0
 
 
@@ -179,12 +186,17 @@ def add_repo_parser(sub: Any) -> argparse.ArgumentParser:
     b = rs.add_parser("build", help="write a ready repository for a checkpoint")
     b.add_argument("--model", required=True, help="HF checkpoint directory or tiny:FAMILY")
     b.add_argument("--out", required=True, help="repository directory to write")
-    b.add_argument("--layout", default="ensemble", choices=sorted(LAYOUTS))
+    b.add_argument("--layout", default=None, choices=sorted(LAYOUTS),
+                   help="ensemble (the default of the inflight and trtllm profiles) or llm (one "
+                   "model, tokenizer inside; the vllm profile's)")
     b.add_argument("--profile", default="inflight", choices=sorted(PROFILES),
                    help="whose contract the repository speaks: inflight (its own names and "
                    "defaults), trtllm (tensorrtllm_backend's model and tensor names, defaults "
                    "and parameters: preprocessing, tensorrt_llm, postprocessing, ensemble, "
-                   "tensorrt_llm_bls); docs/compatibility.md")
+                   "tensorrt_llm_bls), vllm (vllm_backend's llm contract and defaults: request "
+                   "parameters, echo of the prompt when not streaming, max_tokens 16, return_* "
+                   "outputs on every response, vllm:* metrics with REPORT_CUSTOM_METRICS=true); "
+                   "docs/compatibility.md")
     b.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help=f"fill a parameter (repeatable); known: {', '.join(known_keys())}")
     b.add_argument("--force", action="store_true", help="overwrite a non-empty --out")

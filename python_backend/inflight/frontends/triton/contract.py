@@ -86,6 +86,12 @@ LLM_OUTPUTS: list[Spec] = [
     ("num_input_tokens", "TYPE_UINT32", [1], False), ("num_output_tokens", "TYPE_UINT32", [1], False),
 ]
 
+# The vLLM profile's `llm` (vllm_backend's contract: its `image` input is declared and refused
+# by name; num_output_tokens is [-1] as there)
+VLLM_INPUTS: list[Spec] = LLM_INPUTS[:1] + [("image", "TYPE_STRING", [-1], True)] + LLM_INPUTS[1:]
+VLLM_OUTPUTS: list[Spec] = [s if s[0] != "num_output_tokens" else (s[0], s[1], [-1], s[3])
+                            for s in LLM_OUTPUTS]
+
 ENGINE_PARAMS = ["model_path", "tokenizer_dir", "dtype", "device", "load_format", "seed",
                  "kv_cache_free_gpu_mem_fraction", "max_tokens_in_paged_kv_cache",
                  "enable_kv_cache_reuse", "enable_chunked_context", "batch_scheduler_policy",
@@ -94,7 +100,7 @@ ENGINE_PARAMS = ["model_path", "tokenizer_dir", "dtype", "device", "load_format"
                  "stream_interval", "attention_backend", "enforce_eager", "overlap_scheduler",
                  "max_num_return_sequences",
                  "max_logprobs", "default_max_tokens", "trust_remote_code",
-                 "allow_trust_remote_code", "decoupled_mode"]
+                 "allow_trust_remote_code", "decoupled_mode", "quantization", "kv_cache_dtype"]
 
 
 def _io(kind: str, specs: list[Spec]) -> str:
@@ -162,6 +168,13 @@ def templates() -> dict[str, str]:
     }
 
 
+def vllm_template() -> str:
+    """`llm` of the vLLM profile (`inflight repo build --layout llm --profile vllm`)."""
+    return _python_model("llm", VLLM_INPUTS, VLLM_OUTPUTS,
+                         ENGINE_PARAMS + ["profile", "REPORT_CUSTOM_METRICS"], True, batch="0", count="1")
+
+
+VLLM_SHIM = "from inflight.frontends.triton.vllm_model import TritonPythonModel"
 SHIMS = {
     "preprocessing": "from inflight.frontends.triton.text_models import PreprocessingModel as TritonPythonModel",
     "postprocessing": "from inflight.frontends.triton.text_models import PostprocessingModel as TritonPythonModel",

@@ -367,7 +367,7 @@ def _depth(obj: Any, d: int = 0) -> int:
     return d
 
 
-def _coerce(name: str, typ: type, v: Any) -> Any:
+def _coerce(name: str, typ: type, v: Any, source: str = "sampling_parameters") -> Any:
     """Coerce JSON values the way the vLLM backend does: strings become numbers/bools."""
     try:
         if typ is bool:
@@ -388,39 +388,51 @@ def _coerce(name: str, typ: type, v: Any) -> Any:
             return int(v)
         out = float(v)
     except (TypeError, ValueError):
-        raise InvalidRequestError(f"sampling_parameters.{name}",
+        raise InvalidRequestError(f"{source}.{name}",
                                   f"must be {typ.__name__}, got {v!r}") from None
     # outside the try: InvalidRequestError is a ValueError and would be re-worded above
     if not math.isfinite(out):
-        raise InvalidRequestError(f"sampling_parameters.{name}", f"must be finite, got {v!r}")
+        raise InvalidRequestError(f"{source}.{name}", f"must be finite, got {v!r}")
     return out
 
 
-def sampling_from_json(raw: str, options: dict[str, Any] | None = None) -> SamplingParams:
+def sampling_from_json(raw: str, options: dict[str, Any] | None = None,
+                       source: str = "sampling_parameters") -> SamplingParams:
     """vLLM-contract JSON -> SamplingParams; prompt options (`_VLLM_PROMPT_OPTIONS`) go to
-    ``options`` when given."""
+    ``options`` when given. ``source`` names where the JSON came from (the
+    `sampling_parameters` tensor or the request's `parameters`): every error names
+    ``<source>.<key>``."""
     if len(raw) > MAX_JSON_BYTES:
-        raise InvalidRequestError("sampling_parameters", f"is {len(raw)} bytes; at most {MAX_JSON_BYTES}")
+        raise InvalidRequestError(source, f"is {len(raw)} bytes; at most {MAX_JSON_BYTES}")
     try:
         obj = json.loads(raw) if raw.strip() else {}
     except (json.JSONDecodeError, RecursionError) as e:
-        raise InvalidRequestError("sampling_parameters", f"is not valid JSON: {e}") from None
+        raise InvalidRequestError(source, f"is not valid JSON: {e}") from None
     if not isinstance(obj, dict):
-        raise InvalidRequestError("sampling_parameters", "must be a JSON object")
+        raise InvalidRequestError(source, "must be a JSON object")
     if _depth(obj) > MAX_JSON_DEPTH:
-        raise InvalidRequestError("sampling_parameters", f"is nested deeper than {MAX_JSON_DEPTH}")
+        raise InvalidRequestError(source, f"is nested deeper than {MAX_JSON_DEPTH}")
     kw: dict[str, Any] = {}
     for k, v in obj.items():
         if k in _VLLM_IGNORED or v is None:
             continue
         if k in _VLLM_PROMPT_OPTIONS:
             if options is not None:
-                options[k] = _coerce(k, _VLLM_PROMPT_OPTIONS[k], v)
+                options[k] = _coerce(k, _VLLM_PROMPT_OPTIONS[k], v, source)
             continue
         if k not in _VLLM_FIELDS:
-            raise InvalidRequestError(f"sampling_parameters.{k}",
+            raise InvalidRequestError(f"{source}.{k}",
                                       f"is not a known parameter; known: {', '.join(sorted(_VLLM_FIELDS))}")
-        kw[k] = _coerce(k, _VLLM_FIELDS[k], v)
+        kw[k] = _coerce(k, _VLLM_FIELDS[k], v, source)
     if "stop" in kw:
         kw["stop"] = [str(s) for s in kw["stop"]]
-    return SamplingParams(**kw)
+    try:
+        return SamplingParams(**kw)
+    except InvalidRequestError as e:  # named as the client sent it (issue 12)
+        raise client_error(e, json_names(source)) from None
+
+
+def json_names(source: str = "sampling_parameters") -> dict[str, str]:
+    """SamplingParams field -> the JSON key the client sent (`<source>.<key>`), for errors
+    raised later (engine admission: n, logprobs, stop token ids against the model's caps)."""
+    return {k: f"{source}.{k}" for k in _VLLM_FIELDS}

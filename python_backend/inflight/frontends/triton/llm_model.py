@@ -14,6 +14,7 @@ from inflight.errors import InvalidRequestError
 from inflight.frontends.triton.base import EngineModel, read_inputs
 from inflight.frontends.triton.convert import (
     ItemRequest,
+    json_names,
     prompt_text,
     sampling_from_json,
     text_item,
@@ -58,14 +59,15 @@ def llm_item(tensors: dict[str, np.ndarray], defaults: dict[str, bool],
     if params.max_tokens is None and default_max_tokens is not None:
         params.max_tokens = default_max_tokens
     flags = read_flags(tensors, defaults)
-    if flags.get("return_logprobs") and params.logprobs is None:
-        params.logprobs = 0
+    if (flags.get("return_logprobs") or flags.get("return_cumulative_logprob")) and params.logprobs is None:
+        params.logprobs = 0  # the chosen token's logprob: cumulative_logprob needs it (issue 12)
     return ItemRequest(prompt=engine_prompt, params=params, stream=flags["stream"],
                        prompt_text=prompt,
                        exclude_input_in_output=flags["exclude_input_in_output"],
                        return_num_input_tokens=flags.get("return_num_input_tokens", False),
                        return_num_output_tokens=flags.get("return_num_output_tokens", False),
-                       return_log_probs=flags.get("return_logprobs", False), flags=flags)
+                       return_log_probs=flags.get("return_logprobs", False), flags=flags,
+                       names=json_names())
 
 
 class TritonPythonModel(EngineModel):
