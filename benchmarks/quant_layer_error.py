@@ -11,9 +11,10 @@ median time of each (triton.testing.do_bench) next to bf16 F.linear. Weights N(0
 
 from __future__ import annotations
 
+from functools import partial
+
 import torch
 import triton.testing
-
 from inflight.kernels import w4a16_matmul
 from inflight.model.quant.fp8 import fp8_linear_cuda, per_channel_fp8
 from inflight.model.quant.int4 import pack_nibbles, rtn_int4
@@ -39,8 +40,8 @@ def main() -> None:
             e8 = ((fp8_linear_cuda(x, q8, s8, None).float() - ref).norm() / ref.norm()).item()
             e4 = ((w4a16_matmul(x, q4, sc4, z4, 128).float() - ref).norm() / ref.norm()).item()
             t = [triton.testing.do_bench(f, return_mode="median") * 1e3 for f in (
-                lambda: torch.nn.functional.linear(x, wb), lambda: fp8_linear_cuda(x, q8, s8, None),
-                lambda: w4a16_matmul(x, q4, sc4, z4, 128))]
+                partial(torch.nn.functional.linear, x, wb), partial(fp8_linear_cuda, x, q8, s8, None),
+                partial(w4a16_matmul, x, q4, sc4, z4, 128))]
             print(f"{name:8} {m:4d} {e8:12.4f} {e4:13.4f} {t[0]:8.1f} {t[1]:8.1f} {t[2]:8.1f}", flush=True)
 
 
