@@ -7,6 +7,12 @@
 #   bash benchmarks/gpu_bench.sh serve     # tritonserver ensemble benchmark vs the offline engine
 #   bash benchmarks/gpu_bench.sh profile   # torch.profiler of decode steps (8B b1/b256, 1B b1)
 #   bash benchmarks/gpu_bench.sh reuse     # TTFT of a repeated 4k prompt with prefix reuse
+#   bash benchmarks/gpu_bench.sh serve13-prep  # issue 13, device call 1 (carry .whl): server bundle, pyzmq,
+#                                          # msgspec, py-spy (wheels: pip download ... -d .whl), build
+#   bash benchmarks/gpu_bench.sh serve13   # issue 13, device call 2 (carry .whl2), right after: offline engine,
+#                                          # llm and ensemble through tritonserver (1000 ShareGPT-like, batch 256),
+#                                          # load curve 2..inf req/s, py-spy of stub + engine process; summary
+#                                          # (SET="engine_process=off" for the in-stub engine thread)
 #   bash benchmarks/gpu_bench.sh openai    # issue 16: llm layout over gRPC vs through the OpenAI front end,
 #                                          # same server (stub venv: ../shared/tools/device-serve-env.sh)
 #   bash benchmarks/gpu_bench.sh ab OLD.tar [build|latency|throughput|scheduler]
@@ -108,6 +114,24 @@ print('repo ready', flush=True)"
     done
     kill -INT $SERVER; sleep 5
     pkill -9 -x tritonserver; pkill -9 -f triton_python_backend_stub
+    ;;
+  serve13-prep)  # issue 13, call 1 of 2 (carry .whl): tritonserver bundle, pyzmq, msgspec, py-spy, build
+    python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/isite \
+        .whl/pyzmq-*.whl .whl/msgspec-*.whl .whl/py_spy-*.whl 2>&1 | grep -v "^WARNING" | tail -3
+    PYTHONPATH=/tmp/isite python3 -c "import zmq, msgspec, inflight._core; print('prep ok: pyzmq', zmq.__version__, 'msgspec', msgspec.__version__)"
+    ls /tmp/isite/bin/py-spy
+    ;;
+  serve13)  # issue 13, call 2 of 2 (carry .whl2): offline vs llm vs ensemble, load curve, py-spy; < 10 min
+    [ -d /tmp/isite/pytriton ] && [ -x /tmp/isite/bin/py-spy ] || { echo "run 'gpu_bench.sh serve13-prep' (carry .whl) first, back to back"; exit 1; }
+    pkill -9 -x tritonserver; pkill -9 -f triton_python_backend_stub; pkill -9 -x inflight-engine; sleep 1
+    source .whl2/device-serve-env.sh venv   # the stub's numpy-1.26 venv (DESIGN.md, known limits)
+    export PATH=/tmp/isite/bin:$PATH
+    extra=(); for kv in ${SET:-}; do extra+=(--set "$kv"); done   # SET="engine_process=off": the old design
+    timeout 570 python3 benchmarks/serve_ratio.py --model llama-3.1-8b --dtype bfloat16 --dataset sharegpt \
+        --num-requests "${N:-1000}" --max-batch-size 256 --rates "${RATES:-2,10,20,30,40,inf}" \
+        --curve-requests "${CURVE_N:-100}" --pyspy --out "$OUT/serve13${SET:+-${SET//[^a-z0-9]/_}}" "${extra[@]}" 2>&1 \
+        | grep -vE "^\s*$|it/s\]|Loading weights"
+    pkill -9 -x tritonserver; pkill -9 -f triton_python_backend_stub; pkill -9 -x inflight-engine
     ;;
   serve)
     pkill -9 -x tritonserver; pkill -9 -f triton_python_backend_stub; sleep 1  # leftovers of an earlier run

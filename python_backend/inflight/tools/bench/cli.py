@@ -37,7 +37,8 @@ def _engine_kwargs(a: argparse.Namespace, load_format: str) -> dict[str, Any]:
                           "max_num_tokens": a.max_num_tokens,
                           "kv_cache_free_gpu_mem_fraction": a.kv_fraction,
                           "attention_backend": a.attention_backend,
-                          "enforce_eager": a.enforce_eager, "overlap_scheduler": a.overlap_scheduler}
+                          "enforce_eager": a.enforce_eager, "overlap_scheduler": a.overlap_scheduler,
+                          "quantization": a.quantization, "kv_cache_dtype": a.kv_cache_dtype}
     if a.kv_tokens:
         kw["max_tokens_in_paged_kv_cache"] = a.kv_tokens
     return kw
@@ -121,6 +122,8 @@ def _cmd_serve(a: argparse.Namespace) -> int:
     prompts = [tok.decode(p) for p in wl.prompts]
     os.makedirs(a.out, exist_ok=True)
     url = a.url or ("localhost:9000" if a.endpoint == "openai" else "localhost:8001")
+    if a.request_rate:
+        return _serve_curve(a, url, prompts, wl.output_lens)
     res = run_serve(url, a.served_model, prompts, wl.output_lens, rate=a.rate,
                     concurrency=a.concurrency, streams=a.streams, seed=a.seed,
                     endpoint=a.endpoint, api_key=os.environ.get("OPENAI_API_KEY", "none"))
@@ -129,6 +132,29 @@ def _cmd_serve(a: argparse.Namespace) -> int:
                                  os.path.join(a.out, f"{name}.png"), name)
     _finish("serve", res, a.out, name, [plot])
     return 0 if res["errors"] == 0 else 1
+
+
+def _serve_curve(a: argparse.Namespace, url: str, prompts: list[str], output_lens: list[int]) -> int:
+    """--request-rate R1,R2,...: one run per Poisson rate, a JSON table and a plot."""
+    from inflight.tools.bench.serve import parse_rates, plot_curve, run_curve
+
+    try:
+        rates = parse_rates(a.request_rate)
+    except ValueError as e:
+        print(e, file=sys.stderr)
+        return 2
+    rows = run_curve(url, a.served_model, prompts, output_lens, rates,
+                     concurrency=a.concurrency, streams=a.streams, seed=a.seed,
+                     endpoint=a.endpoint, api_key=os.environ.get("OPENAI_API_KEY", "none"))
+    name = f"curve-{a.endpoint}-{a.served_model}-{a.dataset}-{a.num_requests}"
+    plot = plot_curve(rows, os.path.join(a.out, f"{name}.png"), name)
+    from inflight.tools.bench import report
+
+    path = report.save({"model": a.served_model, "endpoint": a.endpoint, "curve": rows}, a.out, name)
+    print(json.dumps(rows, indent=1))
+    print(f"load curve: {len(rows)} rates; JSON {path}" + (f"; plot {plot}" if plot else ""),
+          file=sys.stderr)
+    return 0 if all(r["errors"] == 0 for r in rows) else 1
 
 
 def _cmd_profile(a: argparse.Namespace) -> int:
@@ -173,6 +199,9 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
     p.add_argument("--overlap-scheduler", default="auto", choices=["auto", "on", "off"],
                    help="plan step N+1 while step N runs (auto: on for CUDA)")
+    p.add_argument("--quantization", default="auto",
+                   help="auto | none | fp8 | awq | compressed-tensors | modelopt (docs/quantization.md)")
+    p.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8"])
     p.add_argument("--out", default="bench-results", help="directory for JSON and PNG files")
     p.add_argument("--seed", type=int, default=0, help="workload seed")
 
@@ -229,6 +258,9 @@ def add_bench_parser(sub: Any) -> argparse.ArgumentParser:
     s.add_argument("--isl", type=int, default=128)
     s.add_argument("--osl", type=int, default=128)
     s.add_argument("--rate", type=float, default=float("inf"), help="Poisson requests/s (inf: all at once)")
+    s.add_argument("--request-rate", default=None, metavar="R1,R2,...",
+                   help="a load curve: one run per Poisson rate (e.g. 2,10,20,30,40,inf), "
+                        "req/s, TTFT and ITL p50/p99 per rate in one JSON and a plot")
     s.add_argument("--concurrency", type=int, default=1000)
     s.add_argument("--streams", type=int, default=4, help="gRPC streams to spread requests over")
     s.add_argument("--tokenizer", default=None, help="tokenizer dir used to make prompt text")

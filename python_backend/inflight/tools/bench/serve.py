@@ -156,3 +156,76 @@ def run_serve(url: str, model: str, prompts: list[str], max_tokens: list[int], *
             "req_s": len(ok) / wall, "rate": rate, "concurrency": concurrency,
             "ttft_s": percentiles(ttft), "itl_s": percentiles(itl), "tpot_s": percentiles(tpot),
             "e2e_s": percentiles(e2e), "_ttft": ttft, "_itl": itl, "_tpot": tpot}
+
+
+def parse_rates(text: str) -> list[float]:
+    """'2,10,20,inf' -> [2.0, 10.0, 20.0, inf]; every rate > 0."""
+    rates = []
+    for part in text.split(","):
+        part = part.strip().lower()
+        r = float("inf") if part in ("inf", "unlimited", "max") else float(part)
+        if not r > 0:
+            raise ValueError(f"request rate must be > 0 or inf, got {part!r}")
+        rates.append(r)
+    if not rates:
+        raise ValueError("no request rate given")
+    return rates
+
+
+def curve_row(res: dict[str, Any]) -> dict[str, Any]:
+    """One point of a load curve: what was offered, what came out, latencies in ms."""
+    def ms(d: dict[str, float], p: str) -> float | None:
+        return round(d[p] * 1000, 3) if p in d else None
+
+    return {"rate": res["rate"], "req_s": res["req_s"], "output_tok_s": res["output_tok_s"],
+            "errors": res["errors"], "ttft_p50_ms": ms(res["ttft_s"], "p50"),
+            "ttft_p99_ms": ms(res["ttft_s"], "p99"), "itl_p50_ms": ms(res["itl_s"], "p50"),
+            "itl_p99_ms": ms(res["itl_s"], "p99")}
+
+
+def run_curve(url: str, model: str, prompts: list[str], max_tokens: list[int], rates: list[float],
+              **kw: Any) -> list[dict[str, Any]]:
+    """``run_serve`` at each Poisson rate in turn (the same prompts): the load curve."""
+    rows = []
+    for rate in rates:
+        res = run_serve(url, model, prompts, max_tokens, rate=rate, **kw)
+        rows.append(curve_row(res))
+        r = rows[-1]
+        print(f"rate {rate:>6}: {r['req_s']:8.2f} req/s  TTFT p50 {r['ttft_p50_ms']} ms "
+              f"p99 {r['ttft_p99_ms']} ms  ITL p50 {r['itl_p50_ms']} ms p99 {r['itl_p99_ms']} ms"
+              f"  errors {r['errors']}", file=sys.stderr, flush=True)
+    return rows
+
+
+def plot_curve(rows: list[dict[str, Any]], path: str, title: str) -> str | None:
+    """Achieved req/s, TTFT and ITL (p50, p99) against the offered rate; None without matplotlib."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    finite = [r["rate"] for r in rows if r["rate"] != float("inf")]
+    top = (max(finite) * 1.25) if finite else 1.0
+    xs = [r["rate"] if r["rate"] != float("inf") else top for r in rows]
+    labels = [f"{r['rate']:g}" if r["rate"] != float("inf") else "inf" for r in rows]
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
+    axes[0].plot(xs, [r["req_s"] for r in rows], "o-", label="achieved")
+    axes[0].plot(finite, finite, ":", color="gray", label="offered")
+    axes[0].set_ylabel("requests/s")
+    for ax, key, name in ((axes[1], "ttft", "TTFT"), (axes[2], "itl", "ITL")):
+        for p, style in (("p50", "o-"), ("p99", "s--")):
+            ax.plot(xs, [r[f"{key}_{p}_ms"] or float("nan") for r in rows], style, label=f"{name} {p}")
+        ax.set_ylabel("ms")
+        ax.set_yscale("log")
+    for ax in axes:
+        ax.set_xticks(xs, labels)
+        ax.set_xlabel("offered rate (requests/s, Poisson)")
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

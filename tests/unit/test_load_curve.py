@@ -1,0 +1,35 @@
+"""`inflight bench serve --request-rate`: rate parsing, one row per rate, the plot."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+from inflight.tools.bench.serve import curve_row, parse_rates, plot_curve
+
+
+def test_parse_rates() -> None:
+    assert parse_rates("2, 10,20,inf") == [2.0, 10.0, 20.0, math.inf]
+    for bad in ("0", "-1", "x", ""):
+        with pytest.raises(ValueError):
+            parse_rates(bad)
+
+
+def _res(rate: float) -> dict:
+    return {"rate": rate, "req_s": 1.5, "output_tok_s": 30.0, "errors": 0,
+            "ttft_s": {"p50": 0.02, "p99": 0.05}, "itl_s": {"p50": 0.006, "p99": 0.01}}
+
+
+def test_curve_row_is_in_ms_and_keeps_missing_values_missing() -> None:
+    row = curve_row(_res(2.0))
+    assert row == {"rate": 2.0, "req_s": 1.5, "output_tok_s": 30.0, "errors": 0, "ttft_p50_ms": 20.0,
+                   "ttft_p99_ms": 50.0, "itl_p50_ms": 6.0, "itl_p99_ms": 10.0}
+    empty = curve_row({**_res(math.inf), "itl_s": {}})
+    assert empty["itl_p50_ms"] is None and empty["rate"] == math.inf
+
+
+def test_plot_curve_writes_a_png(tmp_path) -> None:
+    pytest.importorskip("matplotlib")
+    rows = [curve_row(_res(r)) for r in (2.0, 10.0, math.inf)]
+    path = plot_curve(rows, str(tmp_path / "curve.png"), "t")
+    assert path is not None and (tmp_path / "curve.png").stat().st_size > 1000
