@@ -7,6 +7,8 @@
 #   bash benchmarks/gpu_bench.sh serve     # tritonserver ensemble benchmark vs the offline engine
 #   bash benchmarks/gpu_bench.sh profile   # torch.profiler of decode steps (8B b1/b256, 1B b1)
 #   bash benchmarks/gpu_bench.sh reuse     # TTFT of a repeated 4k prompt with prefix reuse
+#   bash benchmarks/gpu_bench.sh quant     # issue 14: quantized kernel tests, per-layer error, bf16 vs
+#                                          # fp8+fp8-KV vs int4-awq latency b1 and throughput 128/128 (quant_bench.sh)
 #   bash benchmarks/gpu_bench.sh serve13-prep  # issue 13, device call 1 (carry .whl): server bundle, pyzmq,
 #                                          # msgspec, py-spy (wheels: pip download ... -d .whl), build
 #   bash benchmarks/gpu_bench.sh serve13   # issue 13, device call 2 (carry .whl2), right after: offline engine,
@@ -67,6 +69,9 @@ nvidia-smi --query-gpu=name,memory.used,memory.total,driver_version --format=csv
 python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)"
 B="python3 -m inflight.tools.cli bench"
 case "${1:-all}" in
+  quant)
+    bash benchmarks/quant_bench.sh
+    ;;
   test)
     python3 -m pytest -q -p no:cacheprovider tests/kernels tests/unit/test_engine_parity.py 2>&1 | tee "$OUT/gpu-tests.log" | tail -25
     ;;
