@@ -2,21 +2,31 @@
 --profile trtllm`), default decoupled_mode=true. One server: unary infer (gRPC and HTTP,
 batch 2) on `ensemble_unary` and streaming on `ensemble` from the one engine, output shapes as
 the peer's, no prompt in a stream, the peer's perf-metric output names, unimplemented inputs
-named by feature, errors naming the tensor the client sent."""
+named by feature, errors naming the tensor the client sent; `ensemble_unary` under a client
+cancel and a client timeout (the engine request is aborted, its KV blocks freed, the client
+gets exactly one answer, the server keeps serving). Steps are slowed to STEP_DELAY_MS (a
+test-only knob) so the long requests of the cancel tests are still running when cancelled."""
 
 from __future__ import annotations
 
 import queue
+import threading
 
 import numpy as np
 import pytest
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
 httpclient = pytest.importorskip("tritonclient.http")
+from inflight.testing.repos import add_parameter  # noqa: E402
+from inflight.testing.streams import metric, wait_kv_idle, wait_metric_above  # noqa: E402
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype  # noqa: E402
 
 pytestmark = pytest.mark.e2e
 PROMPTS = [b"Hello world", b"The cat sat"]
+ENGINE = "tensorrt_llm"
+STEP_DELAY_MS = 10
+LONG = 480  # tokens: >= 4.8 s of steps, far longer than a cancel or the client timeout
+CANCEL_BOUND_S = 20.0  # generous: a loaded 2-core CI box
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +35,9 @@ def server(triton_server_factory, tmp_path_factory: pytest.TempPathFactory):
 
     out = tmp_path_factory.mktemp("trtllm") / "repo"
     repo.build("tiny:llama", str(out), profile="trtllm",
-               values={"max_seq_len": "256", "max_tokens_in_paged_kv_cache": "2048"})
-    return triton_server_factory(out, ready_timeout=240)
+               values={"max_seq_len": "512", "max_tokens_in_paged_kv_cache": "2048"})
+    add_parameter(out / ENGINE / "config.pbtxt", "fault_injection_step_delay_ms", str(STEP_DELAY_MS))
+    return triton_server_factory(out, ready_timeout=240, env={"INFLIGHT_ALLOW_FAULT_INJECTION": "1"})
 
 
 def _inputs(mod, tensors: dict[str, np.ndarray]) -> list:
@@ -102,3 +113,68 @@ def test_errors_name_what_the_client_sent(server, extra: dict, message: str) -> 
     assert message in str(e.value)
     events = _stream(server, "ensemble", _batch(1, **extra))
     assert any(err is not None and message in str(err) for _, err in events), events
+
+
+def _aborts(server) -> float:
+    return metric(server.metrics_url, "inflight_request_success_total", model=ENGINE,
+                  finish_reason="abort")
+
+
+def _long_request() -> list:
+    # min_tokens = max_tokens: the random model's end id cannot end it early
+    return _inputs(grpcclient, _batch(1, max_tokens=np.array([[LONG]], dtype=np.int32),
+                                      min_tokens=np.array([[LONG]], dtype=np.int32)))
+
+
+def _wait_running(server) -> None:
+    """Until the engine runs the request (it is past the front models)."""
+    wait_metric_above(server.metrics_url, "nv_trt_llm_request_metrics", 0.0,
+                      timeout=CANCEL_BOUND_S, model=ENGINE, request_type="active")
+
+
+def _after_stop(server, aborts_before: float) -> None:
+    wait_metric_above(server.metrics_url, "inflight_request_success_total", aborts_before,
+                      timeout=CANCEL_BOUND_S, model=ENGINE, finish_reason="abort")
+    wait_kv_idle(server.metrics_url, timeout=CANCEL_BOUND_S, model=ENGINE)
+    assert _aborts(server) == aborts_before + 1
+    assert "Traceback" not in server.logs()  # e.g. a second response on a closed sender
+    # healthy: ready, and the next request gets its whole answer
+    c = _grpc(server)
+    assert c.is_server_ready() and c.is_model_ready("ensemble_unary")
+    r = c.infer("ensemble_unary", _inputs(grpcclient, _batch(1)))
+    assert r.as_numpy("text_output")[0].startswith(PROMPTS[0])
+
+
+def test_unary_client_cancel_stops_the_engine_request(server) -> None:
+    wait_kv_idle(server.metrics_url, model=ENGINE)
+    aborts = _aborts(server)
+    tokens = metric(server.metrics_url, "inflight_generation_tokens_total", model=ENGINE)
+    answers: list = []
+    done = threading.Event()
+
+    def callback(result, error) -> None:
+        answers.append((result, error))
+        done.set()
+
+    ctx = _grpc(server).async_infer("ensemble_unary", _long_request(), callback)
+    _wait_running(server)
+    ctx.cancel()
+    assert done.wait(CANCEL_BOUND_S)
+    _after_stop(server, aborts)
+    assert len(answers) == 1, answers  # exactly one answer: the cancel
+    result, error = answers[0]
+    assert result is None and "cancel" in str(error).lower(), answers
+    ran = metric(server.metrics_url, "inflight_generation_tokens_total", model=ENGINE) - tokens
+    assert 0 < ran < LONG + 6, ran  # stopped early (the health check added at most 6)
+
+
+def test_unary_client_timeout_stops_the_engine_request(server) -> None:
+    wait_kv_idle(server.metrics_url, model=ENGINE)
+    aborts = _aborts(server)
+    tokens = metric(server.metrics_url, "inflight_generation_tokens_total", model=ENGINE)
+    with pytest.raises(InferenceServerException) as e:
+        _grpc(server).infer("ensemble_unary", _long_request(), client_timeout=3.0)
+    assert "deadline" in str(e.value).lower(), str(e.value)
+    _after_stop(server, aborts)
+    ran = metric(server.metrics_url, "inflight_generation_tokens_total", model=ENGINE) - tokens
+    assert 0 < ran < LONG + 6, ran

@@ -102,11 +102,14 @@ def test_stop_socket_carries_full_uint64_keys_and_client_ids(engine: Engine) -> 
 
     from inflight.frontends.triton.cancel_forward import stop_address
 
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        s.sendto(b"some-id", stop_address(engine.name))  # not 8 bytes: a client id
+    send_stop(engine.name, "some-id")
+    send_stop(engine.name, "unary--0")  # 8 bytes: still a client id, not a key
     send_stop(engine.name, 2**64 - 1)
     send_stop(engine.name, 0)
-    assert engine.wait_stops(3) == ["some-id", 2**64 - 1, 0]
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.sendto(b"untagged", stop_address(engine.name))  # malformed: ignored
+    send_stop(engine.name, "last")
+    assert engine.wait_stops(5) == ["some-id", "unary--0", 2**64 - 1, 0, "last"]
     assert engine.socket.drain() == []
 
 

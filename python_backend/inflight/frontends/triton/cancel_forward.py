@@ -85,7 +85,7 @@ def send_stop(engine_model: str, key: int | str) -> None:
     """Ask the engine model to stop the request with engine_request_key ``key`` (int) or
     every request with client id ``key`` (str); fire and forget, never raises."""
     global _send_sock
-    data = _KEY.pack(key) if isinstance(key, int) else key.encode()
+    data = b"k" + _KEY.pack(key) if isinstance(key, int) else b"c" + key.encode()
     try:
         if _send_sock is None:
             _send_sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -97,8 +97,9 @@ def send_stop(engine_model: str, key: int | str) -> None:
 
 class StopSocket:
     """In the engine model: the bound stop socket, read without blocking by the serving
-    core's sender thread at its cancellation poll (no thread of its own). An 8-byte
-    datagram is an engine_request_key, anything else a UTF-8 client id."""
+    core's sender thread at its cancellation poll (no thread of its own). A datagram is
+    b"k" + an 8-byte engine_request_key or b"c" + a UTF-8 client id (tagged: a client id of
+    8 bytes, such as "unary--0", once read as a key and stopped nothing)."""
 
     def __init__(self, engine_model: str) -> None:
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
@@ -112,10 +113,13 @@ class StopSocket:
                 data = self._sock.recv(4096)
             except (BlockingIOError, OSError):
                 return out
-            if len(data) == _KEY.size:
-                out.append(_KEY.unpack(data)[0])
-            elif data:
-                out.append(data.decode("utf-8", "replace"))
+            tag, body = data[:1], data[1:]
+            if tag == b"k" and len(body) == _KEY.size:
+                out.append(_KEY.unpack(body)[0])
+            elif tag == b"c":
+                out.append(body.decode("utf-8", "replace"))
+            else:
+                log.warning("stop socket: malformed datagram %r ignored", data[:32])
 
     def close(self) -> None:
         self._sock.close()

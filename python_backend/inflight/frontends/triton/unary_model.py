@@ -10,10 +10,12 @@ every batch item x sequence as one row. docs/architecture.md says why this desig
 
 Each request runs in its own thread (the response sender of a non-decoupled model may be
 used from a thread in python_backend >= 24.04), so one instance serves many requests at once.
-Cancellation (client cancel, timeout): polled on the sender every POLL_S; the engine is told
-over its stop socket (never a BLS stop request: docs/reliability.md) and this model keeps
-reading the engine's responses to their FINAL (never abandons a BLS iterator, the 2.51 stub
-crash), then answers CANCELLED.
+Cancellation (client cancel, gRPC deadline): one :class:`CancelWatch` thread per instance polls
+the senders of the requests in flight every POLL_S (not on the engine's responses: a
+non-streamed engine request answers once, at its end); the engine is told over its stop socket
+(never a BLS stop request: docs/reliability.md) and this model keeps reading the engine's
+responses to their FINAL (never abandons a BLS iterator, the 2.51 stub crash), then answers
+CANCELLED.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from __future__ import annotations
 import itertools
 import json
 import threading
-import time
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -83,6 +85,74 @@ def unary_outputs(rows: dict[tuple[int, int], _Row], outputs: list[str], profile
     return out
 
 
+class CancelWatch:
+    """The requests in flight of one model instance, their senders polled by one thread.
+
+    ``watch(rid, sender)`` before the engine request is sent, ``done(rid)`` once its last
+    response arrived (True if it was stopped for a cancel). A cancelled request's engine
+    request is stopped once (``stop(engine, rid)``) and its sender is not polled again.
+    """
+
+    def __init__(self, engine: str, poll_s: float = POLL_S,
+                 stop: Callable[[str, str], None] = send_stop) -> None:
+        self.engine = engine
+        self.poll_s = poll_s
+        self._stop = stop
+        self._live: dict[str, Any] = {}
+        self._stopped: set[str] = set()
+        self._cond = threading.Condition()
+        self._closed = False
+        self._thread: threading.Thread | None = None
+
+    def watch(self, rid: str, sender: Any) -> None:
+        with self._cond:
+            self._live[rid] = sender
+            if self._thread is None:
+                self._thread = threading.Thread(target=self._loop, name="unary-cancel-watch",
+                                                daemon=True)
+                self._thread.start()
+            self._cond.notify()
+
+    def done(self, rid: str) -> bool:
+        with self._cond:
+            self._live.pop(rid, None)
+            if rid in self._stopped:
+                self._stopped.discard(rid)
+                return True
+            return False
+
+    def poll_once(self) -> list[str]:
+        """Ask every live sender once; stop the cancelled ones. Returns their ids."""
+        with self._cond:
+            live = list(self._live.items())
+        hit = [rid for rid, sender in live if sender.is_cancelled()]
+        with self._cond:
+            hit = [rid for rid in hit if self._live.pop(rid, None) is not None]
+            self._stopped.update(hit)
+        for rid in hit:
+            self._stop(self.engine, rid)  # the engine ends it with a normal (abort) final
+        return hit
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._live and not self._closed:
+                    self._cond.wait()
+                if self._closed:
+                    return
+                self._cond.wait(self.poll_s)  # woken early only by close() or a new request
+                if self._closed:
+                    return
+            self.poll_once()
+
+    def close(self) -> None:
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
+
+
 class TritonPythonModel:
     def initialize(self, args: dict[str, Any]) -> None:
         self.pb = pb_module()
@@ -102,6 +172,7 @@ class TritonPythonModel:
         self.pad_id = int(pad) if pad is not None else 0
         self.vocab_size = len(self.tokenizer)
         self._threads: set[threading.Thread] = set()
+        self.watch = CancelWatch(self.engine)
 
     def execute(self, requests: list[Any]) -> None:
         for request in requests:
@@ -143,9 +214,9 @@ class TritonPythonModel:
                                       requested_output_names=wanted)
         rows: dict[tuple[int, int], _Row] = {}
         error: Any = None
-        stopped, next_poll = False, time.monotonic() + POLL_S
-        responses = eng_req.exec(decoupled=True) if self.engine_decoupled else [eng_req.exec()]
+        self.watch.watch(rid, sender)
         try:
+            responses = eng_req.exec(decoupled=True) if self.engine_decoupled else [eng_req.exec()]
             for resp in responses:  # always to the end: never abandon a BLS iterator
                 if resp.has_error():
                     error = error or resp.error()
@@ -153,15 +224,11 @@ class TritonPythonModel:
                 tensors = {t.name(): t.as_numpy() for t in resp.output_tensors()}
                 for part in split_rows(tensors) if tensors else ():
                     rows.setdefault(row_key(part), _Row()).add(part)
-                if not stopped and time.monotonic() >= next_poll:
-                    next_poll = time.monotonic() + POLL_S
-                    if sender.is_cancelled():
-                        stopped = True
-                        send_stop(self.engine, rid)  # the engine ends it with a normal final
         except BaseException:
-            if not stopped:
+            if not self.watch.done(rid):
                 send_stop(self.engine, rid)
             raise
+        stopped = self.watch.done(rid)
         if stopped:
             err = pb.TritonError("request cancelled", pb.TritonError.CANCELLED)
             return pb.InferenceResponse(output_tensors=[], error=err)
@@ -172,5 +239,6 @@ class TritonPythonModel:
         return pb.InferenceResponse(output_tensors=[pb.Tensor(n, a) for n, a in out.items()])
 
     def finalize(self) -> None:
+        self.watch.close()
         for th in list(self._threads):
             th.join(timeout=5)
