@@ -17,6 +17,19 @@ from typing import Any
 
 from inflight.errors import ConfigError, did_you_mean
 
+_BOOL_WORDS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+
+
+def parse_bool(value: str, name: str, source: str) -> bool:
+    """The one parser of boolean strings (config.pbtxt parameters, --set values, JSON strings):
+    true/false, 1/0, yes/no, any case. Anything else is a ConfigError naming ``source`` and
+    the key."""
+    word = value.strip().lower()
+    if word not in _BOOL_WORDS:
+        raise ConfigError(f"{source} {name}={value}: expected true or false (also 1/0, yes/no)")
+    return _BOOL_WORDS[word]
+
+
 # The one architecture registry: HF architecture name -> (module of inflight.model, class).
 # inflight.model imports the class lazily; ModelConfig checks names against it.
 ARCHITECTURES: dict[str, tuple[str, str]] = {

@@ -15,7 +15,7 @@ import shutil
 import sys
 from typing import Any
 
-from inflight.config import ModelConfig
+from inflight.config import ModelConfig, parse_bool
 from inflight.errors import ConfigError, did_you_mean
 from inflight.frontends.triton.contract import ENGINE_PARAMS, shim_text
 from inflight.frontends.triton.params import load_config, raw_parameters
@@ -34,7 +34,6 @@ SERVER_KEYS = ["triton_max_batch_size", "instance_count", "preprocessing_model",
                "postprocessing_model", "add_special_tokens", "skip_special_tokens",
                "REPORT_CUSTOM_METRICS"]
 DEFAULTS = {"triton_max_batch_size": "64", "instance_count": "1", "decoupled_mode": "true"}
-_TRUE = ("true", "1", "yes")
 _PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
 
 
@@ -125,7 +124,7 @@ def build(model: str, out: str, layout: str | None = None, values: dict[str, str
     vals = {**DEFAULTS, **PROFILE_DEFAULTS.get(profile, {}), "model_path": model,
             "tokenizer_dir": model, "profile": profile, **(values or {})}
     validate({k: v for k, v in vals.items() if k != "profile"})
-    decoupled = vals["decoupled_mode"].lower() in _TRUE
+    decoupled = parse_bool(vals["decoupled_mode"], "decoupled_mode", "--set")
     if os.path.exists(out) and os.listdir(out) and not force:
         raise ConfigError(f"{out!r} exists and is not empty; pass --force to overwrite")
     src = templates_dir()

@@ -14,7 +14,8 @@ from typing import Any
 
 import numpy as np
 
-from inflight.errors import InvalidRequestError
+from inflight.config import parse_bool
+from inflight.errors import ConfigError, InvalidRequestError
 from inflight.sampling_params import SamplingParams
 
 MAX_TEXT_BYTES = 1 << 20  # 1 MiB of prompt text per item
@@ -372,9 +373,10 @@ def _coerce(name: str, typ: type, v: Any, source: str = "sampling_parameters") -
     try:
         if typ is bool:
             if isinstance(v, str):
-                if v.lower() not in ("true", "false", "1", "0"):
-                    raise ValueError(v)
-                return v.lower() in ("true", "1")
+                try:
+                    return parse_bool(v, name, source)
+                except ConfigError:
+                    raise ValueError(v) from None  # re-worded below, naming source.name
             return bool(v)
         if typ is list:
             if isinstance(v, str):

@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
+from inflight.config import parse_bool
 from inflight.engine.loop import EngineStats
 from inflight.errors import ConfigError
 
@@ -68,10 +69,9 @@ def metrics_options(params: dict[str, str], max_model_len: int = 0) -> MetricsOp
     if gpt not in GPT_MODEL_TYPES:
         raise ConfigError(f"Invalid gpt_model_type {gpt!r}. Must be v1/inflight_batching/"
                           "inflight_fused_batching.")
-    report = params.get("REPORT_CUSTOM_METRICS", "false").strip().lower()
-    if report not in ("true", "false", "1", "0", "yes", "no"):
-        raise ConfigError(f"REPORT_CUSTOM_METRICS={report}: expected true or false")
-    return MetricsOptions(GPT_MODEL_TYPES[gpt], report in ("true", "1", "yes"), max_model_len)
+    report = parse_bool(params.get("REPORT_CUSTOM_METRICS", "false"), "REPORT_CUSTOM_METRICS",
+                        "config.pbtxt parameter")
+    return MetricsOptions(GPT_MODEL_TYPES[gpt], report, max_model_len)
 
 
 def trtllm_groups(v1: bool) -> dict[str, Group]:

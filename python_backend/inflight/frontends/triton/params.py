@@ -11,7 +11,7 @@ import os
 from dataclasses import dataclass
 from typing import Any
 
-from inflight.config import EngineConfig
+from inflight.config import EngineConfig, parse_bool
 from inflight.errors import ConfigError, did_you_mean
 
 # TensorRT-LLM backend names that differ from EngineConfig fields
@@ -45,7 +45,16 @@ def raw_parameters(model_config: dict[str, Any]) -> dict[str, str]:
     return out
 
 
-_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+def param_bool(params: dict[str, str], key: str, default: bool) -> bool:
+    """A boolean model parameter (``raw_parameters`` output); unset means ``default``."""
+    raw = params.get(key)
+    return default if raw is None else parse_bool(raw, key, "config.pbtxt parameter")
+
+
+def trust_remote_code(params: dict[str, str]) -> bool:
+    """Both keys must say yes: the model's wish and the operator's permission."""
+    return param_bool(params, "trust_remote_code", False) and param_bool(
+        params, "allow_trust_remote_code", False)
 
 
 def _parse(key: str, typ: Any, s: str, source: str) -> Any:
@@ -53,9 +62,7 @@ def _parse(key: str, typ: Any, s: str, source: str) -> Any:
     t = str(typ)
     kind = next((k for k in ("bool", "int", "float") if k in t), "str")
     if kind == "bool":
-        if s.lower() not in _BOOLS:
-            raise ConfigError(f"{source} {key}={s}: expected true or false (also 1/0, yes/no)")
-        return _BOOLS[s.lower()]
+        return parse_bool(s, key, source)
     try:
         return int(s) if kind == "int" else float(s) if kind == "float" else s
     except ValueError:

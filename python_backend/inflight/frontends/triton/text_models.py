@@ -18,7 +18,7 @@ from inflight.errors import InvalidRequestError
 from inflight.frontends.triton.base import input_names, pb_module, read_inputs, triton_error
 from inflight.frontends.triton.cancel_forward import CancelForwarder
 from inflight.frontends.triton.convert import batch_size, prompt_text
-from inflight.frontends.triton.params import raw_parameters
+from inflight.frontends.triton.params import raw_parameters, trust_remote_code
 
 # engine outputs postprocessing forwards when the engine produced them
 PASSTHROUGH_ALWAYS = ("batch_index", "sequence_index", "finish_reason", "cum_log_probs",
@@ -38,8 +38,7 @@ class _TokenizerModel:
         path = params.get("tokenizer_dir") or params.get("model_path")
         if not path:
             raise ValueError("config.pbtxt parameter 'tokenizer_dir' is required")
-        self.tokenizer = load_tokenizer(path, params.get("trust_remote_code", "false") == "true"
-                                        and params.get("allow_trust_remote_code", "false") == "true")
+        self.tokenizer = load_tokenizer(path, trust_remote_code(params))
 
     def execute(self, requests: list[Any]) -> list[Any]:
         out = []

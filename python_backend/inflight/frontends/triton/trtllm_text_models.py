@@ -21,7 +21,7 @@ import numpy as np
 from inflight.errors import InvalidRequestError
 from inflight.frontends.triton.convert import batch_size, prompt_text, word_list
 from inflight.frontends.triton.front import embedding_bias_from_words, pad_ids
-from inflight.frontends.triton.params import raw_parameters
+from inflight.frontends.triton.params import param_bool, raw_parameters
 from inflight.frontends.triton.text_models import PostprocessingModel as _InflightPost
 from inflight.frontends.triton.text_models import _TokenizerModel
 
@@ -51,7 +51,7 @@ class PreprocessingModel(_TokenizerModel):
     def initialize(self, args: dict[str, Any]) -> None:
         super().initialize(args)
         params = raw_parameters(self.model_config)
-        self.add_special_tokens = params.get("add_special_tokens", "true").lower() in ("true", "1", "yes")
+        self.add_special_tokens = param_bool(params, "add_special_tokens", True)
 
     def convert(self, tensors: dict[str, np.ndarray]) -> list[Any]:
         from inflight.frontends.triton.convert import refuse_unsupported
@@ -116,7 +116,7 @@ class PostprocessingModel(_InflightPost):
     def initialize(self, args: dict[str, Any]) -> None:
         super().initialize(args)
         params = raw_parameters(self.model_config)
-        self.skip_special_tokens = params.get("skip_special_tokens", "true").lower() in ("true", "1", "yes")
+        self.skip_special_tokens = param_bool(params, "skip_special_tokens", True)
 
     def convert(self, tensors: dict[str, np.ndarray]) -> list[Any]:
         t = self.pb.Tensor

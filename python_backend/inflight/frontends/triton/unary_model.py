@@ -35,7 +35,7 @@ from inflight.frontends.triton.cancel_forward import POLL_S, send_stop
 from inflight.frontends.triton.convert import refuse_unsupported
 from inflight.frontends.triton.front import engine_inputs, front_error_text
 from inflight.frontends.triton.gather import stack_parts
-from inflight.frontends.triton.params import raw_parameters
+from inflight.frontends.triton.params import param_bool, raw_parameters, trust_remote_code
 
 _IDS = itertools.count()
 # engine outputs this model folds into text_output / does not return
@@ -162,12 +162,11 @@ class TritonPythonModel:
         params = raw_parameters(self.model_config)
         self.engine = params.get("engine_model", "engine")
         self.profile = params.get("profile", "inflight")
-        self.engine_decoupled = params.get("decoupled_mode", "true").lower() in ("true", "1", "yes")
+        self.engine_decoupled = param_bool(params, "decoupled_mode", True)
         path = params.get("tokenizer_dir") or params.get("model_path")
         if not path:
             raise ValueError("config.pbtxt parameter 'tokenizer_dir' is required")
-        self.tokenizer = load_tokenizer(path, params.get("trust_remote_code", "false") == "true"
-                                        and params.get("allow_trust_remote_code", "false") == "true")
+        self.tokenizer = load_tokenizer(path, trust_remote_code(params))
         pad = self.tokenizer.pad_token_id
         self.pad_id = int(pad) if pad is not None else 0
         self.vocab_size = len(self.tokenizer)
