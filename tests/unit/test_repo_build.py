@@ -101,3 +101,24 @@ def test_build_api_validates_values_too(tiny_model_dir: Callable[[str], str], tm
     with pytest.raises(ConfigError, match=r"^unknown --set parameter 'max_seqlen'; did you mean 'max_seq_len'\?"):
         repo.build(tiny_model_dir("llama"), str(tmp_path / "r"), values={"max_seqlen": "64"})
     assert not (tmp_path / "r").exists()
+
+
+def test_engine_parameters_derive_from_the_config_dataclasses() -> None:
+    """Issue 11: a new EngineConfig / ServingConfig field reaches the templates by itself."""
+    import dataclasses
+
+    from inflight.config import EngineConfig
+    from inflight.frontends.triton.contract import ENGINE_PARAMS
+    from inflight.frontends.triton.params import (
+        PARAMETER_NAMES,
+        TEST_ONLY_KEYS,
+        ServingConfig,
+        template_keys,
+    )
+
+    engine = [PARAMETER_NAMES.get(f.name, f.name) for f in dataclasses.fields(EngineConfig)]
+    serving = [f.name for f in dataclasses.fields(ServingConfig) if f.name not in TEST_ONLY_KEYS]
+    assert ENGINE_PARAMS == engine + serving + ["decoupled_mode"] == template_keys() + ["decoupled_mode"]
+    assert {"model_path", "tokenizer_dir", "tokens_per_block"} <= set(ENGINE_PARAMS)
+    assert not {"model", "tokenizer", "block_size", *TEST_ONLY_KEYS} & set(ENGINE_PARAMS)
+    assert len(set(ENGINE_PARAMS)) == len(ENGINE_PARAMS)

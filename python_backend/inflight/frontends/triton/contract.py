@@ -7,6 +7,8 @@ from __future__ import annotations
 import os
 import sys
 
+from inflight.frontends.triton.params import template_keys
+
 # (name, data_type, dims, optional)
 Spec = tuple[str, str, list[int], bool]
 
@@ -92,15 +94,8 @@ VLLM_INPUTS: list[Spec] = LLM_INPUTS[:1] + [("image", "TYPE_STRING", [-1], True)
 VLLM_OUTPUTS: list[Spec] = [s if s[0] != "num_output_tokens" else (s[0], s[1], [-1], s[3])
                             for s in LLM_OUTPUTS]
 
-ENGINE_PARAMS = ["model_path", "tokenizer_dir", "dtype", "device", "load_format", "seed",
-                 "kv_cache_free_gpu_mem_fraction", "max_tokens_in_paged_kv_cache",
-                 "enable_kv_cache_reuse", "enable_chunked_context", "batch_scheduler_policy",
-                 "max_batch_size", "max_num_tokens", "max_seq_len", "max_queue_size",
-                 "tokens_per_block", "exclude_input_in_output", "max_beam_width",
-                 "stream_interval", "attention_backend", "enforce_eager", "overlap_scheduler",
-                 "max_num_return_sequences",
-                 "max_logprobs", "default_max_tokens", "trust_remote_code",
-                 "allow_trust_remote_code", "decoupled_mode", "quantization", "kv_cache_dtype"]
+# derived from EngineConfig and ServingConfig (params.template_keys): config keys live once
+ENGINE_PARAMS = template_keys() + ["decoupled_mode"]
 
 
 def _io(kind: str, specs: list[Spec]) -> str:

@@ -15,13 +15,12 @@ from inflight.config import EngineConfig, parse_bool
 from inflight.errors import ConfigError, did_you_mean
 
 # TensorRT-LLM backend names that differ from EngineConfig fields
-_RENAMES = {"gpt_model_path": "model", "model_path": "model", "tokenizer_dir": "tokenizer",
-            "tokens_per_block": "block_size"}
-_PUBLIC_NAMES = {"model": "model_path", "tokenizer": "tokenizer_dir"}
-SERVING_KEYS = {"stream_interval": int, "exclude_input_in_output": bool, "max_beam_width": int,
-                "default_max_tokens": int, "allow_trust_remote_code": bool,
-                "max_inflight_requests": int, "fault_injection_step": int,
-                "fault_injection_step_delay_ms": int, "engine_process": str, "warmup": str}
+# EngineConfig field -> its parameter name (the TensorRT-LLM backend's, where it differs)
+PARAMETER_NAMES = {"model": "model_path", "tokenizer": "tokenizer_dir", "block_size": "tokens_per_block"}
+# parameter name -> EngineConfig field (gpt_model_path: the peer's older name of model_path)
+_RENAMES = {"gpt_model_path": "model", **{v: k for k, v in PARAMETER_NAMES.items()}}
+# ServingConfig fields that are test-only knobs: accepted, never written into a template
+TEST_ONLY_KEYS = ("fault_injection_step", "fault_injection_step_delay_ms")
 IGNORED_KEYS = {"FORCE_CPU_ONLY_INPUT_TENSORS", "add_special_tokens", "skip_special_tokens",
                 "executor_worker_path", "gpt_model_type", "decoupled_mode", "profile", "engine_model",
                 "REPORT_CUSTOM_METRICS"}  # the last: read by triton/metric_families.py
@@ -96,8 +95,21 @@ class ServingConfig:
                 raise ConfigError(f"{name} must be >= {low}, got {value}")
 
 
+# parameter -> type, from the dataclass (types are strings: _parse reads bool/int/float in them)
+SERVING_KEYS: dict[str, Any] = {f.name: f.type for f in dataclasses.fields(ServingConfig)}
+
+
 def engine_fields() -> dict[str, Any]:
     return {f.name: f.type for f in dataclasses.fields(EngineConfig)}
+
+
+def template_keys() -> list[str]:
+    """The engine model's parameters, as a repository template lists them: every EngineConfig
+    field under its parameter name, then the serving keys (test-only knobs left out). A new
+    field of either dataclass appears in the templates without another edit."""
+    engine = [PARAMETER_NAMES.get(f, f) for f in engine_fields()]
+    serving = [k for k in SERVING_KEYS if k not in TEST_ONLY_KEYS and k not in engine]
+    return engine + serving
 
 
 def known_keys() -> list[str]:
@@ -146,5 +158,5 @@ def _safe_path(key: str, path: str, repo_dir: str | None, source: str) -> str:
     real = os.path.realpath(path)
     if not os.path.isdir(real):
         what = "is not a directory" if os.path.exists(real) else "does not exist"
-        raise ConfigError(f"{source} {_PUBLIC_NAMES.get(key, key)!r}: {path!r} {what}")
+        raise ConfigError(f"{source} {PARAMETER_NAMES.get(key, key)!r}: {path!r} {what}")
     return real
