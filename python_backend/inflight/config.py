@@ -53,6 +53,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 MINIMUMS: dict[str, int] = {
     "max_batch_size": 1, "max_num_tokens": 1, "max_num_return_sequences": 1, "max_seq_len": 2,
     "max_queue_size": 0, "max_logprobs": 0, "max_stop_words": 0, "max_bad_words": 0,
+    "tensor_parallel_size": 1,
 }
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
@@ -235,6 +236,8 @@ class EngineConfig:
     # quantization (model/quant): weights/activations format, and the paged KV cache's dtype
     quantization: str = "auto"
     kv_cache_dtype: str = "auto"  # auto | fp8 (TensorRT-LLM's kv_cache_quant_algo=FP8 too)
+    # ranks (one process each) the model is split over; TensorRT-LLM's tp_size (docs/parallelism.md)
+    tensor_parallel_size: int = 1
 
     def __post_init__(self) -> None:
         for name in ("quantization", "kv_cache_dtype"):  # FP8 / fp8_e4m3 as TensorRT-LLM writes

@@ -43,3 +43,34 @@ def allow_fault_injection() -> bool:
 def openai_api_key() -> str:
     """The OpenAI front end's API key (``inflight openai``), kept out of the process list."""
     return _get("OPENAI_API_KEY")
+
+
+# ---- tensor parallelism (docs/parallelism.md) ------------------------------------------------
+# The torchrun-style rendezvous variables keep their standard names (no INFLIGHT_ prefix): the
+# same environment a torchrun launch gives each process.
+
+
+def tp_master() -> tuple[str, int]:
+    """MASTER_ADDR / MASTER_PORT of rank 0's store; defaults: loopback, any free port."""
+    return os.environ.get("MASTER_ADDR", "127.0.0.1"), int(os.environ.get("MASTER_PORT", "0") or 0)
+
+
+def tp_local_ranks(world: int) -> int:
+    """How many ranks run on the engine's machine (ranks 0 .. k-1, spawned by the engine);
+    LOCAL_WORLD_SIZE as torchrun names it; default: all of them."""
+    return int(os.environ.get("LOCAL_WORLD_SIZE", str(world)) or world)
+
+
+def tp_rank_env() -> dict[str, int]:
+    """RANK, LOCAL_RANK, WORLD_SIZE of a worker started by hand or by a launcher."""
+    return {k: int(os.environ[k]) for k in ("RANK", "LOCAL_RANK", "WORLD_SIZE")}
+
+
+def tp_timeout_s() -> float:
+    """Seconds a collective or a start-up step may take before the rank gives up."""
+    return float(_get("TP_TIMEOUT_S", "300"))
+
+
+def tp_fail_rank() -> int:
+    """Tests only (with INFLIGHT_ALLOW_FAULT_INJECTION=1): this worker rank fails at start-up."""
+    return int(_get("TP_FAIL_RANK", "0") or 0) if allow_fault_injection() else 0

@@ -137,6 +137,7 @@ class LLM:
 
     def shutdown(self) -> None:
         self.loop.shutdown()
+        self.engine.close()  # tensor-parallel ranks
 
     def __enter__(self) -> LLM:
         return self

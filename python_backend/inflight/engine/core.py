@@ -36,6 +36,7 @@ from inflight.errors import ConfigError, InvalidRequestError, QueueFullError
 from inflight.outputs import SequenceUpdate
 from inflight.sampling_params import SamplingParams
 from inflight.worker.model_runner import ModelRunner
+from inflight.worker.ranks import start_ranks
 from inflight.worker.sampler import DeviceSample, RequestExtras, Sampler, SamplerOutput
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,13 @@ class LLMEngine:
             log.warning("max_seq_len capped at the sliding window (%d)", mc.sliding_window)
             max_seq_len = mc.sliding_window
         self.max_seq_len = max_seq_len
-        self.runner = ModelRunner(cfg, mc, max_seq_len)
+        # tensor parallelism: checks, then starts ranks 1..N-1 (None for one device)
+        self.ranks = start_ranks(cfg, mc, max_seq_len)
+        try:
+            self.runner = ModelRunner(cfg, mc, max_seq_len, self.ranks)
+        except BaseException:
+            self.close()
+            raise
         self.kv = KVCacheManager(self.runner.num_blocks, cfg.block_size, cfg.enable_kv_cache_reuse)
         self.scheduler = Scheduler(cfg, self.kv, self.runner.max_blocks_per_seq,
                                    pin=self.runner.device.type == "cuda")
@@ -238,11 +245,19 @@ class LLMEngine:
         return True
 
     def fail_all(self, message: str) -> None:
-        """Engine fault: every live sequence gets a final error update."""
+        """Engine fault: every live sequence gets a final error update; the other
+        tensor-parallel ranks stop (the engine does not step again)."""
         for h, out in list(self.seqs.items()):
             out.req.error = message
             self._finish(h, FinishReason.ERROR)
         self._inflight = None
+        self.close()
+
+    def close(self) -> None:
+        """Stop the tensor-parallel ranks (idempotent; nothing to do on one device)."""
+        ranks = getattr(self, "ranks", None)
+        if ranks is not None:
+            ranks.stop()
 
     def has_unfinished(self) -> bool:
         return bool(self.seqs) or self._inflight is not None

@@ -11,6 +11,13 @@ from torch import nn
 from inflight.config import ModelConfig
 from inflight.model.attention import AttentionBackend, AttentionMetadata
 from inflight.model.layers import Linear, RMSNorm, RotaryEmbedding, linear, silu_and_mul
+from inflight.model.parallel import (
+    SINGLE,
+    ShardShape,
+    TensorParallel,
+    VocabParallelEmbedding,
+    set_split,
+)
 
 # Fused projections, declared once: fused param -> [(checkpoint name, shard id)].
 STACKED_PARAMS: dict[str, list[tuple[str, str]]] = {
@@ -20,12 +27,23 @@ STACKED_PARAMS: dict[str, list[tuple[str, str]]] = {
 
 
 class Attention(nn.Module):
-    def __init__(self, cfg: ModelConfig, rotary: RotaryEmbedding) -> None:
+    """Under tensor parallelism: this rank's query heads and KV heads (shapes per rank)."""
+
+    def __init__(self, cfg: ModelConfig, rotary: RotaryEmbedding, tp: TensorParallel = SINGLE) -> None:
         super().__init__()
         self.cfg = cfg
-        self.scale = cfg.head_dim**-0.5
-        self.qkv_proj = Linear(cfg.hidden_size, cfg.q_size + 2 * cfg.kv_size, bias=cfg.attention_bias)
-        self.o_proj = Linear(cfg.q_size, cfg.hidden_size, bias=False)
+        self.tp = tp
+        s = ShardShape.of(cfg, tp)
+        d = cfg.head_dim
+        self.num_heads, self.num_kv_heads = s.num_heads, s.num_kv_heads
+        self.q_size, self.kv_size = s.num_heads * d, s.num_kv_heads * d
+        self.scale = d**-0.5
+        self.qkv_proj = Linear(cfg.hidden_size, self.q_size + 2 * self.kv_size, bias=cfg.attention_bias)
+        self.o_proj = Linear(self.q_size, cfg.hidden_size, bias=False)
+        if tp.size > 1:  # column-parallel qkv (per part), row-parallel o_proj
+            kv = (s.kv_start * d, self.kv_size)
+            set_split(self.qkv_proj, 0, {"q": (s.q_start * d, self.q_size), "k": kv, "v": kv})
+            set_split(self.o_proj, 1, {None: (s.q_start * d, self.q_size)})
         self.rotary = rotary
         # FP8 KV cache: cache = k / k_scale (per layer; the loader sets checkpoint values)
         self.k_scale = 1.0
@@ -35,7 +53,7 @@ class Attention(nn.Module):
             self.k_norm = RMSNorm(cfg.head_dim, cfg.rms_norm_eps)
 
     def shard_offsets(self) -> dict[str, tuple[int, int]]:
-        q, kv = self.cfg.q_size, self.cfg.kv_size
+        q, kv = self.q_size, self.kv_size
         return {"q": (0, q), "k": (q, kv), "v": (q + kv, kv)}
 
     def forward(
@@ -44,39 +62,44 @@ class Attention(nn.Module):
     ) -> torch.Tensor:
         c = self.cfg
         t = x.shape[0]
-        qkv = self.qkv_proj(x)  # [T, q + 2kv]
-        q, k, v = qkv.split([c.q_size, c.kv_size, c.kv_size], dim=-1)
-        q = q.reshape(t, c.num_heads, c.head_dim)
-        k = k.reshape(t, c.num_kv_heads, c.head_dim)
-        v = v.reshape(t, c.num_kv_heads, c.head_dim)
+        qkv = self.qkv_proj(x)  # [T, q + 2kv] (this rank's heads)
+        q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
+        q = q.reshape(t, self.num_heads, c.head_dim)
+        k = k.reshape(t, self.num_kv_heads, c.head_dim)
+        v = v.reshape(t, self.num_kv_heads, c.head_dim)
         if c.qk_norm:
             q = self.q_norm(q)  # type: ignore[assignment]
             k = self.k_norm(k)  # type: ignore[assignment]
         q, k = self.rotary(positions, q, k)
         o = backend.forward(q, k, v, kv_cache[0], kv_cache[1], meta, self.scale,
                              self.k_scale, self.v_scale)  # [T, Hq, D]
-        return self.o_proj(o.reshape(t, c.q_size))
+        return self.tp.all_reduce(self.o_proj(o.reshape(t, self.q_size)))
 
 
 class MLP(nn.Module):
-    def __init__(self, cfg: ModelConfig) -> None:
+    def __init__(self, cfg: ModelConfig, tp: TensorParallel = SINGLE) -> None:
         super().__init__()
-        self.inter = cfg.intermediate_size
-        self.gate_up_proj = Linear(cfg.hidden_size, 2 * cfg.intermediate_size, bias=False)
-        self.down_proj = Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.tp = tp
+        self.inter = cfg.intermediate_size // tp.size
+        self.gate_up_proj = Linear(cfg.hidden_size, 2 * self.inter, bias=False)
+        self.down_proj = Linear(self.inter, cfg.hidden_size, bias=False)
+        if tp.size > 1:  # column-parallel gate_up (each part sliced), row-parallel down
+            part = (tp.rank * self.inter, self.inter)
+            set_split(self.gate_up_proj, 0, {"gate": part, "up": part})
+            set_split(self.down_proj, 1, {None: part})
 
     def shard_offsets(self) -> dict[str, tuple[int, int]]:
         return {"gate": (0, self.inter), "up": (self.inter, self.inter)}
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.down_proj(silu_and_mul(self.gate_up_proj(x)))
+        return self.tp.all_reduce(self.down_proj(silu_and_mul(self.gate_up_proj(x))))
 
 
 class DecoderLayer(nn.Module):
-    def __init__(self, cfg: ModelConfig, rotary: RotaryEmbedding) -> None:
+    def __init__(self, cfg: ModelConfig, rotary: RotaryEmbedding, tp: TensorParallel = SINGLE) -> None:
         super().__init__()
-        self.self_attn = Attention(cfg, rotary)
-        self.mlp = MLP(cfg)
+        self.self_attn = Attention(cfg, rotary, tp)
+        self.mlp = MLP(cfg, tp)
         self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
@@ -95,11 +118,11 @@ class DecoderLayer(nn.Module):
 
 
 class LlamaModel(nn.Module):
-    def __init__(self, cfg: ModelConfig, max_positions: int) -> None:
+    def __init__(self, cfg: ModelConfig, max_positions: int, tp: TensorParallel = SINGLE) -> None:
         super().__init__()
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
+        self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, tp)
         rotary = RotaryEmbedding(cfg.rope, cfg.head_dim, max_positions)
-        self.layers = nn.ModuleList([DecoderLayer(cfg, rotary) for _ in range(cfg.num_layers)])
+        self.layers = nn.ModuleList([DecoderLayer(cfg, rotary, tp) for _ in range(cfg.num_layers)])
         self.norm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
 
     def forward(
@@ -117,11 +140,15 @@ class LlamaModel(nn.Module):
 class LlamaForCausalLM(nn.Module):
     """One class for the four supported architectures; config flags switch the quirks."""
 
-    def __init__(self, cfg: ModelConfig, max_positions: int) -> None:
+    def __init__(self, cfg: ModelConfig, max_positions: int, tp: TensorParallel = SINGLE) -> None:
         super().__init__()
         self.cfg = cfg
-        self.model = LlamaModel(cfg, max_positions)
-        self.lm_head = Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.tp = tp
+        self.model = LlamaModel(cfg, max_positions, tp)
+        emb = self.model.embed_tokens
+        self.lm_head = Linear(cfg.hidden_size, emb.rows, bias=False)  # vocab-parallel rows
+        if tp.size > 1:
+            set_split(self.lm_head, 0, emb.tp_src)  # type: ignore[arg-type]
         if cfg.tie_word_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
@@ -133,5 +160,8 @@ class LlamaForCausalLM(nn.Module):
         return self.model(input_ids, positions, kv_caches, backend, meta)
 
     def compute_logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden [N, H] -> fp32 logits [N, V]."""
-        return linear(hidden, self.lm_head.weight).float()
+        """hidden [N, H] -> fp32 logits [N, V] (every rank: the vocab slices all-gathered)."""
+        logits = linear(hidden, self.lm_head.weight).float()  # [N, V / tp]
+        if self.tp.size == 1:
+            return logits
+        return self.tp.all_gather_last(logits)[:, : self.cfg.vocab_size]

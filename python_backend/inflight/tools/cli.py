@@ -35,13 +35,16 @@ def add_engine_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--quantization", default="auto", help="auto (from the checkpoint) | none | fp8 | awq"
                    " | compressed-tensors | modelopt (docs/quantization.md)")
     g.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8"])
+    g.add_argument("--tensor-parallel-size", "--tp", type=int, default=1,
+                   help="ranks (GPUs) the model is split over (docs/parallelism.md)")
 
 
 def engine_kwargs(a: argparse.Namespace) -> dict[str, Any]:
     return {"dtype": a.dtype, "device": a.device, "load_format": a.load_format,
             "max_seq_len": a.max_seq_len, "attention_backend": a.attention_backend,
             "max_tokens_in_paged_kv_cache": a.max_tokens_in_paged_kv_cache,
-            "quantization": a.quantization, "kv_cache_dtype": a.kv_cache_dtype}
+            "quantization": a.quantization, "kv_cache_dtype": a.kv_cache_dtype,
+            "tensor_parallel_size": a.tensor_parallel_size}
 
 
 def add_sampling_args(p: argparse.ArgumentParser) -> None:

@@ -155,18 +155,41 @@ def load_weights(model: nn.Module, cfg: ModelConfig, model_dir: str,
             owner = model.get_submodule(target.rsplit(".", 2)[0])
             start, size = owner.shard_offsets()[shard]  # type: ignore[operator]
             dst = dst.narrow(0, start, size)
+        tensor, dst = _rank_slice(model.get_submodule(module), shard, suffix, name, tensor, dst)
         if tuple(dst.shape) != tuple(tensor.shape):
             raise ConfigError(
                 f"checkpoint tensor {name!r} has shape {tuple(tensor.shape)}, "
                 f"expected {tuple(dst.shape)} from config.json"
             )
         dst.copy_(tensor)
-        filled[target] = filled.get(target, 0) + tensor.numel()
+        filled[target] = filled.get(target, 0) + tensor.numel() + getattr(dst, "tp_pad", 0)
     unique = dict(model.named_parameters())
     missing = [n for n, p in unique.items() if filled.get(n, 0) != p.numel()]
     if missing:
         raise ConfigError(f"checkpoint in {model_dir!r} lacks weights for: {missing[:8]}")
     quant.check_complete(model_dir)
+
+
+def _rank_slice(layer: nn.Module, shard: str | None, suffix: str, name: str, tensor: torch.Tensor,
+                dst: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Tensor parallelism: this rank's slice of a checkpoint tensor (``layer.tp_src``, set by
+    model/parallel.py). A vocab-parallel tail shorter than the rank's rows fills the first rows
+    of ``dst`` and zeroes the rest (``dst.tp_pad``: the padded elements, for the fill count)."""
+    src: dict[str | None, tuple[int, int]] | None = getattr(layer, "tp_src", None)
+    if src is None:
+        return tensor, dst
+    dim = layer.tp_dim if suffix == "weight" else 0  # type: ignore[assignment]
+    start, size = src[shard]
+    if tensor.dim() <= dim or tensor.shape[dim] < start + size:
+        raise ConfigError(f"checkpoint tensor {name!r} has shape {tuple(tensor.shape)}; this "
+                          f"tensor-parallel rank needs rows [{start}, {start + size}) of dim {dim}")
+    tensor = tensor.narrow(dim, start, size)
+    if dim == 0 and size < dst.shape[0]:  # the vocabulary's padded tail
+        pad = dst.numel() - tensor.numel()
+        dst[size:].zero_()
+        dst = dst.narrow(0, 0, size)
+        dst.tp_pad = pad  # type: ignore[attr-defined]
+    return tensor, dst
 
 
 @torch.no_grad()

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -17,9 +18,13 @@ from inflight.engine.step_plan import StepPlan
 from inflight.errors import ConfigError
 from inflight.model import model_class
 from inflight.model.attention import AttentionMetadata, get_attention_backend
+from inflight.model.parallel import SINGLE, ShardShape
 from inflight.model.quant import QuantSpec, check_device, quantize_model, resolve
 from inflight.worker.cuda_graphs import DecodeGraphs
 from inflight.worker.loader import init_dummy_quantized, init_dummy_weights, load_weights
+
+if TYPE_CHECKING:
+    from inflight.worker.ranks import RankGroup, RankWorker
 
 log = logging.getLogger(__name__)
 
@@ -52,13 +57,21 @@ class StepInputs:
     meta: AttentionMetadata
     logits_indices: torch.Tensor  # [N] rows of hidden states to turn into logits
     num_logits: int  # len(logits_indices)
+    plan: StepPlan | None = None  # tensor parallel: what rank 0 sends the other ranks
+    patched: bool = False  # input_ids changed on the device (patch_input_ids)
 
 
 class ModelRunner:
-    def __init__(self, cfg: EngineConfig, model_cfg: ModelConfig, max_seq_len: int) -> None:
+    def __init__(self, cfg: EngineConfig, model_cfg: ModelConfig, max_seq_len: int,
+                 ranks: RankGroup | RankWorker | None = None) -> None:
+        """``ranks``: tensor parallelism (worker/ranks.py): rank 0's group, which this runner
+        drives, or a worker's link; None: one device."""
         self.cfg = cfg
         self.model_cfg = model_cfg
-        self.device = resolve_device(cfg.device)
+        self.ranks = ranks
+        self.tp = ranks.tp if ranks is not None else SINGLE
+        self.shard = ShardShape.of(model_cfg, self.tp)
+        self.device = ranks.device if ranks is not None else resolve_device(cfg.device)
         self.dtype = resolve_dtype(cfg.dtype, model_cfg, self.device)
         self.max_seq_len = max_seq_len
         self.block_size = cfg.block_size
@@ -73,9 +86,9 @@ class ModelRunner:
         self.backend = get_attention_backend(cfg.attention_backend, self.device.type)
         self.num_blocks = self._num_kv_blocks()
         c = model_cfg
-        # kv_cache: [L, 2, num_blocks, block_size, Hkv, D]
+        # kv_cache: [L, 2, num_blocks, block_size, Hkv, D] (Hkv: this rank's KV heads)
         self.kv_cache = torch.zeros(
-            c.num_layers, 2, self.num_blocks, cfg.block_size, c.num_kv_heads, c.head_dim,
+            c.num_layers, 2, self.num_blocks, cfg.block_size, self.shard.num_kv_heads, c.head_dim,
             dtype=self.kv_dtype, device=self.device,
         )
         self.graphs: DecodeGraphs | None = None
@@ -84,12 +97,15 @@ class ModelRunner:
                                        min(cfg.max_batch_size, 256), self.max_blocks_per_seq,
                                        max_seq_len, c.vocab_size, self.device)
             self.graphs.capture()
+        if ranks is not None:
+            ranks.wait_ready()
 
     def _load_model(self) -> torch.nn.Module:
         cls = model_class(self.model_cfg)
         torch.manual_seed(self.cfg.seed)
         with torch.device(self.device):
-            model = cls(self.model_cfg, self.max_seq_len).to(self.dtype)
+            model = (cls(self.model_cfg, self.max_seq_len) if self.tp.size == 1 else
+                     cls(self.model_cfg, self.max_seq_len, self.tp)).to(self.dtype)
         qlayers = ({} if self.quant is None else
                    quantize_model(model, self.quant, self.device, self.dtype))
         if self.cfg.load_format == "dummy":
@@ -111,13 +127,14 @@ class ModelRunner:
 
     def kv_bytes_per_token(self) -> int:
         c = self.model_cfg
-        return 2 * c.num_layers * c.num_kv_heads * c.head_dim * torch.finfo(self.kv_dtype).bits // 8
+        return 2 * c.num_layers * self.shard.num_kv_heads * c.head_dim * torch.finfo(self.kv_dtype).bits // 8
 
     def workspace_bytes(self) -> int:
         """GPU memory kept out of the KV pool: one step's activations at max_num_tokens,
         fp32 logits of a full batch, and 1 GiB for CUDA graphs and the allocator."""
         c = self.model_cfg
-        width = 4 * c.hidden_size + 3 * c.intermediate_size + c.q_size + 2 * c.kv_size
+        s, d = self.shard, c.head_dim
+        width = 4 * c.hidden_size + 3 * s.intermediate + (s.num_heads + 2 * s.num_kv_heads) * d
         act = self.cfg.max_num_tokens * width * torch.finfo(self.dtype).bits // 8
         logits = 3 * self.cfg.max_batch_size * c.vocab_size * 4
         return act + logits + (1 << 30)
@@ -134,6 +151,8 @@ class ModelRunner:
         if self.cfg.max_tokens_in_paged_kv_cache is not None:
             tokens = min(tokens, self.cfg.max_tokens_in_paged_kv_cache)
         blocks = tokens // self.block_size
+        if self.ranks is not None:  # one pool size for every rank: the smallest
+            blocks = self.ranks.agree_blocks(blocks)
         if blocks < 1:
             raise ConfigError(
                 f"no room for a single KV block ({per_token * self.block_size} bytes); "
@@ -182,6 +201,7 @@ class ModelRunner:
             meta=meta,
             logits_indices=put("logits_indices", plan.num_logits),  # [N] int64
             num_logits=plan.num_logits,
+            plan=plan,
         )
         if bufs is not None:
             bufs.record_copies(dev)
@@ -193,6 +213,7 @@ class ModelRunner:
         """input_ids[rows] = tokens[src]: tokens sampled by the previous step, still on the
         device (overlapped scheduling). No host sync: the indices travel through pinned memory."""
         n = len(rows)
+        inp.patched = True
         if rows == src == list(range(n)):  # steady decode: same requests in the same order
             inp.input_ids[:n].copy_(tokens[:n])
             return
@@ -206,6 +227,10 @@ class ModelRunner:
         """Runs the model; returns fp32 logits [N, V] for inp.logits_indices."""
         meta = inp.meta
         g = self.graphs
+        ranks = self.ranks
+        if ranks is not None and ranks.driver:  # rank 0: the other ranks run this step too
+            assert inp.plan is not None
+            ranks.send_step(inp.plan.to_bytes(), inp.input_ids if inp.patched else None)  # type: ignore[union-attr]
         if (g is not None and meta.num_decodes == meta.num_reqs
                 and g.padded_size(meta.num_reqs) is not None):
             logits = g.run(inp.input_ids, inp.positions, meta)  # lm_head inside the graph

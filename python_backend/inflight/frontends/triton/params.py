@@ -18,7 +18,7 @@ from inflight.errors import ConfigError, did_you_mean
 # EngineConfig field -> its parameter name (the TensorRT-LLM backend's, where it differs)
 PARAMETER_NAMES = {"model": "model_path", "tokenizer": "tokenizer_dir", "block_size": "tokens_per_block"}
 # parameter name -> EngineConfig field (gpt_model_path: the peer's older name of model_path)
-_RENAMES = {"gpt_model_path": "model", **{v: k for k, v in PARAMETER_NAMES.items()}}
+_RENAMES = {"gpt_model_path": "model", "tp_size": "tensor_parallel_size", **{v: k for k, v in PARAMETER_NAMES.items()}}
 # ServingConfig fields that are test-only knobs: accepted, never written into a template
 TEST_ONLY_KEYS = ("fault_injection_step", "fault_injection_step_delay_ms")
 IGNORED_KEYS = {"FORCE_CPU_ONLY_INPUT_TENSORS", "add_special_tokens", "skip_special_tokens",

@@ -38,7 +38,8 @@ def _engine_kwargs(a: argparse.Namespace, load_format: str) -> dict[str, Any]:
                           "kv_cache_free_gpu_mem_fraction": a.kv_fraction,
                           "attention_backend": a.attention_backend,
                           "enforce_eager": a.enforce_eager, "overlap_scheduler": a.overlap_scheduler,
-                          "quantization": a.quantization, "kv_cache_dtype": a.kv_cache_dtype}
+                          "quantization": a.quantization, "kv_cache_dtype": a.kv_cache_dtype,
+                          "tensor_parallel_size": a.tensor_parallel_size}
     if a.kv_tokens:
         kw["max_tokens_in_paged_kv_cache"] = a.kv_tokens
     return kw
@@ -202,6 +203,8 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quantization", default="auto",
                    help="auto | none | fp8 | awq | compressed-tensors | modelopt (docs/quantization.md)")
     p.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8"])
+    p.add_argument("--tensor-parallel-size", "--tp", type=int, default=1,
+                   help="ranks (GPUs) the model is split over (docs/parallelism.md)")
     p.add_argument("--out", default="bench-results", help="directory for JSON and PNG files")
     p.add_argument("--seed", type=int, default=0, help="workload seed")
 

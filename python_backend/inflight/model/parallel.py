@@ -1,0 +1,132 @@
+"""Tensor parallelism inside the model: the rank's view, its collectives, its weight slices.
+
+Megatron layout over N ranks (docs/parallelism.md):
+
+- column-parallel (``qkv_proj``, ``gate_up_proj``): each rank holds its output rows. The
+  fused qkv gives rank r query heads [r*Hq/N, (r+1)*Hq/N) and KV heads
+  [r*Hkv/N, ...) (N <= Hkv), or the one KV head its query heads read (N > Hkv: KV heads are
+  replicated, N/Hkv ranks share each); gate_up gives each rank its slice of gate and of up.
+- row-parallel (``o_proj``, ``down_proj``): each rank holds its input columns; the partial
+  outputs are summed by an all-reduce.
+- vocab-parallel embedding and ``lm_head``: each rank holds ceil(V/N) rows of the vocabulary
+  (the last rank's tail is zero padding); the embedding all-reduces, the logits all-gather.
+
+``TensorParallel`` is what a rank knows: rank, size, the process groups. A ``None`` or
+size-1 view makes every collective a no-op, so TP=1 runs exactly the code it ran before.
+Each layer carries ``tp_src``: part -> (start, size) of its slice of the full checkpoint
+tensor along ``tp_dim``, which the loader (worker/loader.py) applies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+
+from inflight.config import ModelConfig
+from inflight.errors import ConfigError
+
+
+@dataclass
+class TensorParallel:
+    """A rank's view of its tensor-parallel group. ``device_group`` carries the model's
+    collectives (NCCL on GPU, gloo on CPU); ``None`` groups mean size 1."""
+
+    rank: int = 0
+    size: int = 1
+    local_rank: int = 0
+    device_group: Any = None  # torch.distributed ProcessGroup (gloo / NCCL)
+
+    def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
+        """Sum over ranks, in place (x must be contiguous)."""
+        if self.size > 1:
+            self.device_group.allreduce([x]).wait()
+        return x
+
+    def all_gather_last(self, x: torch.Tensor) -> torch.Tensor:
+        """x [N, C] on every rank -> [N, size * C], ranks in order along the last dim."""
+        if self.size == 1:
+            return x
+        x = x.contiguous()
+        outs = [torch.empty_like(x) for _ in range(self.size)]
+        self.device_group.allgather([outs], [x]).wait()
+        return torch.cat(outs, dim=-1)
+
+    def broadcast(self, x: torch.Tensor) -> torch.Tensor:
+        """x from rank 0 to every rank, in place."""
+        if self.size > 1:
+            import torch.distributed as dist
+
+            opts = dist.BroadcastOptions()
+            opts.rootRank = 0
+            self.device_group.broadcast([x], opts).wait()
+        return x
+
+
+SINGLE = TensorParallel()
+
+
+@dataclass(frozen=True)
+class ShardShape:
+    """The per-rank sizes of a model under N-way tensor parallelism."""
+
+    num_heads: int  # query heads per rank
+    num_kv_heads: int  # KV heads per rank (1 when replicated)
+    intermediate: int
+    vocab: int  # vocabulary rows per rank (padded: ceil(V / N))
+    q_start: int  # first query head of this rank
+    kv_start: int  # first KV head of this rank
+
+    @classmethod
+    def of(cls, cfg: ModelConfig, tp: TensorParallel) -> ShardShape:
+        n, r = tp.size, tp.rank
+        kv = max(1, cfg.num_kv_heads // n)
+        return cls(cfg.num_heads // n, kv, cfg.intermediate_size // n, -(-cfg.vocab_size // n),
+                   r * cfg.num_heads // n, r * cfg.num_kv_heads // n)
+
+
+def check_tensor_parallel(n: int, cfg: ModelConfig) -> None:
+    """ConfigError unless the model splits evenly over ``n`` ranks."""
+    if n == 1:
+        return
+    if cfg.num_heads % n:
+        raise ConfigError(f"tensor_parallel_size {n} does not divide the model's "
+                          f"{cfg.num_heads} attention heads (num_attention_heads)")
+    kv = cfg.num_kv_heads
+    if kv % n and n % kv:
+        raise ConfigError(f"tensor_parallel_size {n} and the model's {kv} KV heads "
+                          "(num_key_value_heads): one must divide the other")
+    if cfg.intermediate_size % n:
+        raise ConfigError(f"tensor_parallel_size {n} does not divide intermediate_size "
+                          f"({cfg.intermediate_size})")
+
+
+def set_split(layer: nn.Module, dim: int, parts: dict[str | None, tuple[int, int]]) -> None:
+    """Mark ``layer``'s weight as split along ``dim``: part -> (start, size) in the full
+    checkpoint tensor. The loader narrows each checkpoint tensor to that slice."""
+    layer.tp_dim = dim  # type: ignore[assignment]
+    layer.tp_src = parts  # type: ignore[assignment]
+
+
+class VocabParallelEmbedding(nn.Module):
+    """Rows [rank * Vr, (rank + 1) * Vr) of the embedding; ids of other ranks give zeros,
+    the all-reduce adds the owner's row. ``weight`` [Vr, H] (padded rows stay zero)."""
+
+    def __init__(self, vocab: int, hidden: int, tp: TensorParallel) -> None:
+        super().__init__()
+        self.tp = tp
+        self.rows = -(-vocab // tp.size)
+        self.start = tp.rank * self.rows
+        self.weight = nn.Parameter(torch.empty(self.rows, hidden))
+        set_split(self, 0, {None: (self.start, min(self.rows, vocab - self.start))})
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        if self.tp.size == 1:
+            return nn.functional.embedding(ids, self.weight)
+        local = ids - self.start
+        outside = (local < 0) | (local >= self.rows)
+        x = nn.functional.embedding(local.masked_fill(outside, 0), self.weight)
+        x = x.masked_fill(outside[:, None], 0.0)
+        return self.tp.all_reduce(x)

@@ -1,0 +1,178 @@
+"""Tensor parallelism on CPU (gloo, float32): TP=2 greedy output equals TP=1 token for token
+for every tiny family, through chunked prefill, prefix reuse and preemption; a killed rank
+fails the requests instead of hanging; bad configurations are refused before anything starts;
+the torchrun-style path (a rank started from the environment) gives the same tokens."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+from inflight.errors import ConfigError
+from inflight.sampling_params import SamplingParams
+
+FAMILIES = ("llama", "llama2", "mistral", "qwen2", "qwen3")
+PREFIX = "The scheduler frees 42 blocks, then allocates more of them for the next request"
+PROMPTS = [PREFIX + " in the queue.", PREFIX + " and so on 😀", "Hi", "def add(a, b):\n    return a + b\n"]
+# A pool of 12 blocks of 8 tokens for four ~25-token prompts + 16 new tokens each: the
+# max_utilization policy preempts; max_num_tokens 16 chunks every prompt; reuse is on.
+STRESS: dict[str, Any] = {"max_tokens_in_paged_kv_cache": 96, "block_size": 8, "max_seq_len": 128,
+                          "max_num_tokens": 16, "batch_scheduler_policy": "max_utilization",
+                          "enable_kv_cache_reuse": True}
+GREEDY = SamplingParams(temperature=0.0, max_tokens=16, ignore_eos=True)
+
+
+def _run(llm: Any, generate_together: Callable[..., Any]) -> tuple[list[list[int]], int, int]:
+    """Two rounds over PROMPTS (the second hits the prefix cache) -> tokens, preemptions,
+    reused blocks."""
+    sched = llm.engine.scheduler
+    schedule, preempted = sched.schedule, []
+
+    def counting() -> Any:
+        plan = schedule()
+        preempted.extend(plan.preempted)
+        return plan
+
+    sched.schedule = counting
+    try:
+        tokens = [o.outputs[0].token_ids for _ in range(2)
+                  for o in generate_together(llm, PROMPTS, GREEDY)]
+    finally:
+        del sched.schedule
+    return tokens, len(preempted), llm.engine.kv.stats().reused_blocks_total
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_tp2_greedy_equals_tp1(family: str, make_llm: Callable[..., Any],
+                               generate_together: Callable[..., Any]) -> None:
+    one = _run(make_llm(family, **STRESS), generate_together)
+    two = _run(make_llm(family, tensor_parallel_size=2, **STRESS), generate_together)
+    assert two[0] == one[0], family
+    assert one[1] > 0 and two[1] > 0, "the pool is small enough to preempt"
+    assert one[2] > 0 and two[2] > 0, "the second round reuses cached prefix blocks"
+
+
+def test_tp2_context_logits_match_tp1(make_llm: Callable[..., Any],
+                                      generate_together: Callable[..., Any]) -> None:
+    """The vocab-parallel lm_head's all-gathered logits equal the single-device ones."""
+    import torch
+
+    p = SamplingParams(temperature=0.0, max_tokens=4, ignore_eos=True, return_context_logits=True)
+    a = generate_together(make_llm("qwen2"), PROMPTS[:2], p)
+    b = generate_together(make_llm("qwen2", tensor_parallel_size=2), PROMPTS[:2], p)
+    for x, y in zip(a, b, strict=True):
+        torch.testing.assert_close(y.outputs[0].context_logits, x.outputs[0].context_logits,
+                                   atol=1e-4, rtol=0)
+
+
+def test_killed_rank_fails_requests_and_stops_the_engine(tiny_model_dir: Callable[[str], str]) -> None:
+    from inflight.llm import LLM
+
+    llm = LLM(tiny_model_dir("llama"), tensor_parallel_size=2, max_tokens_in_paged_kv_cache=256,
+              block_size=8, max_seq_len=128)
+    try:
+        ranks = llm.engine.ranks
+        assert llm.generate("Hi", GREEDY, use_tqdm=False)[0].outputs[0].finish_reason == "length"
+        proc = ranks.procs[1]
+        os.kill(proc.pid, signal.SIGKILL)
+        assert ranks.died.wait(30), "the waiter thread reaps the killed rank"
+        out = llm.generate(["Hi", "Hello"], GREEDY, use_tqdm=False)
+        for o in out:
+            c = o.outputs[0]
+            assert c.finish_reason == "error"
+        assert llm.loop.wait_stopped(30)
+        assert not llm.loop.alive
+        assert "tensor parallel rank 1 exited with code -9" in (llm.loop.dead_reason or "")
+    finally:
+        llm.shutdown()
+
+
+def test_bad_tensor_parallel_sizes_are_refused_before_start(tiny_model_dir: Callable[[str], str],
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+    from inflight.config import EngineConfig, ModelConfig
+    from inflight.llm import LLM
+    from inflight.worker import ranks
+
+    d = tiny_model_dir("llama")  # 4 attention heads, 2 KV heads, intermediate 128
+    with pytest.raises(ConfigError, match=r"tensor_parallel_size must be >= 1, got 0"):
+        LLM(d, tensor_parallel_size=0)
+    with pytest.raises(ConfigError, match=r"tensor_parallel_size 3 does not divide the model's 4 attention heads"):
+        LLM(d, tensor_parallel_size=3)
+    mc = ModelConfig.from_hf(d)
+    with pytest.raises(ConfigError, match=r"quantized weights \(quantization=fp8\) run with tensor_parallel_size 1"):
+        ranks.check_start(EngineConfig(d, tensor_parallel_size=2, quantization="fp8"), mc)
+    with pytest.raises(ConfigError, match=r"device 'cuda:1' with tensor_parallel_size 2"):
+        ranks.check_start(EngineConfig(d, tensor_parallel_size=2, device="cuda:1"), mc)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(ConfigError, match=r"tensor_parallel_size 4 needs 4 GPUs on this machine but 1 are visible"):
+        ranks.check_start(EngineConfig(d, tensor_parallel_size=4, device="cuda"), mc)
+
+
+def test_kv_heads_replicate_when_ranks_exceed_them(tiny_model_dir: Callable[[str], str]) -> None:
+    """4 ranks over 2 KV heads: ranks 0-1 read KV head 0, ranks 2-3 KV head 1."""
+    from inflight.config import ModelConfig
+    from inflight.model.parallel import ShardShape, TensorParallel
+
+    mc = ModelConfig.from_hf(tiny_model_dir("llama"))
+    shapes = [ShardShape.of(mc, TensorParallel(r, 4)) for r in range(4)]
+    assert [(s.num_heads, s.q_start, s.num_kv_heads, s.kv_start) for s in shapes] == [
+        (1, 0, 1, 0), (1, 1, 1, 0), (1, 2, 1, 1), (1, 3, 1, 1)]
+    assert {s.vocab for s in shapes} == {384}
+
+
+def test_rank_failing_to_start_is_a_config_error(tiny_model_dir: Callable[[str], str],
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from inflight.llm import LLM
+
+    monkeypatch.setenv("INFLIGHT_ALLOW_FAULT_INJECTION", "1")
+    monkeypatch.setenv("INFLIGHT_TP_FAIL_RANK", "1")
+    with pytest.raises(ConfigError, match=r"tensor parallel rank 1 .*injected start-up failure"):
+        LLM(tiny_model_dir("llama"), tensor_parallel_size=2, max_tokens_in_paged_kv_cache=256)
+
+
+def test_tp_size_repository_parameter(tiny_model_dir: Callable[[str], str]) -> None:
+    from inflight.frontends.triton.params import parse_parameters
+
+    eng, _ = parse_parameters({"model_path": tiny_model_dir("llama"), "tp_size": "2"})
+    assert eng["tensor_parallel_size"] == 2
+
+
+def test_rank_from_torchrun_environment(tiny_model_dir: Callable[[str], str],
+                                        monkeypatch: pytest.MonkeyPatch,
+                                        generate_together: Callable[..., Any],
+                                        make_llm: Callable[..., Any]) -> None:
+    """The several-machines path: the engine spawns no rank (LOCAL_WORLD_SIZE=1); rank 1 starts
+    on its own from RANK / LOCAL_RANK / WORLD_SIZE / MASTER_ADDR / MASTER_PORT."""
+    from inflight.llm import LLM
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    rank_env = {**os.environ, "RANK": "1", "LOCAL_RANK": "0", "WORLD_SIZE": "2",
+                "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    worker = subprocess.Popen([sys.executable, "-m", "inflight.worker.ranks"], env=rank_env)
+    try:
+        monkeypatch.setenv("MASTER_PORT", str(port))
+        monkeypatch.setenv("LOCAL_WORLD_SIZE", "1")
+        kw = {"max_tokens_in_paged_kv_cache": 256, "block_size": 8, "max_seq_len": 128}
+        llm = LLM(tiny_model_dir("llama2"), tensor_parallel_size=2, **kw)
+        try:
+            assert not llm.engine.ranks.procs
+            got = [o.outputs[0].token_ids for o in generate_together(llm, PROMPTS, GREEDY)]
+        finally:
+            llm.shutdown()
+        assert worker.wait(30) == 0
+        monkeypatch.delenv("LOCAL_WORLD_SIZE")
+        ref = [o.outputs[0].token_ids for o in generate_together(make_llm("llama2", **kw), PROMPTS, GREEDY)]
+        assert got == ref
+    finally:
+        if worker.poll() is None:
+            worker.kill()
