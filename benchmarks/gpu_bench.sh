@@ -17,6 +17,11 @@
 #                                          # (SET="engine_process=off" for the in-stub engine thread)
 #   bash benchmarks/gpu_bench.sh openai    # issue 16: llm layout over gRPC vs through the OpenAI front end,
 #                                          # same server (stub venv: ../shared/tools/device-serve-env.sh)
+#   bash benchmarks/gpu_bench.sh tp-test   # issue 15 (kind nvidia-h200-x2), call 1: kernel + engine GPU tests
+#                                          # with the TP=2 tests (NCCL, CUDA graphs), TP=2 vs TP=1 bf16 logits
+#   bash benchmarks/gpu_bench.sh tp        # issue 15, call 2: 8B batch-1 latency and 128/128 x1000 at TP=1
+#                                          # (GPU 0) and TP=2
+#   bash benchmarks/gpu_bench.sh tp70      # issue 15, call 3: the Llama-3.1-70B shape at TP=2 (b1, 128/128)
 #   bash benchmarks/gpu_bench.sh ab OLD.tar [build|latency|throughput|scheduler]
 #                                          # this tree vs an older one (git archive COMMIT > OLD.tar),
 #                                          # same machine, alternating old/new; both built as wheels
@@ -71,6 +76,30 @@ B="python3 -m inflight.tools.cli bench"
 case "${1:-all}" in
   quant)
     bash benchmarks/quant_bench.sh
+    ;;
+  tp-test|tp|tp70)  # issue 15: never enable NVLink multicast on the shared machines
+    export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
+    nvidia-smi topo -m | head -4
+    if [ "$1" = tp-test ]; then
+      python3 -m pytest -q -p no:cacheprovider -s tests/kernels tests/unit/test_engine_parity.py \
+        tests/unit/test_tensor_parallel.py 2>&1 | tee "$OUT/tp-tests.log" | grep -E "TP2 vs TP1|passed|failed|Error" | tail -25
+      exit 0
+    fi
+    T8="--model llama-3.1-8b --isl 128 --osl 128 --num-requests 1000 --max-batch-size 1024 --max-num-tokens 16384"
+    if [ "$1" = tp70 ]; then
+      echo "== 70B TP=2 batch-1 latency (140 GB bf16: TP=1 does not fit one H200)"
+      timeout 280 $B latency --model llama-3.1-70b --isl 128 --osl 128 --tp 2 --max-seq-len 2048 --out "$OUT/tp2-70b" 2>&1 | tail -3
+      echo "== 70B TP=2 throughput 128/128 x1000"
+      timeout 280 $B throughput ${T8/llama-3.1-8b/llama-3.1-70b} --max-seq-len 2048 --tp 2 --out "$OUT/tp2-70b" 2>&1 | tail -3
+      exit 0
+    fi
+    for tp in 1 2; do
+      gpus=$([ $tp = 1 ] && echo 0 || echo 0,1)
+      echo "== 8B TP=$tp batch-1 latency"
+      CUDA_VISIBLE_DEVICES=$gpus timeout 240 $B latency --model llama-3.1-8b --isl 128 --osl 256 --tp $tp --out "$OUT/tp$tp" 2>&1 | tail -3
+      echo "== 8B TP=$tp throughput 128/128 x1000"
+      CUDA_VISIBLE_DEVICES=$gpus timeout 240 $B throughput $T8 --tp $tp --out "$OUT/tp$tp" 2>&1 | tail -3
+    done
     ;;
   test)
     python3 -m pytest -q -p no:cacheprovider tests/kernels tests/unit/test_engine_parity.py 2>&1 | tee "$OUT/gpu-tests.log" | tail -25

@@ -81,5 +81,5 @@ def test_bench_suggests_a_shipped_config(tmp_path: Path, capsys: pytest.CaptureF
     rc = main(["bench", "latency", "--model", "llama-3.1-8B", "--out", str(tmp_path)])
     assert (rc, capsys.readouterr().err) == (
         2, "error: --model 'llama-3.1-8B' does not exist: it is no checkpoint directory and no "
-           "shipped config; did you mean 'llama-3.1-8b'? known: llama-3.1-8b, llama-3.2-1b, "
-           "qwen2.5-0.5b, qwen2.5-7b\n")
+           "shipped config; did you mean 'llama-3.1-8b'? known: llama-3.1-8b, llama-3.1-70b, "
+           "llama-3.2-1b, qwen2.5-0.5b, qwen2.5-7b\n")

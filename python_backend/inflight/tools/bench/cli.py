@@ -13,7 +13,7 @@ import os
 import sys
 from typing import Any
 
-SHIPPED = ("llama-3.1-8b", "llama-3.2-1b", "qwen2.5-0.5b", "qwen2.5-7b")
+SHIPPED = ("llama-3.1-8b", "llama-3.1-70b", "llama-3.2-1b", "qwen2.5-0.5b", "qwen2.5-7b")
 
 
 def resolve_bench_model(name: str) -> tuple[str, str | None, str]:
