@@ -4,8 +4,10 @@ batch 2) on `ensemble_unary` and streaming on `ensemble` from the one engine, ou
 the peer's, no prompt in a stream, the peer's perf-metric output names, unimplemented inputs
 named by feature, errors naming the tensor the client sent; `ensemble_unary` under a client
 cancel and a client timeout (the engine request is aborted, its KV blocks freed, the client
-gets exactly one answer, the server keeps serving). Steps are slowed to STEP_DELAY_MS (a
-test-only knob) so the long requests of the cancel tests are still running when cancelled."""
+gets exactly one answer, the server keeps serving); `max_queue_size` in Triton's queue policy
+(where the peer keeps it), enforced by Triton and by the engine (one running slot,
+`max_batch_size=1`). Steps are slowed to STEP_DELAY_MS (a test-only knob) so the long requests
+of the cancel and queue tests are still running when cancelled."""
 
 from __future__ import annotations
 
@@ -27,6 +29,7 @@ ENGINE = "tensorrt_llm"
 STEP_DELAY_MS = 10
 LONG = 480  # tokens: >= 4.8 s of steps, far longer than a cancel or the client timeout
 CANCEL_BOUND_S = 20.0  # generous: a loaded 2-core CI box
+QUEUE = 2  # max_queue_size: Triton's queue policy and the engine's waiting requests
 
 
 @pytest.fixture(scope="module")
@@ -35,7 +38,8 @@ def server(triton_server_factory, tmp_path_factory: pytest.TempPathFactory):
 
     out = tmp_path_factory.mktemp("trtllm") / "repo"
     repo.build("tiny:llama", str(out), profile="trtllm",
-               values={"max_seq_len": "512", "max_tokens_in_paged_kv_cache": "2048"})
+               values={"max_seq_len": "512", "max_tokens_in_paged_kv_cache": "2048",
+                       "max_batch_size": "1", "max_queue_size": str(QUEUE)})
     add_parameter(out / ENGINE / "config.pbtxt", "fault_injection_step_delay_ms", str(STEP_DELAY_MS))
     return triton_server_factory(out, ready_timeout=240, env={"INFLIGHT_ALLOW_FAULT_INJECTION": "1"})
 
@@ -178,3 +182,46 @@ def test_unary_client_timeout_stops_the_engine_request(server) -> None:
     _after_stop(server, aborts)
     ran = metric(server.metrics_url, "inflight_generation_tokens_total", model=ENGINE) - tokens
     assert 0 < ran < LONG + 6, ran
+
+
+def _engine_request(tokens: int) -> list:
+    """A streamed request on the engine model itself (as the peer's test_max_queue_size.py
+    sends it over gRPC); min_tokens = tokens so the random model cannot end it early."""
+    return _inputs(grpcclient, {
+        "input_ids": np.array([[5, 6, 7, 8]], dtype=np.int32),
+        "input_lengths": np.array([[4]], dtype=np.int32),
+        "request_output_len": np.array([[tokens]], dtype=np.int32),
+        "min_tokens": np.array([[tokens]], dtype=np.int32),
+        "streaming": np.array([[True]])})
+
+
+def test_max_queue_size_is_tritons_queue_policy_and_the_engines(server) -> None:
+    cfg = _grpc(server).get_model_config(ENGINE, as_json=True)["config"]
+    assert int(cfg["dynamic_batching"]["default_queue_policy"]["max_queue_size"]) == QUEUE
+    wait_kv_idle(server.metrics_url, model=ENGINE)
+    aborts = _aborts(server)
+    hog, burst = _grpc(server), _grpc(server)
+    hog.start_stream(callback=lambda result, error: None)
+    hog.async_stream_infer(ENGINE, _engine_request(LONG))
+    _wait_running(server)  # the engine's one running slot is taken for >= 4.8 s
+    answers: queue.Queue = queue.Queue()
+    burst.start_stream(callback=lambda result, error: answers.put((result, error)))
+    sent = QUEUE + 8
+    for _ in range(sent):
+        burst.async_stream_infer(ENGINE, _engine_request(4))
+    # while the hog runs, at most QUEUE wait in Triton's queue and QUEUE in the engine's
+    refused: list[str] = []
+    while len(refused) < sent - 2 * QUEUE:
+        result, error = answers.get(timeout=CANCEL_BOUND_S)
+        if error is not None:
+            refused.append(error.message())
+    hog.stop_stream(cancel_requests=True)
+    burst.stop_stream()  # the accepted ones run to their end
+    while not answers.empty():
+        result, error = answers.get()
+        if error is not None:
+            refused.append(error.message())
+    # both refusals (Triton's queue, the engine's) carry the phrase the peer's gRPC check wants
+    assert all("Exceeds maximum queue size" in m for m in refused), refused
+    assert sent - 2 * QUEUE <= len(refused) <= sent, refused
+    _after_stop(server, aborts)

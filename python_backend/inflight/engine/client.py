@@ -179,7 +179,8 @@ class EngineClient:
             cap = self.cfg.max_queue_size
             queued = self.stats.num_waiting + sum(k for _, k in self._unacked)
             if cap and queued + n > cap:
-                raise QueueFullError(f"request {request_id!r} exceeds maximum queue size ({cap})")
+                raise QueueFullError(f"Exceeds maximum queue size: Maximum queue size of {cap} reached; "
+                                     f"request {request_id!r} exceeds maximum queue size ({cap})")
             if not self.alive:  # died meanwhile: its live requests were already failed
                 raise EngineDeadError(f"engine is not running: {self.dead_reason or 'stopped'}")
             self._seq += 1
@@ -321,7 +322,8 @@ class EngineClient:
             except subprocess.TimeoutExpired:
                 self.proc.kill()
                 self.proc.wait()
-        self._to.close()
+        with self._lock:  # submit/abort send under this lock after checking `alive`
+            self._to.close()
         self._from.close()
         self._ctx.term()
         if self._dir is not None:

@@ -178,7 +178,8 @@ class LLMEngine:
             raise InvalidRequestError("request_id", f"{request_id!r} is already in flight")
         cap = self.cfg.max_queue_size
         if cap and self.scheduler.num_waiting + queued_elsewhere + num_seqs > cap:
-            raise QueueFullError(f"request {request_id!r} exceeds maximum queue size ({cap})")
+            raise QueueFullError(f"Exceeds maximum queue size: Maximum queue size of {cap} reached; "
+                                 f"request {request_id!r} exceeds maximum queue size ({cap})")
 
     def make_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
                      callback: UpdateCallback | None = None, priority: int = 0

@@ -29,10 +29,12 @@ DEFAULT_LAYOUT = {"inflight": "ensemble", "trtllm": "ensemble", "vllm": "llm"}
 TRTLLM_MODELS = ["preprocessing", "tensorrt_llm", "postprocessing", "ensemble", "tensorrt_llm_bls",
                  "ensemble_unary"]
 # a profile's defaults where they differ from inflight's (the user's --set wins)
-PROFILE_DEFAULTS = {"trtllm": {"exclude_input_in_output": "false", "engine_model": "tensorrt_llm"}}
+# (the trtllm queue policy's values default as the peer's fill_template.py fills them: 0, 0)
+PROFILE_DEFAULTS = {"trtllm": {"exclude_input_in_output": "false", "engine_model": "tensorrt_llm",
+                               "max_queue_size": "0", "max_queue_delay_microseconds": "0"}}
 SERVER_KEYS = ["triton_max_batch_size", "instance_count", "preprocessing_model", "engine_model",
                "postprocessing_model", "add_special_tokens", "skip_special_tokens",
-               "REPORT_CUSTOM_METRICS"]
+               "REPORT_CUSTOM_METRICS", "max_queue_delay_microseconds"]
 DEFAULTS = {"triton_max_batch_size": "64", "instance_count": "1", "decoupled_mode": "true"}
 _PLACEHOLDER = re.compile(r"\$\{(\w+)\}")
 
@@ -70,6 +72,9 @@ def validate(values: dict[str, str]) -> None:
     for key in ("triton_max_batch_size", "instance_count"):  # Triton's own, not ours
         if key in values and not (values[key].isdigit() and int(values[key]) >= 1):
             raise ConfigError(f"--set {key}={values[key]}: expected an integer >= 1")
+    for key in ("max_queue_size", "max_queue_delay_microseconds"):  # also in a queue policy
+        if key in values and not values[key].isdigit():
+            raise ConfigError(f"--set {key}={values[key]}: expected an integer >= 0")
     engine = {k: {"string_value": v} for k, v in values.items() if k in ENGINE_PARAMS}
     load_config(raw_parameters({"parameters": engine}), source="--set")
 

@@ -35,13 +35,30 @@ def _peer_only_keys() -> set[str]:
 
 
 def raw_parameters(model_config: dict[str, Any]) -> dict[str, str]:
-    """{'key': 'value'} from model_config['parameters'], dropping unfilled ${...} values."""
+    """{'key': 'value'} from model_config['parameters'], dropping unfilled ${...} values.
+    A Triton queue policy's ``max_queue_size`` (``dynamic_batching { default_queue_policy
+    {...} }``, where tensorrtllm_backend keeps it) is the engine's ``max_queue_size`` too."""
     out = {}
     for k, v in (model_config.get("parameters") or {}).items():
         s = v.get("string_value", "") if isinstance(v, dict) else str(v)
         if s and not (s.startswith("${") and s.endswith("}")):
             out[k] = s
+    queued = queue_policy_size(model_config)
+    if queued is not None:
+        if out.get("max_queue_size", queued) != queued:
+            raise ConfigError(f"config.pbtxt parameter 'max_queue_size' ({out['max_queue_size']}) "
+                              f"differs from dynamic_batching.default_queue_policy.max_queue_size "
+                              f"({queued}); set one of them")
+        out["max_queue_size"] = queued
     return out
+
+
+def queue_policy_size(model_config: dict[str, Any]) -> str | None:
+    """``dynamic_batching.default_queue_policy.max_queue_size`` as a string (Triton enforces
+    it on its own queue; the engine holds its waiting requests to the same cap), or None."""
+    policy = (model_config.get("dynamic_batching") or {}).get("default_queue_policy") or {}
+    size = policy.get("max_queue_size")
+    return None if size is None else str(int(size))
 
 
 def param_bool(params: dict[str, str], key: str, default: bool) -> bool:

@@ -259,6 +259,19 @@ def _ensemble(engine: str) -> str:
             + "ensemble_scheduling {\n  step [\n" + steps + "  ]\n}\n")
 
 
+# Triton's dynamic batcher with its queue policy, where the peer has it (tensorrt_llm and
+# preprocessing): Triton refuses a request over the cap on its own queue ("Exceeds maximum
+# queue size"); the engine holds its waiting requests to the same cap.
+DYNAMIC_BATCHING = ("dynamic_batching {\n  preferred_batch_size: [ ${triton_max_batch_size} ]\n"
+                    "  max_queue_delay_microseconds: ${max_queue_delay_microseconds}\n"
+                    "  default_queue_policy: { max_queue_size: ${max_queue_size} }\n}\n")
+
+
+def _queued(config: str) -> str:
+    """Insert DYNAMIC_BATCHING before the model's inputs."""
+    return config.replace("input [\n", DYNAMIC_BATCHING + "input [\n", 1)
+
+
 def templates() -> dict[str, str]:
     """The TensorRT-LLM profile's models (decoupled ones say `decoupled: true`; repo build
     turns that off for decoupled_mode=false)."""
@@ -269,13 +282,15 @@ def templates() -> dict[str, str]:
         _python_model,
     )
 
+    # the queue cap lives in the queue policy only (params.raw_parameters hands it to the engine)
+    engine_params = [k for k in ENGINE_PARAMS if k != "max_queue_size"] + PEER_ONLY_ENGINE_PARAMS
     return {
-        "preprocessing": _python_model("preprocessing", TRTLLM_PRE_INPUTS, TRTLLM_PRE_OUTPUTS,
-                                       TOKENIZER_PARAMS + ["add_special_tokens"], False),
+        "preprocessing": _queued(_python_model("preprocessing", TRTLLM_PRE_INPUTS, TRTLLM_PRE_OUTPUTS,
+                                               TOKENIZER_PARAMS + ["add_special_tokens"], False)),
         "postprocessing": _python_model("postprocessing", TRTLLM_POST_INPUTS, TRTLLM_POST_OUTPUTS,
                                         TOKENIZER_PARAMS + ["engine_model", "skip_special_tokens"], False),
-        "tensorrt_llm": _python_model("tensorrt_llm", TRTLLM_ENGINE_INPUTS, TRTLLM_ENGINE_OUTPUTS,
-                                      ENGINE_PARAMS + PEER_ONLY_ENGINE_PARAMS, True, count="1"),
+        "tensorrt_llm": _queued(_python_model("tensorrt_llm", TRTLLM_ENGINE_INPUTS, TRTLLM_ENGINE_OUTPUTS,
+                                              engine_params, True, count="1")),
         "ensemble": _ensemble("tensorrt_llm"),
         "tensorrt_llm_bls": _python_model("tensorrt_llm_bls", BLS_INPUTS, FRONT_OUTPUTS,
                                           ["preprocessing_model", "engine_model", "postprocessing_model",
