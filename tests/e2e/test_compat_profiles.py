@@ -173,12 +173,14 @@ def test_vllm_additional_outputs_on_every_streamed_response(vllm) -> None:
     rs = _stream(vllm, PLAIN, _one(PROMPTS[1], stream=_flag(), **flags,
                                    sampling_parameters=_sp({"max_tokens": 5, "ignore_eos": True})))
     rs = [r for r in rs if r.as_numpy("text_output") is not None]
-    assert len(rs) == 5
+    # one response per token unless the sender fell behind the engine (it then merges what
+    # piled up: docs/architecture.md step 4), so at most 5; the token counts add up to 5
+    assert 1 <= len(rs) <= 5
     for r in rs:
         for name in ("finish_reason", "cumulative_logprob", "num_input_tokens", "num_output_tokens"):
             assert r.as_numpy(name) is not None, name
     reasons = [r.as_numpy("finish_reason")[0] for r in rs]
-    assert reasons[:-1] == [b"None"] * 4 and reasons[-1] == b"length"
+    assert reasons[:-1] == [b"None"] * (len(rs) - 1) and reasons[-1] == b"length"
     assert sum(int(r.as_numpy("num_output_tokens")[0]) for r in rs) == 5
 
 
