@@ -26,6 +26,7 @@ import threading
 import time
 import urllib.request
 from collections import Counter
+from pathlib import Path
 from typing import Any
 
 
@@ -156,11 +157,17 @@ def serve_layout(a: argparse.Namespace, layout: str, prompts: list[str], lens: l
     from inflight.tools.repo import build
 
     model, _, fmt = resolve_bench_model(a.model)
+    sets = dict(kv.split("=", 1) for kv in a.set)
+    engine_only = {k: sets.pop(k) for k in ("engine_process", "warmup") if k in sets}  # not templated
     kw = {"load_format": fmt, "dtype": a.dtype, "max_seq_len": str(a.max_seq_len),
           "max_batch_size": str(a.max_batch_size), "stream_interval": str(a.stream_interval),
-          "tokenizer_dir": tokdir, **dict(kv.split("=", 1) for kv in a.set)}
+          "tokenizer_dir": tokdir, **sets}
     repo = tempfile.mkdtemp(prefix=f"serve13-{layout}-")
     build(model, repo, layout, kw, force=True)
+    for k, v in engine_only.items():
+        from inflight.testing.repos import add_parameter
+
+        add_parameter(Path(repo) / ("llm" if layout == "llm" else "engine") / "config.pbtxt", k, v)
     if layout == "ensemble":  # only the models the ensemble uses: one engine on the device
         for extra in ("bls", "ensemble_unary"):
             shutil.rmtree(os.path.join(repo, extra), ignore_errors=True)

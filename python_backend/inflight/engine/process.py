@@ -157,6 +157,19 @@ class EngineProcess:
                 return 1
 
 
+def _cpu_threads(engine: Any) -> None:
+    """On a CPU engine, leave one core to the front end (the stub, tritonserver): with every core
+    in torch's thread pool, each op's threads wait for a core the stub holds, and the stub's
+    receiver waits for the engine's spinning threads (measured on 2 cores, Poisson 50 req/s:
+    TTFT p50 230 ms against 2.3 ms with one thread fewer). OMP_NUM_THREADS, when set, wins."""
+    if engine.runner.device.type != "cpu" or "OMP_NUM_THREADS" in os.environ:
+        return
+    import torch
+
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    torch.set_num_threads(max(1, cores - 1))
+
+
 def main(spec: dict[str, Any]) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
@@ -180,6 +193,7 @@ def main(spec: dict[str, Any]) -> None:
         from inflight.engine.warmup import should_warm_up, warm_up
 
         engine = LLMEngine(EngineConfig(**spec["config"]))
+        _cpu_threads(engine)
         took = warm_up(engine) if should_warm_up(spec["warmup"], engine.runner.device.type) else 0.0
         hook = None
         if spec["fault_step"] or spec["fault_delay_ms"]:
