@@ -396,3 +396,18 @@ def test_cancellation_polls_are_bounded_and_reach_every_call() -> None:
         assert POLL_ALL <= len(got) <= 100
         seen |= {g[0] for g in got}
     assert seen == set(range(1000))
+
+
+def test_the_process_dies_with_a_watched_process() -> None:
+    """The Triton stub watches tritonserver: a stub can outlive a SIGKILLed server."""
+    server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    c = EngineClient(_cfg(), watch=[server.pid])
+    try:
+        server.kill()
+        server.wait()
+        assert c.wait_stopped(DEADLINE_S)
+        _wait(lambda: _gone(c.pid), "the engine process to end with the watched process")
+        assert c.proc.returncode == 2 and not c.alive
+    finally:
+        server.kill()
+        c.shutdown()

@@ -50,11 +50,28 @@ BOOT = (
 
 
 def spec_for(cfg: Any, inbox: str, outbox: str, *, warmup: str = "auto", fault_step: int = 0,
-             fault_delay_ms: int = 0) -> dict[str, Any]:
-    """What the child needs, as JSON (its argv): no pickle, nothing from the network."""
+             fault_delay_ms: int = 0, watch: list[int] | None = None) -> dict[str, Any]:
+    """What the child needs, as JSON (its argv): no pickle, nothing from the network.
+    ``watch``: more processes whose end ends the engine (the Triton stub passes tritonserver:
+    a stub can outlive a SIGKILLed server, its engine must not)."""
     return {"config": asdict(cfg), "inbox": inbox, "outbox": outbox, "parent": os.getpid(),
             "sys_path": list(sys.path), "warmup": warmup, "fault_step": fault_step,
-            "fault_delay_ms": fault_delay_ms}
+            "fault_delay_ms": fault_delay_ms,
+            "watch": [[pid, start_time(pid)] for pid in (watch or []) if start_time(pid) is not None]}
+
+
+def start_time(pid: int) -> int | None:
+    """The process's start time (clock ticks since boot), None if it is gone or a zombie: with
+    the pid it names one process, whatever reuses the pid later."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            rest = f.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return None if rest[0] in ("Z", "X") else int(rest[19])
+
+
+WATCH_S = 0.5  # how often the watched processes are checked
 
 
 class _LoopView:
@@ -66,7 +83,7 @@ class _LoopView:
 
 class EngineProcess:
     def __init__(self, engine: Any, inbox: Any, outbox: Any, parent: int,
-                 hook: Any = None) -> None:
+                 hook: Any = None, watch: list[list[int]] | None = None) -> None:
         from inflight.engine import wire
 
         self.wire = wire
@@ -76,6 +93,17 @@ class EngineProcess:
         self.hook = hook
         self.updates: list[Any] = []
         self.acked = 0
+        self.watch = watch or []
+        self._next_watch = 0.0
+
+    def _orphaned(self) -> bool:
+        """The parent is gone (PDEATHSIG normally got here first), or a watched process is."""
+        if os.getppid() != self.parent:
+            return True
+        if self.watch and time.monotonic() >= self._next_watch:
+            self._next_watch = time.monotonic() + WATCH_S
+            return any(start_time(pid) != start for pid, start in self.watch)
+        return False
 
     def _cb(self, u: Any) -> None:
         self.updates.append(self.wire.wire_update(u))
@@ -130,8 +158,9 @@ class EngineProcess:
                     eng.abort(m.request_id)
                 else:
                     stop = True
-            if os.getppid() != self.parent:
-                return 2  # the parent is gone (PDEATHSIG normally got here first)
+            if self._orphaned():
+                log.error("engine process: its parent or server is gone; exiting")
+                return 2
             try:
                 if stop:
                     for rid in list(eng.children):
@@ -207,7 +236,7 @@ def main(spec: dict[str, Any]) -> None:
         outbox.send(wire.encode(wire.Hello(
             os.getpid(), engine.vocab_size, engine.max_seq_len, engine.kv.num_blocks,
             engine.kv.block_size, sorted(engine.eos_token_ids), took)))
-        code = EngineProcess(engine, inbox, outbox, spec["parent"], hook).run()
+        code = EngineProcess(engine, inbox, outbox, spec["parent"], hook, spec.get("watch")).run()
     t0 = time.monotonic()
     inbox.close()
     outbox.close()  # LINGER: what is queued still goes out

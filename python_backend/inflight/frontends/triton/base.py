@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from typing import Any
 
 import numpy as np
@@ -57,7 +58,10 @@ def start_engine(cfg: Any, srv: ServingConfig) -> EngineLoop | EngineClient:
     if step or delay:
         check_fault_injection(step, delay)
     if srv.engine_process != "off":
-        return EngineClient(cfg, warmup=srv.warmup, fault_step=step, fault_delay_ms=delay)
+        # the stub's parent is tritonserver: a stub may outlive a SIGKILLed server, the engine
+        # process (and its device memory) must not
+        return EngineClient(cfg, warmup=srv.warmup, fault_step=step, fault_delay_ms=delay,
+                            watch=[os.getppid()])
     loop = EngineLoop(cfg, warmup=srv.warmup)
     if step or delay:
         loop._fault_hook = fault_hook(loop, step, delay)
