@@ -5,7 +5,7 @@ paths) before it reports ready. The H200 profile of issue 13 saw Triton kernels 
 
 The requests cover a prefill alone, prefill chunks mixed with decodes, several prompt lengths
 (different attention and GEMM shapes) and the default sampler paths (greedy, temperature
-with top-k/top-p, logprobs). Afterwards the engine is idle again: no live sequence, every KV
+with top-k/top-p, logprobs, min_tokens, penalties). Afterwards the engine is idle again: no live sequence, every KV
 block free, and the step counter back at 0 (fault injection and metrics count real steps).
 """
 
@@ -40,7 +40,9 @@ def warm_up(engine: LLMEngine, max_steps: int = 64) -> float:
     vocab = engine.vocab_size
     samplers = [SamplingParams(max_tokens=4, temperature=0.0, ignore_eos=True),
                 SamplingParams(max_tokens=4, temperature=0.8, top_k=50, top_p=0.9, ignore_eos=True),
-                SamplingParams(max_tokens=4, temperature=0.0, logprobs=1, ignore_eos=True)]
+                SamplingParams(max_tokens=4, temperature=0.0, logprobs=1, ignore_eos=True),
+                # min_tokens masks the end ids; penalties read the history (a non-overlapped step)
+                SamplingParams(max_tokens=4, min_tokens=2, temperature=0.7, repetition_penalty=1.1)]
     lengths = _lengths(engine)
     # one request first: its second step is a decode mixed with the other prompts' prefill
     first, rest = lengths[0], lengths[1:]
