@@ -161,9 +161,9 @@ print('repo ready', flush=True)"
     source .whl2/device-serve-env.sh venv   # the stub's numpy-1.26 venv (DESIGN.md, known limits)
     export PATH=/tmp/isite/bin:$PATH
     extra=(); for kv in ${SET:-}; do extra+=(--set "$kv"); done   # SET="engine_process=off": the old design
-    timeout 570 python3 benchmarks/serve_ratio.py --model llama-3.1-8b --dtype bfloat16 --dataset sharegpt \
+    timeout 555 python3 benchmarks/serve_ratio.py --model llama-3.1-8b --dtype bfloat16 --dataset sharegpt \
         --num-requests "${N:-1000}" --max-batch-size 256 --rates "${RATES:-2,10,20,30,40,inf}" \
-        --curve-requests "${CURVE_N:-100}" --pyspy --out "$OUT/serve13${SET:+-${SET//[^a-z0-9]/_}}" "${extra[@]}" 2>&1 \
+        --curve-requests "${CURVE_N:-100}" --pyspy --out "$OUT/serve13${SET:+-${SET//[^a-z0-9]/_}}" ${extra[@]+"${extra[@]}"} 2>&1 \
         | grep -vE "^\s*$|it/s\]|Loading weights"
     pkill -9 -x tritonserver; pkill -9 -f triton_python_backend_stub; pkill -9 -x inflight-engine
     ;;

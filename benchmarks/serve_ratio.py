@@ -269,15 +269,23 @@ def main() -> int:
         results["offline"] = {"req_s": off["req_s"], "output_tok_s": off["output_tok_s"],
                               "wall_s": round(time.monotonic() - t0, 1)}
         print(f"== offline: {results['offline']}", flush=True)
-    for layout in a.layouts.split(","):
-        try:
-            serve_layout(a, layout, prompts, wl.output_lens, tokdir, results)
-        except Exception as e:  # noqa: BLE001 - report and go on with the next layout
-            print(f"!! {layout}: {type(e).__name__}: {e}", flush=True)
-            results[layout] = {"error": str(e)}
-    with open(os.path.join(a.out, "summary.json"), "w") as f:
-        json.dump(results, f, indent=1)
-    print_summary(results)
+    def stop(*_: Any) -> None:  # `timeout` sends SIGTERM: still print what was measured
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+    try:
+        for layout in a.layouts.split(","):
+            try:
+                serve_layout(a, layout, prompts, wl.output_lens, tokdir, results)
+            except Exception as e:  # noqa: BLE001 - report and go on with the next layout
+                print(f"!! {layout}: {type(e).__name__}: {e}", flush=True)
+                results[layout] = {"error": str(e)}
+    except KeyboardInterrupt:
+        print("!! interrupted: the summary shows what was measured so far", flush=True)
+    finally:
+        with open(os.path.join(a.out, "summary.json"), "w") as f:
+            json.dump(results, f, indent=1)
+        print_summary(results)
     return 0
 
 
