@@ -281,15 +281,22 @@ def test_queue_cap_counts_what_was_sent() -> None:
         c.shutdown()
 
 
-def test_abort_through_the_process(client) -> None:
-    sink = Sink()
-    client.submit("long", "hi", SamplingParams(max_tokens=500, temperature=0, ignore_eos=True), sink)
-    assert sink.first.wait(DEADLINE_S)
-    client.abort("long")
-    assert sink.final.wait(DEADLINE_S)
-    assert sink.last().finish_reason == "abort"
-    assert sum(len(u.token_ids) for u in sink.updates) < 500
-    assert client.wait_idle(DEADLINE_S)
+def test_abort_through_the_process(monkeypatch) -> None:
+    monkeypatch.setenv("INFLIGHT_ALLOW_FAULT_INJECTION", "1")
+    client = EngineClient(_cfg(), fault_delay_ms=10)  # 500 tokens take >= 5 s: still running
+    try:
+        sink = Sink()
+        client.submit("long", "hi", SamplingParams(max_tokens=500, temperature=0, ignore_eos=True),
+                      sink)
+        assert sink.first.wait(DEADLINE_S)
+        client.abort("long")
+        assert sink.final.wait(DEADLINE_S)
+        assert sink.last().finish_reason == "abort"
+        assert sum(len(u.token_ids) for u in sink.updates) < 500
+        assert client.wait_idle(DEADLINE_S)
+        _wait(lambda: client.fresh_stats().kv.used_blocks == 0, "KV idle")
+    finally:
+        client.shutdown()
 
 
 def test_shutdown_ends_the_process_and_frees_the_channel() -> None:
