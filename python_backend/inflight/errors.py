@@ -11,10 +11,15 @@ class InflightError(Exception):
 
 
 class InvalidRequestError(InflightError, ValueError):
-    """A request field is out of range. ``field`` names it; the message gives the bound."""
+    """A request field is out of range. ``field`` names it; the message gives the bound.
 
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
+    ``wording``: the whole message instead, where a peer's clients compare an error's exact
+    text (a compatibility profile); it must still name the field."""
+
+    def __init__(self, field: str, message: str, *, wording: str | None = None) -> None:
+        if wording is not None and field not in wording:
+            raise ValueError(f"wording {wording!r} does not name the field {field!r}")
+        super().__init__(wording if wording is not None else f"{field}: {message}")
         self.field = field
 
 

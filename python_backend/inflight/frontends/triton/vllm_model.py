@@ -39,6 +39,8 @@ from inflight.outputs import SequenceUpdate
 
 VLLM_DEFAULT_MAX_TOKENS = 16
 # request `parameters` that are not sampling parameters (inputs of this model, Triton's own)
+VLLM_STREAM_ECHO_ERROR = ("Error generating stream: When streaming, `exclude_input_in_output` "
+                          "= False is not allowed.")
 _NOT_SAMPLING = {"stream", "exclude_input_in_output", "return_finish_reason",
                  "return_cumulative_logprob", "return_logprobs", "return_num_input_tokens",
                  "return_num_output_tokens", "text_input", "sampling_parameters"}
@@ -96,8 +98,10 @@ def vllm_item(tensors: dict[str, np.ndarray], params_json: str, tokenizer: Any =
     if "exclude_input_in_output" in flags:
         echo = not flags["exclude_input_in_output"]
         if echo and stream:
-            raise InvalidRequestError("exclude_input_in_output", "false is not allowed when "
-                                      "streaming (stream=true): a stream never carries the prompt")
+            # vllm_backend's clients compare this error's exact text (its enabled_stream test)
+            raise InvalidRequestError(
+                "exclude_input_in_output", "false is not allowed when streaming",
+                wording=VLLM_STREAM_ECHO_ERROR)
     else:
         echo = not stream
     flags["client_logprobs"] = params.logprobs is not None  # asked in the sampling parameters
