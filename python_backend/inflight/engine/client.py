@@ -28,12 +28,13 @@ from typing import Any
 
 from inflight.config import EngineConfig
 from inflight.engine import wire
-from inflight.engine.core import LLMEngine, load_tokenizer
+from inflight.engine.core import load_tokenizer
+from inflight.engine.input_processor import EngineLimits, InputProcessor, check_admission
 from inflight.engine.kv_cache import KVStats
 from inflight.engine.loop import EngineStats
 from inflight.engine.output_processor import UpdateCallback
 from inflight.engine.process import BOOT, spec_for
-from inflight.errors import EngineDeadError, InvalidRequestError, QueueFullError
+from inflight.errors import EngineDeadError
 from inflight.outputs import SequenceUpdate
 from inflight.sampling_params import SamplingParams
 
@@ -67,25 +68,6 @@ def channel_addresses() -> tuple[str, str, str | None]:
         return f"ipc://@{tag}-in", f"ipc://@{tag}-out", None
     d = tempfile.mkdtemp(prefix=tag)
     return f"ipc://{d}/in", f"ipc://{d}/out", d
-
-
-@dataclass
-class _Limits:
-    """What ``LLMEngine._resolve`` reads of an engine, from the Hello message."""
-
-    cfg: EngineConfig
-    vocab_size: int
-    max_seq_len: int
-    kv: Any
-
-
-@dataclass
-class _KVLimits:
-    num_blocks: int
-    block_size: int
-
-    def blocks_needed(self, num_tokens: int) -> int:
-        return -(-num_tokens // self.block_size)
 
 
 @dataclass
@@ -145,7 +127,8 @@ class EngineClient:
             self.shutdown(timeout=5)
             raise EngineStartError(reason)
         h = self._hello
-        self._limits = _Limits(cfg, h.vocab_size, h.max_seq_len, _KVLimits(h.num_blocks, h.block_size))
+        self.inputs = InputProcessor(cfg, self.tokenizer, EngineLimits(
+            h.vocab_size, h.max_seq_len, h.num_blocks, h.block_size))
         self.engine = EngineView(cfg, self.tokenizer, h.vocab_size, h.max_seq_len)
         self.stats = EngineStats(0, 0, 0, KVStats(h.num_blocks, h.num_blocks, 0, 0, 0, 0), 0,
                                  time.monotonic())
@@ -159,31 +142,16 @@ class EngineClient:
     def alive(self) -> bool:
         return self.dead_reason is None and not self._closing and self._thread.is_alive()
 
-    def _prepare(self, prompt: str | list[int], params: SamplingParams) -> list[int]:
-        """Tokenize and validate as the engine will (raises InvalidRequestError)."""
-        ids = list(self.tokenizer(prompt)["input_ids"]) if isinstance(prompt, str) else list(prompt)
-        if params.bad_words:
-            enc = [self.tokenizer.encode(w, add_special_tokens=False) for w in params.bad_words]
-            params.bad_words_ids = params.bad_words_ids + [w for w in enc if w]
-            params.bad_words = []
-        LLMEngine._resolve(self._limits, ids, params)  # type: ignore[arg-type]
-        return ids
-
     def submit(self, request_id: str, prompt: str | list[int], params: SamplingParams,
                callback: UpdateCallback, priority: int = 0) -> list[int]:
         """Validate (raising InvalidRequestError / QueueFullError at once) and send."""
         if not self.alive:
             raise EngineDeadError(f"engine is not running: {self.dead_reason or 'stopped'}")
-        ids = self._prepare(prompt, params)
+        ids, _ = self.inputs.prepare(prompt, params)
         n = params.n
-        with self._lock:
-            if request_id in self._live:
-                raise InvalidRequestError("request_id", f"{request_id!r} is already in flight")
-            cap = self.cfg.max_queue_size
-            queued = self.stats.num_waiting + sum(k for _, k in self._unacked)
-            if cap and queued + n > cap:
-                raise QueueFullError(f"Exceeds maximum queue size: Maximum queue size of {cap} reached; "
-                                     f"request {request_id!r} exceeds maximum queue size ({cap})")
+        with self._lock:  # the engine's last stats plus what was sent since
+            check_admission(self.cfg, request_id, n, live=request_id in self._live,
+                            queued=self.stats.num_waiting + sum(k for _, k in self._unacked))
             if not self.alive:  # died meanwhile: its live requests were already failed
                 raise EngineDeadError(f"engine is not running: {self.dead_reason or 'stopped'}")
             self._seq += 1

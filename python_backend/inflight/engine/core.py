@@ -27,12 +27,13 @@ import numpy as np
 import torch
 
 from inflight.config import EngineConfig, ModelConfig
+from inflight.engine.input_processor import EngineLimits, InputProcessor, check_admission
 from inflight.engine.kv_cache import KVCacheManager
 from inflight.engine.output_processor import SequenceOutput, UpdateCallback, new_output
 from inflight.engine.request import FinishReason, RequestHandle
 from inflight.engine.scheduler import Scheduler, SequenceSpec
 from inflight.engine.step_plan import FINISH_NAMES, StepEvents, StepPlan, StepResult
-from inflight.errors import ConfigError, InvalidRequestError, QueueFullError
+from inflight.errors import ConfigError
 from inflight.outputs import SequenceUpdate
 from inflight.sampling_params import SamplingParams
 from inflight.worker.model_runner import ModelRunner
@@ -110,6 +111,8 @@ class LLMEngine:
         self.scheduler = Scheduler(cfg, self.kv, self.runner.max_blocks_per_seq,
                                    pin=self.runner.device.type == "cuda")
         self.sampler = Sampler(self.runner.device, cfg.seed)
+        self.inputs = InputProcessor(cfg, self.tokenizer, EngineLimits(
+            mc.vocab_size, max_seq_len, self.kv.num_blocks, cfg.block_size))
         self.eos_token_ids = frozenset(set(mc.eos_token_ids) | _generation_eos(cfg.model)
                                        | ({self.tokenizer.eos_token_id}
                                           if self.tokenizer.eos_token_id is not None else set()))
@@ -129,68 +132,21 @@ class LLMEngine:
 
     # ---- admission -------------------------------------------------------------------------
     def tokenize(self, prompt: str) -> list[int]:
-        return list(self.tokenizer(prompt)["input_ids"])
-
-    def _resolve(self, prompt_ids: list[int], p: SamplingParams) -> int:
-        """Validate against the model and engine caps; returns the resolved max_tokens."""
-        n = len(prompt_ids)
-        if n == 0:
-            raise InvalidRequestError("input_ids", "the prompt must contain at least one token")
-        bad = next((t for t in prompt_ids if not (isinstance(t, int) and 0 <= t < self.vocab_size)), None)
-        if bad is not None:
-            raise InvalidRequestError("input_ids", f"token id must be in [0, {self.vocab_size}), got {bad!r}")
-        if n >= self.max_seq_len:
-            raise InvalidRequestError(
-                "input_ids", f"prompt has {n} tokens; max_seq_len is {self.max_seq_len} "
-                "and at least one token must be generated")
-        max_tokens = p.max_tokens if p.max_tokens is not None else self.max_seq_len - n
-        if n + max_tokens > self.max_seq_len:
-            raise InvalidRequestError(
-                "max_tokens", f"prompt ({n} tokens) + max_tokens ({max_tokens}) exceeds "
-                f"max_seq_len ({self.max_seq_len}); allowed max_tokens <= {self.max_seq_len - n}")
-        c = self.cfg
-        if not c.enable_chunked_context:
-            # without chunking a prompt (and, under max_utilization, a preempted request's
-            # whole recompute) must fit into one step's token budget
-            limit = n if c.batch_scheduler_policy == "guaranteed_no_evict" else n + max_tokens
-            if limit > c.max_num_tokens:
-                raise InvalidRequestError(
-                    "input_ids", f"{limit} tokens exceed max_num_tokens ({c.max_num_tokens}) and "
-                    "enable_chunked_context is false; shorten the prompt or enable chunking")
-        p.validate_for(vocab_size=self.vocab_size, max_n=c.max_num_return_sequences,
-                       max_logprobs=c.max_logprobs, max_stop_words=c.max_stop_words,
-                       max_bad_words=c.max_bad_words)
-        need = self.kv.blocks_needed(n + max_tokens)
-        if need > self.kv.num_blocks:
-            raise InvalidRequestError(
-                "max_tokens", f"prompt ({n}) + max_tokens ({max_tokens}) needs {need} KV blocks but "
-                f"the pool holds {self.kv.num_blocks} ({self.kv.num_blocks * self.kv.block_size} "
-                "tokens); lower max_tokens or raise max_tokens_in_paged_kv_cache")
-        return max_tokens
-
-    def _encode_words(self, words: list[str]) -> list[list[int]]:
-        return [self.tokenizer.encode(w, add_special_tokens=False) for w in words]
+        return self.inputs.tokenize(prompt)
 
     def check_admission(self, request_id: str, num_seqs: int, queued_elsewhere: int = 0,
                         live: bool = False) -> None:
-        """The admission rules, in one place: no duplicate live id, the queue cap."""
-        if live or request_id in self.children:
-            raise InvalidRequestError("request_id", f"{request_id!r} is already in flight")
-        cap = self.cfg.max_queue_size
-        if cap and self.scheduler.num_waiting + queued_elsewhere + num_seqs > cap:
-            raise QueueFullError(f"Exceeds maximum queue size: Maximum queue size of {cap} reached; "
-                                 f"request {request_id!r} exceeds maximum queue size ({cap})")
+        """input_processor.check_admission against this engine's queue and live ids."""
+        check_admission(self.cfg, request_id, num_seqs,
+                        queued=self.scheduler.num_waiting + queued_elsewhere,
+                        live=live or request_id in self.children)
 
     def make_request(self, request_id: str, prompt: str | list[int], params: SamplingParams,
                      callback: UpdateCallback | None = None, priority: int = 0
                      ) -> tuple[list[int], list[PreparedSequence]]:
         """Validate and build the request's sequences without touching engine state (safe
         from any thread). Raises InvalidRequestError."""
-        prompt_ids = self.tokenize(prompt) if isinstance(prompt, str) else list(prompt)
-        if params.bad_words:
-            params.bad_words_ids = params.bad_words_ids + [w for w in self._encode_words(params.bad_words) if w]
-            params.bad_words = []
-        max_tokens = self._resolve(prompt_ids, params)
+        prompt_ids, max_tokens = self.inputs.prepare(prompt, params)
         p = params
         eos = frozenset({p.end_id}) if p.end_id is not None else self.eos_token_ids
         ends = tuple(sorted((set() if p.ignore_eos else set(eos)) | set(p.stop_token_ids)))
@@ -212,9 +168,9 @@ class LLMEngine:
         return prompt_ids, seqs
 
     def enqueue(self, request_id: str, seqs: list[PreparedSequence]) -> None:
-        """Engine thread: admit prepared sequences to the waiting queue."""
-        if request_id in self.children:
-            raise InvalidRequestError("request_id", f"{request_id!r} is already in flight")
+        """Engine thread: admit prepared sequences to the waiting queue (the queue cap was
+        checked when they were submitted; a duplicate id that raced in is refused here)."""
+        check_admission(self.cfg, request_id, 0, queued=0, live=request_id in self.children)
         handles = []
         for ps in seqs:
             h = self.scheduler.add(ps.spec)
