@@ -50,7 +50,10 @@ def offline(a: argparse.Namespace) -> None:
     wl = type(wl)([tok(tok.decode(p))["input_ids"] for p in wl.prompts], wl.output_lens)
     eng = make_engine(model, tokdir, load_format=fmt, dtype=a.dtype, max_seq_len=a.max_seq_len,
                       max_batch_size=a.max_batch_size)
-    run_engine(eng, type(wl)(wl.prompts[:8], [4] * 8), desc="warm-up")  # as a server warms up
+    from inflight.engine.warmup import warm_up
+
+    warm_up(eng)  # the same warm-up as a server's engine before it reports ready
+    run_engine(eng, type(wl)(wl.prompts[:8], [4] * 8), desc="warm-up")
     res = run_engine(eng, wl, desc="offline")
     print("OFFLINE " + json.dumps({k: v for k, v in res.items() if not k.startswith("_")}), flush=True)
 

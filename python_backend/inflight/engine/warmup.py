@@ -31,7 +31,9 @@ def should_warm_up(mode: str, device_type: str) -> bool:
 
 def _lengths(engine: LLMEngine) -> list[int]:
     cap = min(engine.max_seq_len - 8, engine.cfg.max_num_tokens // 2)
-    return sorted({max(1, min(n, cap)) for n in (1, 7, 33, 130, 515)})
+    # odd lengths and multiples of 16: OpenAI-Triton specializes integer arguments on
+    # divisibility by 16 (and == 1), so both kinds of shape compile here, not while serving
+    return sorted({max(1, min(n, cap)) for n in (1, 7, 33, 64, 130, 256, 515)})
 
 
 def warm_up(engine: LLMEngine, max_steps: int = 64) -> float:
@@ -53,6 +55,11 @@ def warm_up(engine: LLMEngine, max_steps: int = 64) -> float:
                            samplers[k % len(samplers)])
     steps = 0
     while engine.has_unfinished() and steps < max_steps:
+        engine.step()
+        steps += 1
+    # a prefill of 16 tokens alone (every size a multiple of 16), then its decodes
+    engine.add_request(f"{WARMUP_PREFIX}-16", [(13 * i + 5) % vocab for i in range(16)], samplers[0])
+    while engine.has_unfinished() and steps < 2 * max_steps:
         engine.step()
         steps += 1
     for rid in list(engine.children):  # never expected: leave nothing behind
