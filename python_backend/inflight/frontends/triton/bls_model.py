@@ -25,6 +25,7 @@ from inflight.frontends.triton.cancel_forward import POLL_S, send_stop
 from inflight.frontends.triton.convert import refuse_unsupported
 from inflight.frontends.triton.front import engine_inputs
 from inflight.frontends.triton.params import raw_parameters
+from inflight.frontends.triton.text_models import postprocess_outputs
 
 _IDS = itertools.count()
 
@@ -125,9 +126,15 @@ class TritonPythonModel:
             sender.send(pb.InferenceResponse(output_tensors=[]), flags=final)
 
     def _postprocess(self, outs: list[Any]) -> list[Any]:
-        if self.profile != "trtllm":
-            return self._call(self.post, outs, self.outputs).output_tensors()
         pb = self.pb
+        if self.profile != "trtllm":
+            # the engine already detokenized (text_delta): map in-process. A synchronous BLS
+            # call to postprocessing for every engine response, made while this thread holds
+            # the engine's response iterator, wedged the server under a cancellation storm
+            # (the engine stub blocked in send, docs/reliability.md)
+            tensors = {t.name(): t.as_numpy() for t in outs}
+            wanted = set(self.outputs)
+            return [pb.Tensor(n, v) for n, v in postprocess_outputs(None, tensors) if n in wanted]
         names = {"output_ids": "TOKENS_BATCH", "sequence_length": "SEQUENCE_LENGTH"}
         ins = [pb.Tensor(names.get(t.name(), t.name()), t.as_numpy()) for t in outs
                if t.name() != "engine_request_key"]

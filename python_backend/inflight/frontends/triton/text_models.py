@@ -96,6 +96,15 @@ def postprocess_text(tokenizer: Any, tensors: dict[str, np.ndarray]) -> np.ndarr
     return np.array([[text.encode("utf-8")]], dtype=object)
 
 
+def postprocess_outputs(tokenizer: Any, tensors: dict[str, np.ndarray]) -> list[tuple[str, np.ndarray]]:
+    """The postprocessing step as (name, array) pairs: text_output plus the engine's result
+    outputs passed through. Shared by the postprocessing model and the bls model (which maps
+    in-process instead of a nested BLS call per engine response)."""
+    out = [("text_output", postprocess_text(tokenizer, tensors))]
+    out += [(n, tensors[n]) for n in PASSTHROUGH_ALWAYS + OPTIONAL_PASSTHROUGH if n in tensors]
+    return out
+
+
 class PostprocessingModel(_TokenizerModel):
     def initialize(self, args: dict[str, Any]) -> None:
         super().initialize(args)
@@ -106,12 +115,4 @@ class PostprocessingModel(_TokenizerModel):
         return self.cancels.cancelled(request, tensors)
 
     def convert(self, tensors: dict[str, np.ndarray]) -> list[Any]:
-        t = self.pb.Tensor
-        out = [t("text_output", postprocess_text(self.tokenizer, tensors))]
-        for name in PASSTHROUGH_ALWAYS:
-            if name in tensors:
-                out.append(t(name, tensors[name]))
-        for name in OPTIONAL_PASSTHROUGH:
-            if name in tensors:
-                out.append(t(name, tensors[name]))
-        return out
+        return [self.pb.Tensor(n, v) for n, v in postprocess_outputs(self.tokenizer, tensors)]
