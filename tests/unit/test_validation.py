@@ -241,3 +241,39 @@ def test_prompt_over_the_step_budget_without_chunking_is_rejected(
         _expect(exc, "input_ids", "max_num_tokens (16)")
     finally:
         small.abort("long")  # accepted by mistake: it would never finish
+
+
+def test_a_fault_fails_requests_still_in_the_loops_inbox(tiny_model_dir: Callable[[str], str]) -> None:
+    """A request accepted while the engine thread is failing (in the inbox, in no engine
+    registry yet) gets its final error too: before the fix the engine thread returned and such
+    a request waited forever (seen with a killed tensor-parallel rank)."""
+    import threading
+
+    from inflight.engine.loop import EngineLoop
+
+    cfg = EngineConfig(model=tiny_model_dir("llama"), max_tokens_in_paged_kv_cache=1024,
+                       max_seq_len=128, block_size=8)
+    loop = EngineLoop(cfg)
+    try:
+        in_step, second_queued = threading.Event(), threading.Event()
+
+        def fault() -> None:  # the engine thread is inside its step when B is submitted
+            in_step.set()
+            assert second_queued.wait(30)
+            raise RuntimeError("injected")
+
+        loop._fault_hook = fault
+        finals: queue.Queue[Any] = queue.Queue()
+        sink = lambda u: finals.put(u) if u.finished else None  # noqa: E731
+        loop.submit("A", "Hello", SamplingParams(max_tokens=4), sink)
+        assert in_step.wait(30)  # A is in the scheduler, the thread is stepping
+        loop.submit("B", "Hello", SamplingParams(max_tokens=4), sink)  # stays in the inbox
+        second_queued.set()
+        got = {u.request_id: u for u in (finals.get(timeout=30), finals.get(timeout=30))}
+        assert set(got) == {"A", "B"}
+        assert all(u.finish_reason == "error" and "injected" in (u.error or "") for u in got.values())
+        assert loop.wait_stopped(30) and not loop.alive
+        with pytest.raises(Exception, match="not running"):
+            loop.submit("C", "Hello", SamplingParams(max_tokens=4), sink)
+    finally:
+        loop.shutdown()

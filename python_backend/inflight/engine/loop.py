@@ -13,12 +13,14 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 from inflight.config import EngineConfig
 from inflight.engine.core import LLMEngine, UpdateCallback
 from inflight.engine.kv_cache import KVStats
 from inflight.engine.warmup import should_warm_up, warm_up
 from inflight.errors import EngineDeadError
+from inflight.outputs import SequenceUpdate
 from inflight.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
@@ -48,6 +50,8 @@ class EngineLoop:
         self._inbox: list[Callable[[], None]] = []
         self._live: set[str] = set()  # client request ids accepted and not yet final
         self._inbox_seqs = 0  # sequences submitted but not yet in the scheduler
+        # submitted, not yet enqueued: a fault fails them too (they are in no engine registry)
+        self._pending: dict[str, list[Any]] = {}
         self._stopping = False
         self.dead_reason: str | None = None
         self.stats = self._snapshot(0)
@@ -68,9 +72,12 @@ class EngineLoop:
         prompt_ids, seqs = self.engine.make_request(request_id, prompt, params, self._wrap(callback),
                                                     priority)
         with self._cv:  # the engine's admission rules, with what waits in the inbox counted
+            if self.dead_reason is not None:  # died since the check above: nothing queued
+                raise EngineDeadError(f"engine is not running: {self.dead_reason}")
             self.engine.check_admission(request_id, len(seqs), self._inbox_seqs,
                                         live=request_id in self._live)
             self._live.add(request_id)
+            self._pending[request_id] = seqs
             self._inbox_seqs += len(seqs)
             self._inbox.append(lambda: self._enqueue(request_id, seqs))
             self._cv.notify()
@@ -79,6 +86,7 @@ class EngineLoop:
     def _enqueue(self, request_id: str, seqs: list) -> None:  # type: ignore[type-arg]
         with self._cv:
             self._inbox_seqs -= len(seqs)
+            self._pending.pop(request_id, None)
         self.engine.enqueue(request_id, seqs)
 
     def _wrap(self, callback: UpdateCallback) -> UpdateCallback:
@@ -159,8 +167,16 @@ class EngineLoop:
                 self.stats = self._snapshot(eng.last_step_tokens)
             except Exception as e:  # noqa: BLE001 - any fault ends the engine
                 log.exception("engine step failed")
-                self.dead_reason = f"engine step failed: {type(e).__name__}: {e}"
-                eng.fail_all(self.dead_reason)
+                reason = f"engine step failed: {type(e).__name__}: {e}"
+                with self._cv:  # from here on submit() refuses; take what it queued already
+                    self.dead_reason = reason
+                    pending, self._pending, self._inbox = self._pending, {}, []
+                eng.fail_all(reason)
+                for rid, seqs in pending.items():  # accepted, never reached the scheduler
+                    for ps in seqs:
+                        if ps.callback is not None:
+                            ps.callback(SequenceUpdate(rid, ps.seq_index, [], "", finished=True,
+                                                       finish_reason="error", error=reason))
                 with self._cv:
                     self._live.clear()
                 return
