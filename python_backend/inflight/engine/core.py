@@ -119,6 +119,7 @@ class LLMEngine:
         # the one registry of live sequences: core handle -> output-side state
         self.seqs: dict[int, SequenceOutput] = {}
         self.children: dict[str, list[int]] = {}  # client request id -> its handles
+        self._gen_logits: set[int] = set()  # handles that asked for generation logits
         self._order = itertools.count()
         self.num_steps = 0
         self.last_step_tokens = 0
@@ -177,6 +178,8 @@ class LLMEngine:
             p = ps.params
             req = RequestHandle(h, ps.spec.request_id, request_id, ps.seq_index, p, len(ps.prompt_ids))
             self.seqs[h] = new_output(req, self.tokenizer, ps.prompt_ids, ps.callback)
+            if p.return_generation_logits:
+                self._gen_logits.add(h)
             ends = ps.spec.end_ids if p.min_tokens else ()
             self.sampler.register(h, RequestExtras(len(ps.prompt_ids), ends, list(p.bad_words_ids),
                                                    ps.generator, dict(p.embedding_bias)))
@@ -315,7 +318,7 @@ class LLMEngine:
             out = self.seqs.get(h)
             if out is not None and out.context_logits is not None:
                 out.context_logits.append(logits[a:b].cpu())
-        if plan.num_samples and any(o.generation_logits is not None for o in self.seqs.values()):
+        if plan.num_samples and self._gen_logits:  # no per-step scan of every live sequence
             for k, h in enumerate(plan.rows["sample_handles"].tolist()):
                 out = self.seqs.get(h)
                 if out is not None and out.generation_logits is not None:
@@ -380,6 +383,7 @@ class LLMEngine:
     def _drop(self, h: int) -> None:
         """Forget a finished sequence; the client id goes once all its sequences are gone."""
         seq = self.seqs.pop(h, None)
+        self._gen_logits.discard(h)
         if seq is None:
             return
         parent = seq.req.parent_id
