@@ -17,11 +17,14 @@
 #                                          # (SET="engine_process=off" for the in-stub engine thread)
 #   bash benchmarks/gpu_bench.sh openai    # issue 16: llm layout over gRPC vs through the OpenAI front end,
 #                                          # same server (stub venv: ../shared/tools/device-serve-env.sh)
-#   bash benchmarks/gpu_bench.sh tp-test   # issue 15 (kind nvidia-h200-x2), call 1: kernel + engine GPU tests
-#                                          # with the TP=2 tests (NCCL, CUDA graphs), TP=2 vs TP=1 bf16 logits
-#   bash benchmarks/gpu_bench.sh tp        # issue 15, call 2: 8B batch-1 latency and 128/128 x1000 at TP=1
-#                                          # (GPU 0) and TP=2
-#   bash benchmarks/gpu_bench.sh tp70      # issue 15, call 3: the Llama-3.1-70B shape at TP=2 (b1, 128/128)
+#   bash benchmarks/gpu_bench.sh tp-test   # issue 15 (kind nvidia-h200-x2): the TP=2 GPU tests (NCCL and
+#                                          # symmetric-memory all-reduce, CUDA graphs, bf16 logits vs TP=1),
+#                                          # all-reduce latency (benchmarks/allreduce_bench.py)
+#   bash benchmarks/gpu_bench.sh tp        # issue 15: 8B batch-1 latency at TP=1 (GPU 0), TP=2 nccl, TP=2 symm;
+#                                          # 128/128 x1000 at TP=2 (TP_THROUGHPUT="1 nccl 2 symm": pairs)
+#   bash benchmarks/gpu_bench.sh tp70      # issue 15: the Llama-3.1-70B shape at TP=2 (b1, 128/128)
+#   bash benchmarks/gpu_bench.sh tp-serve  # issue 15, after serve13-prep (carry .whl2): offline TP=2 vs the
+#                                          # llm model at TP=2 through tritonserver, 1000 ShareGPT-like
 #   bash benchmarks/gpu_bench.sh ab OLD.tar [build|latency|throughput|scheduler]
 #                                          # this tree vs an older one (git archive COMMIT > OLD.tar),
 #                                          # same machine, alternating old/new; both built as wheels
@@ -77,28 +80,49 @@ case "${1:-all}" in
   quant)
     bash benchmarks/quant_bench.sh
     ;;
-  tp-test|tp|tp70)  # issue 15: never enable NVLink multicast on the shared machines
+  tp-test|tp|tp70|tp-serve)  # issue 15: never enable NVLink multicast on the shared machines
     export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
     nvidia-smi topo -m | head -4
-    if [ "$1" = tp-test ]; then
-      python3 -m pytest -q -p no:cacheprovider -s tests/kernels tests/unit/test_engine_parity.py \
-        tests/unit/test_tensor_parallel.py 2>&1 | tee "$OUT/tp-tests.log" | grep -E "TP2 vs TP1|passed|failed|Error" | tail -25
+    if [ "$1" = tp-test ]; then  # the TP tests on GPUs, with each all-reduce path; all-reduce latency
+      for ar in nccl symm; do
+        echo "== TP tests, INFLIGHT_TP_ALLREDUCE=$ar"
+        INFLIGHT_TP_ALLREDUCE=$ar timeout 200 python3 -m pytest -q -p no:cacheprovider -s \
+          tests/kernels/test_gpu_tensor_parallel.py 2>&1 | tee "$OUT/tp-tests-$ar.log" \
+          | grep -E "TP2 vs TP1|passed|failed|Error" | tail -12
+      done
+      timeout 120 python3 benchmarks/allreduce_bench.py --batches 1,8,64,256,2048 2>&1 | tee "$OUT/allreduce.txt" | grep -v Warning
       exit 0
     fi
     T8="--model llama-3.1-8b --isl 128 --osl 128 --num-requests 1000 --max-batch-size 1024 --max-num-tokens 16384"
+    AR=${AR:-symm}  # the all-reduce path of the TP=2 runs
     if [ "$1" = tp70 ]; then
-      echo "== 70B TP=2 batch-1 latency (140 GB bf16: TP=1 does not fit one H200)"
-      timeout 280 $B latency --model llama-3.1-70b --isl 128 --osl 128 --tp 2 --max-seq-len 2048 --out "$OUT/tp2-70b" 2>&1 | tail -3
-      echo "== 70B TP=2 throughput 128/128 x1000"
-      timeout 280 $B throughput ${T8/llama-3.1-8b/llama-3.1-70b} --max-seq-len 2048 --tp 2 --out "$OUT/tp2-70b" 2>&1 | tail -3
+      echo "== 70B TP=2 ($AR) batch-1 latency (140 GB bf16: TP=1 does not fit one H200)"
+      INFLIGHT_TP_ALLREDUCE=$AR timeout 280 $B latency --model llama-3.1-70b --isl 128 --osl 128 --tp 2 --max-seq-len 2048 --out "$OUT/tp2-70b" 2>&1 | tail -1
+      echo "== 70B TP=2 ($AR) throughput 128/128 x1000"
+      INFLIGHT_TP_ALLREDUCE=$AR timeout 280 $B throughput ${T8/llama-3.1-8b/llama-3.1-70b} --max-seq-len 2048 --tp 2 --out "$OUT/tp2-70b" 2>&1 | tail -1
       exit 0
     fi
-    for tp in 1 2; do
-      gpus=$([ $tp = 1 ] && echo 0 || echo 0,1)
-      echo "== 8B TP=$tp batch-1 latency"
-      CUDA_VISIBLE_DEVICES=$gpus timeout 240 $B latency --model llama-3.1-8b --isl 128 --osl 256 --tp $tp --out "$OUT/tp$tp" 2>&1 | tail -3
-      echo "== 8B TP=$tp throughput 128/128 x1000"
-      CUDA_VISIBLE_DEVICES=$gpus timeout 240 $B throughput $T8 --tp $tp --out "$OUT/tp$tp" 2>&1 | tail -3
+    if [ "$1" = tp-serve ]; then  # call 2 of 2 after serve13-prep (carry .whl2): Triton at TP=2
+      [ -d /tmp/isite/pytriton ] || { echo "run 'gpu_bench.sh serve13-prep' (carry .whl) first"; exit 1; }
+      source .whl2/device-serve-env.sh venv
+      INFLIGHT_TP_ALLREDUCE=$AR timeout 420 python3 benchmarks/serve_ratio.py --model llama-3.1-8b --dtype bfloat16 \
+          --dataset sharegpt --num-requests "${N:-1000}" --max-batch-size 256 --tp 2 --layouts llm \
+          --out "$OUT/tp2-serve" 2>&1 | grep -vE "^\s*$|it/s\]|Loading weights"
+      pkill -9 -x tritonserver; pkill -9 -f triton_python_backend_stub; pkill -9 -x inflight-engine
+      exit 0
+    fi
+    for run in "1 nccl" "2 nccl" "2 symm"; do  # 8B: batch-1 latency at TP=1, TP=2 with each all-reduce
+      set -- $run
+      gpus=$([ $1 = 1 ] && echo 0 || echo 0,1)
+      echo "== 8B TP=$1 ($2) batch-1 latency"
+      CUDA_VISIBLE_DEVICES=$gpus INFLIGHT_TP_ALLREDUCE=$2 timeout 150 $B latency --model llama-3.1-8b --isl 128 --osl 256 --tp $1 --out "$OUT/tp$1-$2" 2>&1 | tail -1
+    done
+    set -- ${TP_THROUGHPUT:-2 $AR}  # 128/128 x1000: (TP, all-reduce) pairs
+    while [ $# -ge 2 ]; do
+      gpus=$([ $1 = 1 ] && echo 0 || echo 0,1)
+      echo "== 8B TP=$1 ($2) throughput 128/128 x1000"
+      CUDA_VISIBLE_DEVICES=$gpus INFLIGHT_TP_ALLREDUCE=$2 timeout 200 $B throughput $T8 --tp $1 --out "$OUT/tp$1-$2" 2>&1 | tail -1
+      shift 2
     done
     ;;
   test)

@@ -49,7 +49,7 @@ def offline(a: argparse.Namespace) -> None:
     wl = _workload(a, tok)
     wl = type(wl)([tok(tok.decode(p))["input_ids"] for p in wl.prompts], wl.output_lens)
     eng = make_engine(model, tokdir, load_format=fmt, dtype=a.dtype, max_seq_len=a.max_seq_len,
-                      max_batch_size=a.max_batch_size)
+                      max_batch_size=a.max_batch_size, tensor_parallel_size=a.tensor_parallel_size)
     from inflight.engine.warmup import warm_up
 
     warm_up(eng)  # the same warm-up as a server's engine before it reports ready
@@ -164,7 +164,7 @@ def serve_layout(a: argparse.Namespace, layout: str, prompts: list[str], lens: l
     engine_only = {k: sets.pop(k) for k in ("engine_process", "warmup") if k in sets}  # not templated
     kw = {"load_format": fmt, "dtype": a.dtype, "max_seq_len": str(a.max_seq_len),
           "max_batch_size": str(a.max_batch_size), "stream_interval": str(a.stream_interval),
-          "tokenizer_dir": tokdir, **sets}
+          "tokenizer_dir": tokdir, "tensor_parallel_size": str(a.tensor_parallel_size), **sets}
     repo = tempfile.mkdtemp(prefix=f"serve13-{layout}-")
     build(model, repo, layout, kw, force=True)
     for k, v in engine_only.items():
@@ -233,6 +233,8 @@ def main() -> int:
     p.add_argument("--max-seq-len", type=int, default=4096)
     p.add_argument("--max-batch-size", type=int, default=256)
     p.add_argument("--stream-interval", type=int, default=1)
+    p.add_argument("--tensor-parallel-size", "--tp", type=int, default=1,
+                   help="GPUs per engine, offline and served alike (issue 15)")
     p.add_argument("--layouts", default="llm,ensemble")
     p.add_argument("--rates", default="", help="load curve on llm, e.g. 2,10,20,30,40,inf")
     p.add_argument("--curve-requests", type=int, default=100)

@@ -71,6 +71,18 @@ def tp_timeout_s() -> float:
     return float(_get("TP_TIMEOUT_S", "300"))
 
 
+def tp_all_reduce() -> str:
+    """How GPU ranks sum small tensors (decode steps): ``symm`` (torch symmetric memory's
+    one-shot kernel over NVLink peer access, never multicast) or ``nccl``. Rank 0 decides and
+    tells the other ranks."""
+    mode = _get("TP_ALLREDUCE", "nccl").lower()
+    if mode not in ("nccl", "symm"):
+        from inflight.errors import ConfigError
+
+        raise ConfigError(f"INFLIGHT_TP_ALLREDUCE must be nccl or symm, got {mode!r}")
+    return mode
+
+
 def tp_fail_rank() -> int:
     """Tests only (with INFLIGHT_ALLOW_FAULT_INJECTION=1): this worker rank fails at start-up."""
     return int(_get("TP_FAIL_RANK", "0") or 0) if allow_fault_injection() else 0

@@ -88,6 +88,7 @@ def test_prepare_matches_the_python_layout_on_random_steps(seed: int) -> None:
     run = runner(cfg)
     shared = [rng.randrange(50) for _ in range(8)]
     ctx: set[int] = set()
+    worker_bufs = StepBuffers(1, 1, 1)
     for n in range(60):
         if rng.random() < 0.4:
             prompt = shared[: rng.choice((0, 4, 8))] + [rng.randrange(50) for _ in range(rng.randint(1, 20))]
@@ -103,6 +104,11 @@ def test_prepare_matches_the_python_layout_on_random_steps(seed: int) -> None:
         assert flatten(run.prepare(plan), plan) == want  # live: views of the host buffers
         back = StepPlan.from_bytes(plan.to_bytes())
         assert flatten(run.prepare(back), back) == want  # as a worker process would get it
+        # a tensor-parallel worker rank: the received plan copied into its own (growing) buffers
+        loaded = worker_bufs.load(StepPlan.from_bytes(plan.to_bytes()))
+        assert loaded.buffers is worker_bufs
+        assert np.shares_memory(loaded.arrays["block_tables"], worker_bufs.arrays["block_tables"])
+        assert flatten(run.prepare(loaded), loaded) == want
         sched.launched(plan)
         ev = sched.update(plan, StepResult.one_per_row(plan.step, [rng.randrange(50) for _ in range(plan.num_samples)]))
         for i, h in enumerate(ev.handles.tolist()):

@@ -205,6 +205,23 @@ class StepBuffers:
             self._copied = torch.cuda.Event()
             self._copied.record()
 
+    def load(self, plan: StepPlan) -> StepPlan:
+        """A received plan (``from_bytes``) copied into these buffers, for a tensor-parallel
+        worker rank: its ``prepare`` then copies to the device asynchronously from pinned memory
+        as rank 0 does, instead of synchronous pageable copies that wait for the step the GPU
+        is still running (which kept the worker a whole CPU preparation behind rank 0)."""
+        self.wait_copies()
+        b, w = plan.num_reqs, plan.table_width
+        self.ensure(plan.num_tokens, b, w)
+        arrays: dict[str, np.ndarray] = {}
+        for name, _ in _LAYOUT:
+            src = plan.arrays[name].reshape(-1)
+            dst = self.arrays[name][:src.size]
+            dst[:] = src
+            arrays[name] = dst.reshape(b, w) if name == "block_tables" else dst
+        plan.arrays, plan.buffers = arrays, self
+        return plan
+
     def plan(self, step: int, lay: Any, rows: dict[str, np.ndarray], admitted: list[int],
              preempted: list[int]) -> StepPlan:
         """Views of the buffers as a StepPlan (valid until the next build)."""

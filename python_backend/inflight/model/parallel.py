@@ -38,12 +38,25 @@ class TensorParallel:
     size: int = 1
     local_rank: int = 0
     device_group: Any = None  # torch.distributed ProcessGroup (gloo / NCCL)
+    store: Any = None  # the rendezvous store (symmetric memory exchanges its handles there)
+    group_id: str = ""  # the same on every rank of the group (its store's address)
+    small: SymmAllReduce | None = None  # one-shot all-reduce for small tensors (GPU, opt-in)
 
     def all_reduce(self, x: torch.Tensor) -> torch.Tensor:
-        """Sum over ranks, in place (x must be contiguous)."""
+        """The sum over ranks of x (contiguous): x itself, reduced in place, or (small tensors
+        on the symmetric-memory path) a new tensor. Use the return value."""
         if self.size > 1:
+            if self.small is not None and x.numel() <= self.small.capacity and x.dtype == self.small.dtype:
+                return self.small(x)
             self.device_group.allreduce([x]).wait()
         return x
+
+    def enable_small_all_reduce(self, dtype: torch.dtype, max_numel: int) -> None:
+        """Every rank at the same point (a collective): all-reduces of up to ``max_numel``
+        elements of ``dtype`` go through symmetric memory's one-shot kernel (each rank reads
+        its peers' buffers over NVLink; no multicast) instead of NCCL."""
+        if self.size > 1 and self.small is None:
+            self.small = SymmAllReduce(self, dtype, max_numel, f"inflight-tp-{self.group_id}")
 
     def all_gather_last(self, x: torch.Tensor) -> torch.Tensor:
         """x [N, C] on every rank -> [N, size * C], ranks in order along the last dim."""
@@ -63,6 +76,28 @@ class TensorParallel:
             opts.rootRank = 0
             self.device_group.broadcast([x], opts).wait()
         return x
+
+
+class SymmAllReduce:
+    """One-shot all-reduce through ``torch.distributed._symmetric_memory`` (CUDA only): the
+    input is copied into a buffer every rank has mapped, and one kernel sums the peers' copies
+    (``symm_mem.one_shot_all_reduce_copy``), captured in the decode CUDA graphs like NCCL's.
+    Meant for the small [batch, hidden] tensors of decode steps, where NCCL's latency is
+    most of the cost (benchmarks/allreduce_bench.py measures both; docs/parallelism.md)."""
+
+    def __init__(self, tp: TensorParallel, dtype: torch.dtype, max_numel: int, name: str) -> None:
+        import torch.distributed as dist
+        import torch.distributed._symmetric_memory as symm_mem
+        from torch._C._distributed_c10d import _SymmetricMemory
+
+        _SymmetricMemory.set_group_info(name, tp.rank, tp.size, dist.PrefixStore(f"symm-{name}", tp.store))
+        self.buf = symm_mem.empty(max_numel, dtype=dtype, device=torch.device("cuda", torch.cuda.current_device()))
+        _SymmetricMemory.rendezvous(self.buf, name)
+        self.name, self.dtype, self.capacity = name, dtype, max_numel
+        self.op = torch.ops.symm_mem.one_shot_all_reduce_copy
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        return self.op(self.buf, x, "sum", self.name)  # type: ignore[no-any-return]
 
 
 SINGLE = TensorParallel()

@@ -83,6 +83,10 @@ class ModelRunner:
         check_device(self.quant, kv_fp8, self.device.type,
                      torch.cuda.get_device_capability(self.device) if self.device.type == "cuda" else None)
         self.model = self._load_model()
+        if ranks is not None and self.device.type == "cuda" and ranks.all_reduce == "symm":
+            # every rank here, in the same order: a collective. Decode-sized tensors (up to the
+            # largest CUDA-graph batch) take the one-shot path; larger ones NCCL.
+            self.tp.enable_small_all_reduce(self.dtype, min(cfg.max_batch_size, 256) * model_cfg.hidden_size)
         self.backend = get_attention_backend(cfg.attention_backend, self.device.type)
         self.num_blocks = self._num_kv_blocks()
         c = model_cfg

@@ -117,6 +117,7 @@ class _Link:
     tp: TensorParallel
     device: torch.device
     timeout: float
+    all_reduce: str  # "nccl" | "symm" (env.tp_all_reduce, decided by rank 0)
 
     def _key(self, key: str, deadline: float, alive: Any) -> bytes:
         """store[key], polled (every 1..50 ms) while ``alive()`` stays True (raises otherwise).
@@ -150,7 +151,9 @@ class RankGroup(_Link):
         addr, port = env.tp_master()
         self.store = dist.TCPStore(addr, port, n, is_master=True, wait_for_workers=False,
                                    timeout=datetime.timedelta(seconds=self.timeout))
-        self.store.set("config", json.dumps({"config": asdict(cfg), "max_seq_len": max_seq_len}))
+        self.all_reduce = env.tp_all_reduce()
+        self.store.set("config", json.dumps({"config": asdict(cfg), "max_seq_len": max_seq_len,
+                                             "all_reduce": self.all_reduce}))
         self.ctx = zmq.Context()
         self.socks = []
         for r in range(1, n):
@@ -174,7 +177,7 @@ class RankGroup(_Link):
             for r in range(1, n):
                 self._key(f"hello/{r}", deadline, self._starting)
             pg = _process_group(self.store, 0, n, self.device, self.timeout)
-            self.tp = TensorParallel(0, n, 0, pg)
+            self.tp = TensorParallel(0, n, 0, pg, self.store, f"{addr}:{self.store.port}")
         except BaseException:
             self.stop()
             raise
@@ -294,6 +297,7 @@ class RankWorker(_Link):
         spec = json.loads(self.store.get("config"))
         self.cfg = EngineConfig(**spec["config"])
         self.max_seq_len = int(spec["max_seq_len"])
+        self.all_reduce = spec.get("all_reduce", "nccl")
         self.device = rank_device(self.cfg.device, local_rank)
         if self.device.type == "cuda":
             torch.cuda.set_device(self.device)
@@ -303,7 +307,8 @@ class RankWorker(_Link):
         self.sock.connect(self.store.get(f"ctl/{rank}").decode())
         self.store.set(f"hello/{rank}", "1")
         self.tp = TensorParallel(rank, world, local_rank,
-                                 _process_group(self.store, rank, world, self.device, self.timeout))
+                                 _process_group(self.store, rank, world, self.device, self.timeout),
+                                 self.store, f"{addr}:{port}")
 
     def _parent_alive(self) -> None:
         if self.parent is not None and os.getppid() != self.parent:
@@ -322,8 +327,10 @@ class RankWorker(_Link):
 
     def serve(self, runner: Any) -> None:
         """Run the steps rank 0 sends until it says stop (or goes away)."""
-        from inflight.engine.step_plan import StepPlan
+        from inflight.engine.step_plan import StepBuffers, StepPlan
 
+        pinned = (StepBuffers(self.cfg.max_num_tokens, self.cfg.max_batch_size, 1, pin=True)
+                  if self.device.type == "cuda" else None)
         while True:
             if not self.sock.poll(1000):
                 self._parent_alive()
@@ -332,7 +339,8 @@ class RankWorker(_Link):
             cmd, patched = _HEAD.unpack(head)
             if cmd == _STOP:
                 return
-            inp = runner.prepare(StepPlan.from_bytes(data))
+            plan = StepPlan.from_bytes(data)
+            inp = runner.prepare(plan if pinned is None else pinned.load(plan))
             if patched:
                 self.tp.broadcast(inp.input_ids)
             runner.execute(inp)
