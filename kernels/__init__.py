@@ -7,6 +7,8 @@ imported they also take CPU tensors and run in Triton's numpy interpreter (tests
 
 from __future__ import annotations
 
+from .fp8_gemv import fp8_gemv, fp8_gemv_ref
+from .fp8_quant import per_token_quant_fp8, per_token_quant_fp8_ref
 from .gemv import gemv, gemv_ref
 from .kv_cache_write import kv_cache_write, kv_cache_write_ref
 from .paged_decode_attention import paged_decode_attention, paged_decode_attention_ref
@@ -20,6 +22,8 @@ __all__ = [
     "add_rms_norm",
     "add_rms_norm_ref",
     "attention_ref",
+    "fp8_gemv",
+    "fp8_gemv_ref",
     "gemv",
     "gemv_ref",
     "kv_cache_write",
@@ -27,6 +31,8 @@ __all__ = [
     "paged_decode_attention",
     "paged_decode_attention_ref",
     "paged_prefill_attention",
+    "per_token_quant_fp8",
+    "per_token_quant_fp8_ref",
     "rms_norm",
     "rms_norm_ref",
     "rotary_embedding",

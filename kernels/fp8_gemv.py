@@ -1,0 +1,141 @@
+"""FP8 weight-only skinny matmul for decode: y = x @ (qweight * scale[:, None]).T, M <= 16.
+
+    x [M, K] fp16/bf16/fp32; qweight e4m3 [N, K]; weight_scale fp32 [N] -> y [M, N] of x.dtype
+
+At decode batch sizes a linear layer is a weight stream: the step time is weight bytes over
+bandwidth. This kernel reads the e4m3 weights (1 byte each) and the activations as they are,
+dequantizes in registers and accumulates in fp32: no activation quantization (no extra
+launch, no per-token scale). Numerically that is W8A16 (weights e4m3 per channel,
+activations unquantized), a little more accurate than the W8A8 ``_scaled_mm`` path used for
+larger M (model/quant/fp8.py chooses).
+
+Dequantization without conversion instructions: the 7 magnitude bits of an e4m3 byte moved to
+bit 20 of an fp32 (sign to bit 31) form exactly the e4m3 value times 2**-120 (e4m3's
+exponent bias is 7, fp32's 127; e4m3 subnormals land on fp32 subnormals), 3 integer ops per
+weight; the bf16 pattern (bits 4 and 15) works the same way for the tensor-core path (the CPU
+interpreter, whose bf16 -> fp32 cast loses subnormals, runs that path in fp32).
+Activations are pre-scaled by 2**64 (exact) so that no product underflows; the output is
+scaled back with the per-channel scale. The NaN encoding (0x7F) is not decoded (weights
+quantized by ``per_channel_fp8`` never hold it).
+
+Two shapes of one kernel, fixed configs per (M, N, K) (no autotuning: the first call may be
+inside a CUDA-graph capture's warm-up):
+- M <= 4: each program owns BLOCK_N rows of W over the whole of K, BLOCK_M = M rounded up
+  to a power of two, products reduced with tl.sum (no tensor-core tile wasted on 1 row);
+  BLOCK_N is the largest of 16/8/4 that still gives ~4 programs per SM, and each K step
+  loads a contiguous [BLOCK_N, BLOCK_K] tile of 8 KiB (16-byte vector loads per thread).
+- 4 < M <= 16: tl.dot on [16, BLOCK_K] x [BLOCK_K, 16] tiles in bf16 (bf16 activations).
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import check, check_devices, check_tensor, is_interpreted, num_sms
+
+MAX_M = 16
+FMA_MAX_M = 4
+_X_SHIFT = 18446744073709551616.0  # 2**64: activations pre-scaled so no product underflows
+_Y_SHIFT = 72057594037927936.0  # 2**56 = 2**120 / 2**64: undoes both shifts
+
+
+@triton.jit
+def _e4m3_to_f32_shifted(b):
+    """uint8 e4m3 bit patterns -> fp32 value * 2**-120 (exact, no conversion instruction)."""
+    b32 = b.to(tl.uint32)
+    return (((b32 & 0x7F) << 20) | ((b32 & 0x80) << 24)).to(tl.float32, bitcast=True)
+
+
+@triton.jit
+def _e4m3_to_bf16_shifted(b):
+    """uint8 e4m3 bit patterns -> bf16 value * 2**-120 (exact)."""
+    b16 = b.to(tl.uint16)
+    return (((b16 & 0x7F) << 4) | ((b16 & 0x80) << 8)).to(tl.bfloat16, bitcast=True)
+
+
+@triton.jit
+def _fp8_gemv_kernel(
+    x_ptr, w_ptr, s_ptr, y_ptr,  # x [M, K]; w [N, K] uint8 (e4m3 bits); s [N] fp32; y [M, N]
+    M, N, K, stride_xm, stride_wn, stride_ym,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    USE_DOT: tl.constexpr, UPCAST: tl.constexpr,
+):
+    # grid (cdiv(N, BLOCK_N),): y[:, n0:n0 + BLOCK_N] over the whole of K
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    n_mask = offs_n < N
+    m_mask = offs_m < M
+    w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn  # int64: N * K may pass 2**31
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        offs_k = k0 + tl.arange(0, BLOCK_K)
+        k_mask = offs_k < K
+        wb = tl.load(w_rows + offs_k[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0)
+        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
+                    mask=m_mask[:, None] & k_mask[None, :], other=0.0)  # [BLOCK_M, BLOCK_K]
+        xs = x.to(tl.float32) * 18446744073709551616.0  # * 2**64, exact
+        if USE_DOT and UPCAST:  # the interpreter: its bf16 -> fp32 cast loses subnormals
+            acc += tl.dot(xs, tl.trans(_e4m3_to_f32_shifted(wb)), input_precision="ieee")
+        elif USE_DOT:  # bf16 x only: xs is exactly representable in bf16
+            w = _e4m3_to_bf16_shifted(wb)  # [BLOCK_N, BLOCK_K]
+            acc += tl.dot(xs.to(tl.bfloat16), tl.trans(w))
+        else:
+            w = _e4m3_to_f32_shifted(wb)
+            acc += tl.sum(xs[:, None, :] * w[None, :, :], axis=2)
+    scale = tl.load(s_ptr + offs_n, mask=n_mask, other=0.0) * 72057594037927936.0  # * 2**56
+    y = acc * scale[None, :]
+    tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], y.to(y_ptr.dtype.element_ty),
+             mask=m_mask[:, None] & n_mask[None, :])
+
+
+def launch_config(m: int, n: int, k: int, sms: int, dot: bool, interpreted: bool
+                  ) -> dict[str, int | bool]:
+    """BLOCK_M/N/K and warps for one call (pure function of the shape: capture-safe)."""
+    if interpreted:  # small tiles keep the numpy interpreter quick
+        return {"BLOCK_M": 16 if dot else triton.next_power_of_2(m), "BLOCK_N": 16,
+                "BLOCK_K": 32, "USE_DOT": dot, "num_warps": 4}
+    if dot:
+        return {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 256, "USE_DOT": True, "num_warps": 4,
+                "num_stages": 4}
+    bm = triton.next_power_of_2(m)
+    bn = next((b for b in (16, 8) if triton.cdiv(n, b) >= 4 * sms), 4)
+    # ~8 KiB of weights per K step at M=1 (fewer K per step for more rows: the
+    # [BLOCK_M, BLOCK_N, BLOCK_K] product stays at <= 32 fp32 registers per thread)
+    bk = min(8192 // bn // bm, triton.next_power_of_2(k))
+    bk = max(bk, 128)
+    return {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "USE_DOT": False, "num_warps": 8,
+            "num_stages": 1}
+
+
+def fp8_gemv(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor,
+             out: torch.Tensor | None = None) -> torch.Tensor:
+    """x: [M, K] fp16/bf16/fp32 with 1 <= M <= 16 (unit stride in K); qweight: e4m3 [N, K]
+    (unit stride in K); weight_scale: fp32 [N]. Returns out [M, N] of x.dtype
+    (optionally preallocated) = x @ (qweight * weight_scale[:, None]).T."""
+    check_tensor("x", x, (None, None))
+    m, k = x.shape
+    check(1 <= m <= MAX_M, f"fp8_gemv takes 1..{MAX_M} rows of x, got {m}; use a GEMM")
+    check_tensor("qweight", qweight, (None, k), (torch.float8_e4m3fn,))
+    n = qweight.shape[0]
+    check_tensor("weight_scale", weight_scale, (n,), (torch.float32,))
+    if out is None:
+        out = torch.empty((m, n), dtype=x.dtype, device=x.device)
+    check_tensor("out", out, (m, n), (x.dtype,))
+    dev = check_devices(_fp8_gemv_kernel, x=x, qweight=qweight, weight_scale=weight_scale,
+                        out=out)
+    interp = is_interpreted(_fp8_gemv_kernel)
+    dot = m > FMA_MAX_M and x.dtype == torch.bfloat16
+    cfg = launch_config(m, n, k, num_sms(dev), dot, interp)
+    _fp8_gemv_kernel[(triton.cdiv(n, int(cfg["BLOCK_N"])),)](
+        x, qweight.view(torch.uint8), weight_scale, out, m, n, k, x.stride(0),
+        qweight.stride(0), out.stride(0), UPCAST=interp and dot, **cfg)
+    return out
+
+
+def fp8_gemv_ref(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor
+                 ) -> torch.Tensor:
+    """Torch reference: dequantize in fp32, product in fp32, cast to x.dtype."""
+    w = qweight.float() * weight_scale.float()[:, None]
+    return (x.float() @ w.t()).to(x.dtype)

@@ -1,0 +1,111 @@
+"""Per-token FP8 quantization of activations in one launch: row absmax -> scale -> e4m3.
+
+    x [M, K] (fp16/bf16/fp32) -> xq e4m3 [M, K], scale fp32 [M, 1], x ~= xq * scale
+
+Dynamic (default): scale[m] = max(absmax(x[m]) / 448, 1e-12), the formula of
+``model.quant.fp8.per_token_fp8``; static (``static_scale``, a one-element fp32 tensor): every
+row uses that scale, and ``scale`` is it repeated per row, the row-wise layout
+``torch._scaled_mm`` takes with a per-channel weight scale. Replaces the 4-6 eager torch
+launches of the reference (abs, amax, divide, clamp, divide, clamp, cast) before every FP8
+GEMM; it reads no host value (CUDA-graph safe).
+
+Numerics equal the reference bit for bit: IEEE divisions (``tl.div_rn``), the clamp to
++-448, then round-to-nearest-even to e4m3. On the GPU the cast is the hardware's
+(``cvt.rn.satfinite``, as torch's); Triton's CPU interpreter casts fp32 -> e4m3 wrongly (it
+drops the carry into the exponent: 31.6 -> 16), so under the interpreter the kernel rounds
+in integer arithmetic instead (``_e4m3_rne_bits``), which is what the CI tests check.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import check, check_devices, check_tensor, is_interpreted
+
+FP8_MAX = 448.0
+MIN_SCALE = 1e-12
+
+
+@triton.jit
+def _e4m3_rne_bits(v):
+    """v: fp32 in [-448, 448] -> e4m3 bit patterns (uint8), round to nearest even."""
+    bits = v.to(tl.uint32, bitcast=True)
+    sign = (bits >> 24) & 0x80
+    a = tl.abs(v)
+    mag = bits & 0x7FFFFFFF
+    # normal e4m3 (a >= 2**-6): drop 20 mantissa bits with round-half-even, rebias 127 -> 7
+    normal = (mag + 0x7FFFF + ((mag >> 20) & 1)) >> 20
+    normal = normal - ((127 - 7) << 3)
+    # subnormal (a < 2**-6): code = rne(a * 2**9), 0..8 (8 is the smallest normal, 2**-6)
+    sub = ((a * 512.0 + 8388608.0) - 8388608.0).to(tl.uint32)
+    code = tl.where(a < 0.015625, sub, normal)
+    return (code | sign).to(tl.uint8)
+
+
+@triton.jit
+def _fp8_quant_kernel(
+    x_ptr, q_ptr, s_ptr, static_ptr,  # x [M, K]; q [M, K] e4m3 (uint8 view if SOFT_CAST); s [M]
+    K, stride_xm, stride_qm,
+    BLOCK_K: tl.constexpr, STATIC: tl.constexpr, SOFT_CAST: tl.constexpr,
+):
+    # grid (M,): one row per program; the second pass re-reads the row (L1/L2 resident)
+    row = tl.program_id(0).to(tl.int64)
+    x_row = x_ptr + row * stride_xm
+    if STATIC:
+        scale = tl.load(static_ptr).to(tl.float32)
+    else:
+        amax = tl.zeros((BLOCK_K,), dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            offs = k0 + tl.arange(0, BLOCK_K)
+            x = tl.load(x_row + offs, mask=offs < K, other=0.0).to(tl.float32)
+            amax = tl.maximum(amax, tl.abs(x))
+        scale = tl.maximum(tl.div_rn(tl.max(amax, axis=0), 448.0), 1e-12)
+    tl.store(s_ptr + row, scale)
+    for k0 in range(0, K, BLOCK_K):
+        offs = k0 + tl.arange(0, BLOCK_K)
+        mask = offs < K
+        x = tl.load(x_row + offs, mask=mask, other=0.0).to(tl.float32)
+        v = tl.minimum(tl.maximum(tl.div_rn(x, scale), -448.0), 448.0)
+        if SOFT_CAST:
+            q = _e4m3_rne_bits(v)
+        else:
+            q = v.to(tl.float8e4nv)
+        tl.store(q_ptr + row * stride_qm + offs, q, mask=mask)
+
+
+def per_token_quant_fp8(x: torch.Tensor, static_scale: torch.Tensor | None = None
+                        ) -> tuple[torch.Tensor, torch.Tensor]:
+    """x: [M, K] fp16/bf16/fp32 (unit stride in K); static_scale: None (dynamic per-token
+    scales) or a one-element fp32 tensor. Returns (xq e4m3 [M, K], scale fp32 [M, 1])."""
+    check_tensor("x", x, (None, None))
+    m, k = x.shape
+    if static_scale is not None:
+        check(static_scale.numel() == 1 and static_scale.dtype == torch.float32,
+              f"static_scale must be one fp32 value, got {tuple(static_scale.shape)} {static_scale.dtype}")
+    xq = torch.empty((m, k), dtype=torch.float8_e4m3fn, device=x.device)
+    scale = torch.empty((m, 1), dtype=torch.float32, device=x.device)
+    devs = {"x": x} if static_scale is None else {"x": x, "static_scale": static_scale}
+    check_devices(_fp8_quant_kernel, **devs)
+    if m == 0:
+        return xq, scale
+    soft = is_interpreted(_fp8_quant_kernel)
+    block_k = min(triton.next_power_of_2(k), 64 if soft else 4096)
+    _fp8_quant_kernel[(m,)](
+        x, xq.view(torch.uint8) if soft else xq, scale,
+        static_scale if static_scale is not None else scale,
+        k, x.stride(0), xq.stride(0), BLOCK_K=block_k, STATIC=static_scale is not None,
+        SOFT_CAST=soft, num_warps=1 if soft else (8 if block_k >= 4096 else 4))
+    return xq, scale
+
+
+def per_token_quant_fp8_ref(x: torch.Tensor, static_scale: torch.Tensor | None = None
+                            ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Torch reference (the eager ops the kernel replaces)."""
+    xf = x.float()
+    if static_scale is None:
+        scale = (xf.abs().amax(dim=1, keepdim=True) / FP8_MAX).clamp(min=MIN_SCALE)
+    else:
+        scale = static_scale.float().reshape(1, 1).expand(x.shape[0], 1).contiguous()
+    return (xf / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn), scale

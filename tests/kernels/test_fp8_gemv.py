@@ -1,0 +1,92 @@
+"""fp8_gemv (e4m3 weights dequantized in registers, unquantized activations) against
+dequantize + an fp32 product."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from inflight.kernels import fp8_gemv, fp8_gemv_ref
+from inflight.kernels.fp8_gemv import launch_config
+from inflight.model.quant.fp8 import per_channel_fp8
+from kernel_testing import assert_close
+
+FP8 = torch.float8_e4m3fn
+# a K-long fp32 dot product cast to the output dtype (the interpreter truncates to bf16)
+TOL = {torch.float32: (1e-5, 1e-5), torch.float16: (2e-3, 2e-3), torch.bfloat16: (2e-2, 2e-2)}
+
+
+def _weights(n: int, k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(n * 7 + k)
+    w = torch.randn(n, k, generator=g) / k**0.5
+    w[0, : min(k, 8)] = 1e-6  # e4m3 subnormals after the per-row scale
+    q, s = per_channel_fp8(w)
+    return q.to(device), s.to(device)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("m,n,k", [(1, 37, 100), (2, 16, 65), (4, 50, 200), (5, 33, 96),
+                                   (16, 40, 130)])
+def test_fp8_gemv(dtype: torch.dtype, m: int, n: int, k: int, device: torch.device) -> None:
+    """Odd N and K (edge tiles), M = 1..4 (tl.sum) and 5..16 (tl.dot for bf16)."""
+    q, s = _weights(n, k, device)
+    x = torch.randn(m, k, device=device).to(dtype)
+    assert_close(fp8_gemv(x, q, s), fp8_gemv_ref(x, q, s), TOL)
+
+
+@pytest.mark.parametrize("dtype,m", [(torch.float32, 1), (torch.float32, 16),
+                                     (torch.bfloat16, 4), (torch.bfloat16, 16)])
+def test_fp8_gemv_decodes_every_code(dtype: torch.dtype, m: int, device: torch.device) -> None:
+    """x = the identity reads the weights back: all 254 finite e4m3 codes (subnormals, +-448)
+    in every column, times the channel scale (fp32: exactly; bf16: one rounding)."""
+    codes = torch.cat([torch.arange(0, 0x7F), torch.arange(0x80, 0xFF)])  # [254], no NaN
+    idx = (torch.arange(254)[:, None] + torch.arange(m)[None, :]) % 254
+    q = codes[idx].to(torch.uint8).view(FP8).to(device)  # [N=254, K=m]
+    s = torch.linspace(0.5, 3.0, 254).to(device)
+    x = torch.eye(m).to(device=device, dtype=dtype)
+    out = fp8_gemv(x, q, s)
+    want = (q.float() * s[:, None]).t().contiguous()  # [m, 254]
+    if dtype == torch.float32:
+        assert torch.equal(out, want)
+    assert_close(out, want.to(dtype), TOL)
+
+
+def test_fp8_gemv_out_and_row_strides(device: torch.device) -> None:
+    q, s = _weights(40, 80, device)
+    q = q[:, :64]  # row stride 80: a slice of a wider weight
+    x = torch.randn(3, 96, device=device)[:, :64]  # row stride 96
+    out = torch.full((3, 40), float("nan"), device=device)
+    assert fp8_gemv(x, q, s, out=out) is out
+    assert_close(out, fp8_gemv_ref(x, q, s), TOL)
+
+
+def test_fp8_gemv_rejects_bad_inputs(device: torch.device) -> None:
+    q, s = _weights(16, 32, device)
+    x = torch.randn(1, 32, device=device)
+    with pytest.raises(ValueError, match="1..16 rows"):
+        fp8_gemv(torch.randn(17, 32, device=device), q, s)
+    with pytest.raises(ValueError, match="qweight dtype"):
+        fp8_gemv(x, q.float(), s)
+    with pytest.raises(ValueError, match="weight_scale dim 0 must be 16"):
+        fp8_gemv(x, q, s[:8])
+
+
+@pytest.mark.parametrize("m", [1, 2, 4])
+@pytest.mark.parametrize("n,k", [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)])
+def test_launch_config_fills_an_h200(m: int, n: int, k: int) -> None:
+    """Decode shapes of Llama-3.1-8B on 132 SMs: >= ~4 programs per SM, a power-of-two K
+    step within K, <= 32 fp32 product registers per thread, <= 8 KiB of weights per step."""
+    cfg = launch_config(m, n, k, 132, dot=False, interpreted=False)
+    bm, bn, bk = (int(cfg[key]) for key in ("BLOCK_M", "BLOCK_N", "BLOCK_K"))
+    assert bm >= m and -(-n // bn) >= 3.8 * 132
+    assert bk & (bk - 1) == 0 and 128 <= bk <= k
+    assert bm * bn * bk <= 32 * 32 * int(cfg["num_warps"]) and bn * bk <= 8192
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("m", [1, 3, 8, 16])
+@pytest.mark.parametrize("n,k", [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)])
+def test_fp8_gemv_gpu_llama_8b_shapes(dtype: torch.dtype, m: int, n: int, k: int) -> None:
+    q, s = _weights(n, k, torch.device("cuda"))
+    x = torch.randn(m, k, device="cuda", dtype=dtype)
+    assert_close(fp8_gemv(x, q, s), fp8_gemv_ref(x, q, s), TOL)
