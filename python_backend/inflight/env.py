@@ -27,6 +27,12 @@ def disable_progress() -> bool:
     return _get("NO_PROGRESS", "0") not in ("", "0", "false", "False")
 
 
+def fp8_gemv_max_m() -> int:
+    """FP8 linears with at most this many input rows use the W8A16 GEMV kernel instead of
+    per-token quantization + ``torch._scaled_mm`` (docs/quantization.md); 0 turns it off."""
+    return int(_get("FP8_GEMV_MAX_M", "16") or 16)
+
+
 def tritonserver_path() -> str:
     """Explicit tritonserver binary; otherwise PATH, then the nvidia-pytriton wheel."""
     return _get("TRITONSERVER", "")

@@ -56,13 +56,15 @@ def test_decode_and_prefill_read_fp8_caches(dtype: torch.dtype, device: torch.de
 @pytest.mark.parametrize("m", [1, 16, 300])
 @pytest.mark.parametrize("n,k", [(6144, 4096), (4096, 14336)])
 def test_fp8_linear_scaled_mm_gpu(m: int, n: int, k: int) -> None:
-    """cuBLASLt row-wise FP8 GEMM against the emulated W8A8 reference (same quantization)."""
+    """Fused per-token quantization + cuBLASLt row-wise FP8 GEMM against the emulated W8A8
+    reference (same quantization); pinned to that path at every M (the default dispatch sends
+    M <= 16 to the W8A16 GEMV: tests/kernels/test_fp8_linear.py)."""
     from inflight.model.quant.fp8 import fp8_linear_cuda, fp8_linear_ref, per_channel_fp8
 
     w = torch.randn(n, k, device="cuda", dtype=torch.bfloat16) / k**0.5
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16)
     q, s = per_channel_fp8(w)
-    out, ref = fp8_linear_cuda(x, q, s, None), fp8_linear_ref(x, q, s, None)
+    out, ref = fp8_linear_cuda(x, q, s, None, "scaled_mm"), fp8_linear_ref(x, q, s, None)
     torch.testing.assert_close(out.float(), ref.float(), atol=3e-2, rtol=3e-2)
     rel = (out.float() - x.float() @ w.float().t()).norm() / (x.float() @ w.float().t()).norm()
     assert rel < 0.06  # FP8 W8A8 vs bf16: a few percent relative error

@@ -10,7 +10,9 @@ as buffers. Dummy weights and on-load quantization go through :meth:`from_float`
 
 from __future__ import annotations
 
-from typing import Protocol
+import logging
+from collections.abc import Callable
+from typing import Protocol, TypeVar
 
 import torch
 from torch import nn
@@ -18,6 +20,8 @@ from torch import nn
 from inflight.errors import ConfigError
 
 Parts = dict[str | None, dict[str, torch.Tensor]]  # part id -> {checkpoint suffix: tensor}
+T = TypeVar("T")
+log = logging.getLogger(__name__)
 
 
 class LinearMethod(Protocol):
@@ -67,3 +71,29 @@ def part_sizes(layer: nn.Module) -> dict[str | None, int]:
 
 def concat_parts(parts: Parts, order: dict[str | None, int], key: str, dim: int = 0) -> torch.Tensor:
     return torch.cat([parts[p][key] for p in order], dim=dim)
+
+
+class KernelGuard:
+    """Triton kernels that failed on this GPU (e.g. do not compile with its Triton): the first
+    failure of a kernel logs an error naming it and the fallback, later calls go straight to
+    the fallback (torch ops: slower, same result). The warm-up runs every shape before CUDA
+    graphs are captured, so a failure shows there, never inside a capture (re-raised if it
+    did). ``ValueError`` is a launcher's argument check, a bug of the caller: re-raised."""
+
+    failed: dict[str, str] = {}  # kernel name -> the error it raised
+
+    @classmethod
+    def run(cls, name: str, kernel: Callable[[], T], fallback: Callable[[], T]) -> T:
+        if name in cls.failed:
+            return fallback()
+        try:
+            return kernel()
+        except ValueError:
+            raise
+        except Exception as e:
+            if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+                raise
+            cls.failed[name] = f"{type(e).__name__}: {e}"
+            log.error("Triton kernel %s failed on this device (%s); using its torch fallback "
+                      "from now on (slower)", name, cls.failed[name].splitlines()[0][:500])
+            return fallback()

@@ -7,8 +7,13 @@ per-part scales kept exactly, no requantization), ``input_scale`` fp32 [] or Non
 (dynamic). A fused layer with static per-part input scales takes their max, as the
 activation is shared.
 
-GPU: ``torch._scaled_mm`` (cuBLASLt FP8 GEMM, row-wise scales). CPU and the reference: the
-same quantization of x and W, then the product in the activation dtype (emulation).
+GPU, chosen per call by :func:`fp8_linear_path` from the number of input rows M:
+- M <= ``INFLIGHT_FP8_GEMV_MAX_M`` (16; decode): the Triton GEMV ``fp8_gemv`` reads the e4m3
+  weights and the unquantized activations (W8A16 there; no activation quantization);
+- larger M: the fused per-token quantization kernel (one launch) feeds ``torch._scaled_mm``
+  (cuBLASLt FP8 GEMM, row-wise scales: per-token x per-channel, bf16 out).
+CPU and the reference: the same quantization of x and W, then the product in the activation
+dtype (emulation).
 """
 
 from __future__ import annotations
@@ -17,8 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from inflight import env
 from inflight.errors import ConfigError
-from inflight.model.quant.base import Parts, expect, part_sizes, set_buffer
+from inflight.model.quant.base import KernelGuard, Parts, expect, part_sizes, set_buffer
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0
@@ -53,17 +59,52 @@ def fp8_linear_ref(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.T
     return F.linear((xq.float() * sx).to(x.dtype), w)
 
 
-def fp8_linear_cuda(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor,
-                    input_scale: torch.Tensor | None) -> torch.Tensor:
-    """cuBLASLt FP8 GEMM with row-wise scales: x [M, K] -> [M, N] in x.dtype."""
-    if input_scale is None:
-        xq, sx = per_token_fp8(x)
-    else:
-        xq = quantize_fp8(x, input_scale)
-        sx = input_scale.reshape(1, 1).expand(x.shape[0], 1).contiguous()
+GEMV_MAX_M = env.fp8_gemv_max_m()
+
+
+def fp8_linear_path(m: int, on_gpu: bool, gemv_max_m: int = GEMV_MAX_M) -> str:
+    """The FP8 linear implementation for an input of ``m`` rows: ``"emulate"`` off the GPU
+    (:func:`fp8_linear_ref`), ``"gemv"`` for 1 <= m <= gemv_max_m (the W8A16 Triton GEMV:
+    a decode step streams the weights once, and quantizing a few activation rows would cost
+    more launches than it saves), else ``"scaled_mm"`` (fused quantization + cuBLASLt)."""
+    if not on_gpu:
+        return "emulate"
+    return "gemv" if 1 <= m <= gemv_max_m else "scaled_mm"
+
+
+def fp8_linear_scaled_mm(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor,
+                         input_scale: torch.Tensor | None) -> torch.Tensor:
+    """W8A8: per-token (or static) quantization of x in one Triton launch, then cuBLASLt's FP8
+    GEMM with row-wise scales: x [M, K] -> [M, N] in x.dtype."""
+    from inflight.kernels import per_token_quant_fp8
+
+    def eager() -> tuple[torch.Tensor, torch.Tensor]:
+        if input_scale is None:
+            return per_token_fp8(x)
+        return (quantize_fp8(x, input_scale),
+                input_scale.reshape(1, 1).expand(x.shape[0], 1).contiguous())
+
+    xq, sx = KernelGuard.run("fp8_quant", lambda: per_token_quant_fp8(x, input_scale), eager)
     out = torch._scaled_mm(xq, qweight.t(), scale_a=sx, scale_b=weight_scale.view(1, -1),
                            out_dtype=torch.bfloat16)  # row-wise scaling writes bf16
     return out if x.dtype == torch.bfloat16 else out.to(x.dtype)
+
+
+def fp8_linear_cuda(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor,
+                    input_scale: torch.Tensor | None, path: str | None = None) -> torch.Tensor:
+    """x [M, K] -> [M, N] in x.dtype through the Triton kernels and cuBLASLt, by ``path``
+    (default :func:`fp8_linear_path` for a GPU). ``"gemv"`` ignores ``input_scale``: the
+    activations stay unquantized."""
+    path = path or fp8_linear_path(x.shape[0], True)
+    if path == "gemv":
+        from inflight.kernels import fp8_gemv
+
+        return KernelGuard.run(
+            "fp8_gemv", lambda: fp8_gemv(x, qweight, weight_scale),
+            lambda: fp8_linear_scaled_mm(x, qweight, weight_scale, input_scale))
+    if path != "scaled_mm":
+        raise ValueError(f"unknown FP8 linear path {path!r}")
+    return fp8_linear_scaled_mm(x, qweight, weight_scale, input_scale)
 
 
 class Fp8LinearMethod:
@@ -132,8 +173,11 @@ class Fp8LinearMethod:
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
-        fn = fp8_linear_cuda if x.is_cuda else fp8_linear_ref
-        out = fn(x2, layer.qweight, layer.weight_scale, layer.input_scale)
+        path = fp8_linear_path(x2.shape[0], x.is_cuda)
+        if path == "emulate":
+            out = fp8_linear_ref(x2, layer.qweight, layer.weight_scale, layer.input_scale)
+        else:
+            out = fp8_linear_cuda(x2, layer.qweight, layer.weight_scale, layer.input_scale, path)
         if bias is not None:
             out = out + bias
         return out.reshape(*shape[:-1], out.shape[-1])

@@ -1,0 +1,146 @@
+"""The FP8 linear dispatch (model/quant/fp8.py): which implementation serves which M, each
+branch against its reference (kernels in the interpreter on CPU, torch._scaled_mm runs on
+CPU too), and the fallback when a kernel fails on the device."""
+
+from __future__ import annotations
+
+import logging
+import os
+
+import inflight.kernels as K
+import pytest
+import torch
+from inflight.model.quant import fp8 as fp8mod
+from inflight.model.quant.base import KernelGuard
+from inflight.model.quant.fp8 import (
+    fp8_linear_cuda,
+    fp8_linear_path,
+    fp8_linear_ref,
+    per_channel_fp8,
+)
+
+
+def test_fp8_linear_path_by_rows() -> None:
+    assert [fp8_linear_path(m, True, 16) for m in (1, 2, 4, 8, 16)] == ["gemv"] * 5
+    assert [fp8_linear_path(m, True, 16) for m in (0, 17, 128, 4096)] == ["scaled_mm"] * 4
+    assert fp8_linear_path(8, True, 4) == "scaled_mm" and fp8_linear_path(4, True, 4) == "gemv"
+    assert fp8_linear_path(1, True, 0) == "scaled_mm"  # INFLIGHT_FP8_GEMV_MAX_M=0: off
+    assert fp8_linear_path(1, False, 16) == "emulate" == fp8_linear_path(512, False, 16)
+    # the default threshold: INFLIGHT_FP8_GEMV_MAX_M, 16 when unset
+    assert fp8mod.GEMV_MAX_M == int(os.environ.get("INFLIGHT_FP8_GEMV_MAX_M", "16"))
+    assert fp8_linear_path(fp8mod.GEMV_MAX_M + 1, True) == "scaled_mm"
+
+
+def _layer(n: int, k: int, device: torch.device, seed: int = 0):  # type: ignore[no-untyped-def]
+    g = torch.Generator().manual_seed(seed)
+    w = (torch.randn(n, k, generator=g) / k**0.5).to(device=device, dtype=torch.bfloat16)
+    q, s = per_channel_fp8(w)
+    return w, q, s
+
+
+def _want(path: str, x: torch.Tensor, q: torch.Tensor, s: torch.Tensor
+          ) -> tuple[torch.Tensor, float]:
+    """Each branch's reference and tolerance: the GEMV is W8A16 (unquantized activations
+    times the dequantized weight), _scaled_mm W8A8 (the emulation quantizes x the same way)."""
+    if path == "gemv":
+        return (x.float() @ (q.float() * s[:, None]).t()).to(x.dtype), 2e-2
+    return fp8_linear_ref(x, q, s, None), 3e-2
+
+
+@pytest.fixture
+def calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Records which kernel each call reached (the real kernels still run)."""
+    seen: list[str] = []
+    gemv, quant = K.fp8_gemv, K.per_token_quant_fp8
+    monkeypatch.setattr(K, "fp8_gemv", lambda *a, **kw: (seen.append("gemv"), gemv(*a, **kw))[1])
+    monkeypatch.setattr(K, "per_token_quant_fp8",
+                        lambda *a, **kw: (seen.append("quant"), quant(*a, **kw))[1])
+    monkeypatch.setattr(KernelGuard, "failed", {})
+    return seen
+
+
+@pytest.mark.parametrize("m,n,k", [(1, 24, 40), (3, 17, 33), (16, 40, 64), (20, 33, 96)])
+def test_dispatch_runs_the_chosen_branch(m: int, n: int, k: int, calls: list[str],
+                                         device: torch.device) -> None:
+    w, q, s = _layer(n, k, device, m)
+    x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
+    out = fp8_linear_cuda(x, q, s, None)  # the default path for a GPU input of m rows
+    path = fp8_linear_path(m, True)
+    assert calls == (["gemv"] if path == "gemv" else ["quant"])
+    assert out.shape == (m, n) and out.dtype == torch.bfloat16
+    want, tol = _want(path, x, q, s)
+    torch.testing.assert_close(out.float(), want.float(), atol=tol, rtol=tol)
+    rel = (out.float() - x.float() @ w.float().t()).norm() / (x.float() @ w.float().t()).norm()
+    assert rel < 0.06
+
+
+@pytest.mark.parametrize("path", ["gemv", "scaled_mm"])
+@pytest.mark.parametrize("m", [1, 5])
+def test_both_branches_at_one_m(path: str, m: int, calls: list[str], device: torch.device) -> None:
+    """An explicit path overrides the default (the benchmark times both at every M)."""
+    _, q, s = _layer(19, 48, device, 7)
+    x = torch.randn(m, 48, device=device, dtype=torch.bfloat16)
+    a = fp8_linear_cuda(x, q, s, None, path)
+    assert calls == (["gemv"] if path == "gemv" else ["quant"])
+    want, tol = _want(path, x, q, s)
+    torch.testing.assert_close(a.float(), want.float(), atol=tol, rtol=tol)
+    with pytest.raises(ValueError, match="unknown FP8 linear path"):
+        fp8_linear_cuda(x, q, s, None, "cutlass")
+
+
+def test_static_input_scale_through_scaled_mm(calls: list[str], device: torch.device) -> None:
+    _, q, s = _layer(24, 64, device, 3)
+    x = torch.randn(32, 64, device=device, dtype=torch.bfloat16)
+    static = torch.tensor(x.float().abs().max().item() / 448, device=device)
+    out = fp8_linear_cuda(x, q, s, static)
+    assert calls == ["quant"]
+    torch.testing.assert_close(out.float(), fp8_linear_ref(x, q, s, static).float(),
+                               atol=3e-2, rtol=3e-2)
+
+
+def test_kernel_failure_falls_back_once_with_an_error(monkeypatch: pytest.MonkeyPatch,
+                                                      caplog: pytest.LogCaptureFixture,
+                                                      device: torch.device) -> None:
+    monkeypatch.setattr(KernelGuard, "failed", {})
+    tries: list[int] = []
+
+    def broken(*a: object, **kw: object) -> torch.Tensor:
+        tries.append(1)
+        raise RuntimeError("PTX too new for this driver")
+
+    monkeypatch.setattr(K, "fp8_gemv", broken)
+    _, q, s = _layer(16, 32, device)
+    x = torch.randn(2, 32, device=device, dtype=torch.bfloat16)
+    with caplog.at_level(logging.ERROR):
+        out1 = fp8_linear_cuda(x, q, s, None, "gemv")
+        out2 = fp8_linear_cuda(x, q, s, None, "gemv")
+    assert len(tries) == 1  # not retried: the fallback from then on
+    assert "fp8_gemv" in KernelGuard.failed and "PTX too new" in caplog.text
+    torch.testing.assert_close(out1, out2)
+    torch.testing.assert_close(out1.float(), fp8_linear_ref(x, q, s, None).float(),
+                               atol=3e-2, rtol=3e-2)
+
+    def bad_args(*a: object, **kw: object) -> torch.Tensor:
+        raise ValueError("x must be 2-D")
+
+    monkeypatch.setattr(K, "per_token_quant_fp8", bad_args)
+    with pytest.raises(ValueError, match="2-D"):  # a caller bug is not hidden
+        fp8_linear_cuda(x, q, s, None, "scaled_mm")
+    assert "fp8_quant" not in KernelGuard.failed
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("m", [1, 8, 64])
+def test_fp8_linear_cuda_graph_capture(m: int) -> None:
+    """Both branches replay from a CUDA graph (no host sync in the forward path)."""
+    _, q, s = _layer(6144, 4096, torch.device("cuda"))
+    x = torch.randn(m, 4096, device="cuda", dtype=torch.bfloat16)
+    fp8_linear_cuda(x, q, s, None)  # warm-up: compiles outside the capture
+    torch.cuda.synchronize()
+    g = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(g):
+        out = fp8_linear_cuda(x, q, s, None)
+    x.copy_(torch.randn_like(x))
+    g.replay()
+    torch.cuda.synchronize()
+    torch.testing.assert_close(out, fp8_linear_cuda(x, q, s, None), atol=0, rtol=0)
