@@ -110,10 +110,13 @@ def launch_config(m: int, n: int, k: int, sms: int, dot: bool, interpreted: bool
 
 
 def fp8_gemv(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor,
-             out: torch.Tensor | None = None) -> torch.Tensor:
+             out: torch.Tensor | None = None, config: dict[str, int] | None = None
+             ) -> torch.Tensor:
     """x: [M, K] fp16/bf16/fp32 with 1 <= M <= 16 (unit stride in K); qweight: e4m3 [N, K]
     (unit stride in K); weight_scale: fp32 [N]. Returns out [M, N] of x.dtype
-    (optionally preallocated) = x @ (qweight * weight_scale[:, None]).T."""
+    (optionally preallocated) = x @ (qweight * weight_scale[:, None]).T. ``config``
+    overrides launch settings (BLOCK_N, BLOCK_K: powers of two, >= 16 with tl.dot;
+    num_warps, num_stages): tests and the benchmark's sweep."""
     check_tensor("x", x, (None, None))
     m, k = x.shape
     check(1 <= m <= MAX_M, f"fp8_gemv takes 1..{MAX_M} rows of x, got {m}; use a GEMM")
@@ -127,7 +130,7 @@ def fp8_gemv(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor,
                         out=out)
     interp = is_interpreted(_fp8_gemv_kernel)
     dot = m > FMA_MAX_M and x.dtype == torch.bfloat16
-    cfg = launch_config(m, n, k, num_sms(dev), dot, interp)
+    cfg = launch_config(m, n, k, num_sms(dev), dot, interp) | (config or {})
     _fp8_gemv_kernel[(triton.cdiv(n, int(cfg["BLOCK_N"])),)](
         x, qweight.view(torch.uint8), weight_scale, out, m, n, k, x.stride(0),
         qweight.stride(0), out.stride(0), UPCAST=interp and dot, **cfg)

@@ -6,10 +6,19 @@ compressed-tensors checkpoints convert to it at load):
     scales  [N, K // G] (x.dtype); qzeros uint8 [N, K // G]
     W[n, k] = (code - qzeros[n, k // G]) * scales[n, k // G]
 At batch 1 the step streams 0.5 byte per weight instead of 2 (bf16), so decode is about
-4x less memory-bound. Two launch shapes of one kernel: M <= 4 (decode) gives each program
-BLOCK_N output columns over the whole of K and reduces with tl.sum (no tensor-core tile
-wasted on 1 row); larger M uses tl.dot tiles. Launch configs are fixed per M bucket (no
-autotuning: the first call may happen inside a CUDA-graph capture).
+4x less memory-bound. Two kernels:
+- M <= 4 (decode), ``_w4a16_gemv_kernel``: each program owns BLOCK_N rows of W over the whole
+  of K and loads a contiguous [BLOCK_N, BLOCK_K / 8] block of words per step (~8 KiB; BLOCK_N
+  is the largest of 16/8/4 that leaves ~4 programs per SM). A nibble becomes an fp32 without
+  a conversion instruction: ``code | 0x4B000000`` is the float 2**23 + code, so one
+  subtraction of 2**23 + zero gives code - zero exactly. Scales apply per group, after the
+  group's products are summed (one multiply per 128 weights, not per weight). Rows of x are
+  unrolled (tl.static_range), so the dequantized tile is shared by all M rows. Each nibble
+  position is its own tensor in the words' layout: a per-nibble axis would spread one
+  word over several threads, each loading it.
+- larger M, ``_w4a16_kernel``: tl.dot tiles, the weight tile dequantized in registers.
+Launch configs are pure functions of the shape (no autotuning: the first call may happen
+inside a CUDA-graph capture's warm-up).
 """
 
 from __future__ import annotations
@@ -18,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check, check_devices, check_tensor, is_interpreted
+from ._common import check, check_devices, check_tensor, is_interpreted, num_sms
 from ._paged import mma
 
 GEMV_MAX_M = 4
@@ -29,7 +38,7 @@ def _w4a16_kernel(
     x_ptr, qw_ptr, s_ptr, z_ptr, y_ptr,  # x [M, K]; qw [N, K/8] int32; s, z [N, K/G]; y [M, N]
     M, N, K, stride_xm, stride_qn, stride_sn, stride_zn, stride_ym,
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    USE_DOT: tl.constexpr, UPCAST: tl.constexpr,
+    UPCAST: tl.constexpr,
 ):
     # grid (cdiv(N, BLOCK_N), cdiv(M, BLOCK_M)); BLOCK_K divides GROUP, and GROUP divides K,
     # so a K tile lies in one quantization group and needs no mask.
@@ -52,40 +61,101 @@ def _w4a16_kernel(
         offs_k = k0 + tl.arange(0, BLOCK_K)
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :], mask=m_mask[:, None],
                     other=0.0)  # [BLOCK_M, BLOCK_K]
-        if USE_DOT:
-            acc += mma(x, tl.trans(w.to(x.dtype)), "ieee" if x.dtype == tl.float32 else "tf32",
-                       UPCAST)
-        else:
-            acc += tl.sum(x.to(tl.float32)[:, None, :] * w[None, :, :], axis=2)
+        acc += mma(x, tl.trans(w.to(x.dtype)), "ieee" if x.dtype == tl.float32 else "tf32",
+                   UPCAST)
     tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
              mask=m_mask[:, None] & n_mask[None, :])
 
 
+@triton.jit
+def _nibble(words, j: tl.constexpr, zz):
+    """Nibble j of each word as fp32 minus the zero: float(2**23 + code) is the bit pattern
+    ``code | 0x4B000000``, so subtracting zz = 2**23 + zero leaves code - zero exactly."""
+    return (((words >> (4 * j)) & 0xF) | 0x4B000000).to(tl.float32, bitcast=True) - zz
+
+
+@triton.jit
+def _w4a16_gemv_kernel(
+    x_ptr, qw_ptr, s_ptr, z_ptr, y_ptr,  # x [M, K]; qw [N, K/8] int32; s, z [N, K/G]; y [M, N]
+    M, N, K, stride_xm, stride_qn, stride_sn, stride_zn, stride_ym,
+    GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    # grid (cdiv(N, BLOCK_N),). A K step covers NG whole groups (or part of one group when
+    # BLOCK_K < GROUP); GROUP divides K, so tiles are masked by whole groups only. The words
+    # stay [BLOCK_N, NG, WPG] and each nibble position j is its own tensor of that layout
+    # (no per-nibble axis whose threads would each load the same word).
+    NG: tl.constexpr = BLOCK_K // GROUP if BLOCK_K >= GROUP else 1
+    WPG: tl.constexpr = BLOCK_K // NG // 8  # words per group (chunk) in a tile
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    n_mask = offs_n < N
+    n64 = offs_n.to(tl.int64)  # N * K / 8 may pass 2**31 for lm_head-sized layers
+    offs_g = tl.arange(0, NG)
+    offs_w = offs_g[:, None] * WPG + tl.arange(0, WPG)[None, :]  # [NG, WPG] word in the tile
+    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        g_mask = k0 + offs_g * (WPG * 8) < K  # [NG]
+        words = tl.load(qw_ptr + n64[:, None, None] * stride_qn + (k0 // 8 + offs_w)[None, :, :],
+                        mask=n_mask[:, None, None] & g_mask[None, :, None], other=0)
+        g = k0 // GROUP + offs_g  # [NG] group index (one group when BLOCK_K < GROUP)
+        sz_mask = n_mask[:, None] & g_mask[None, :]
+        scale = tl.load(s_ptr + n64[:, None] * stride_sn + g[None, :], mask=sz_mask,
+                        other=0.0).to(tl.float32)  # [BLOCK_N, NG]
+        zz = tl.load(z_ptr + n64[:, None] * stride_zn + g[None, :], mask=sz_mask,
+                     other=0).to(tl.float32)[:, :, None] + 8388608.0  # 2**23 + zero
+        w0, w1 = _nibble(words, 0, zz), _nibble(words, 1, zz)
+        w2, w3 = _nibble(words, 2, zz), _nibble(words, 3, zz)
+        w4, w5 = _nibble(words, 4, zz), _nibble(words, 5, zz)
+        w6, w7 = _nibble(words, 6, zz), _nibble(words, 7, zz)
+        for r in tl.static_range(BLOCK_M):  # every row reuses the dequantized tile
+            xp = x_ptr + r * stride_xm + k0 + offs_w * 8  # [NG, WPG]: nibble 0 of each word
+            xm = g_mask[:, None] & (tl.full((1, 1), r, tl.int32) < M)
+            t = w0 * tl.load(xp, mask=xm, other=0.0).to(tl.float32)[None, :, :]
+            t += w1 * tl.load(xp + 1, mask=xm, other=0.0).to(tl.float32)[None, :, :]
+            t += w2 * tl.load(xp + 2, mask=xm, other=0.0).to(tl.float32)[None, :, :]
+            t += w3 * tl.load(xp + 3, mask=xm, other=0.0).to(tl.float32)[None, :, :]
+            t += w4 * tl.load(xp + 4, mask=xm, other=0.0).to(tl.float32)[None, :, :]
+            t += w5 * tl.load(xp + 5, mask=xm, other=0.0).to(tl.float32)[None, :, :]
+            t += w6 * tl.load(xp + 6, mask=xm, other=0.0).to(tl.float32)[None, :, :]
+            t += w7 * tl.load(xp + 7, mask=xm, other=0.0).to(tl.float32)[None, :, :]
+            row = tl.sum(tl.sum(t, axis=2) * scale, axis=1)  # group sums, then scales: [BN]
+            acc = tl.where(offs_m[:, None] == r, acc + row[None, :], acc)
+    tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
+             mask=(offs_m < M)[:, None] & n_mask[None, :])
+
+
+def gemv_config(m: int, n: int, k: int, group: int, sms: int, interpreted: bool
+                ) -> dict[str, int]:
+    """BLOCK_M/N/K and warps of the M <= 4 kernel (pure function of the shape)."""
+    bm = triton.next_power_of_2(m)
+    if interpreted:  # small tiles keep the numpy interpreter quick; 2 groups per step
+        return {"BLOCK_M": bm, "BLOCK_N": 8, "BLOCK_K": min(2 * group, 64), "num_warps": 4}
+    bn = next((b for b in (16, 8) if triton.cdiv(n, b) >= 4 * sms), 4)
+    # ~8 KiB of packed weights (16384 nibbles) per K step, at most all of K
+    bk = max(min(16384 // bn, triton.next_power_of_2(k)), min(group, 128))
+    return {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "num_warps": 8, "num_stages": 2}
+
+
 def _launch_config(m: int, group: int, interpreted: bool) -> dict[str, int | bool]:
-    """BLOCK_M/N/K, warps and stages per M bucket (fixed: capture-safe)."""
+    """BLOCK_M/N/K, warps and stages of the tl.dot kernel per M bucket (M > GEMV_MAX_M)."""
     if interpreted:  # small tiles keep the numpy interpreter quick
-        bk = min(group, 32)
-        return {"BLOCK_M": 16 if m > GEMV_MAX_M else triton.next_power_of_2(m), "BLOCK_N": 16,
-                "BLOCK_K": bk, "USE_DOT": m > GEMV_MAX_M, "num_warps": 4, "num_stages": 1}
-    if m <= GEMV_MAX_M:
-        return {"BLOCK_M": triton.next_power_of_2(m), "BLOCK_N": 16, "BLOCK_K": min(group, 128),
-                "USE_DOT": False, "num_warps": 4, "num_stages": 3}
-    if m <= 16:
-        return {"BLOCK_M": 16, "BLOCK_N": 64, "BLOCK_K": min(group, 128), "USE_DOT": True,
-                "num_warps": 4, "num_stages": 3}
+        return {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": min(group, 32), "num_warps": 4, "num_stages": 1}
+    if m <= 16:  # N / 16 programs: 256 for a 4096-wide layer, ~2 per SM
+        return {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": min(group, 128), "num_warps": 4, "num_stages": 4}
     if m <= 64:
-        return {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": min(group, 64), "USE_DOT": True,
-                "num_warps": 4, "num_stages": 3}
-    return {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": min(group, 64), "USE_DOT": True,
+        return {"BLOCK_M": 64, "BLOCK_N": 64, "BLOCK_K": min(group, 64), "num_warps": 4, "num_stages": 3}
+    return {"BLOCK_M": 128, "BLOCK_N": 128, "BLOCK_K": min(group, 64),
             "num_warps": 8, "num_stages": 3}
 
 
 def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
-                 qzeros: torch.Tensor, group_size: int, out: torch.Tensor | None = None
-                 ) -> torch.Tensor:
+                 qzeros: torch.Tensor, group_size: int, out: torch.Tensor | None = None,
+                 config: dict[str, int] | None = None) -> torch.Tensor:
     """x: [M, K] fp16/bf16/fp32 (unit stride in K); qweight: int32 [N, K // 8];
     scales: [N, K // G] of x.dtype; qzeros: uint8 [N, K // G]; group_size G: a power of two
-    >= 8 dividing K. Returns out [M, N] of x.dtype (optionally preallocated)."""
+    >= 8 dividing K. Returns out [M, N] of x.dtype (optionally preallocated). ``config``
+    overrides launch settings of the kernel M selects (BLOCK_N, BLOCK_K: powers of two,
+    BLOCK_K >= 8; num_warps, num_stages): tests and the benchmark's sweep."""
     check_tensor("x", x, (None, None))
     m, k = x.shape
     check(group_size >= 8 and group_size & (group_size - 1) == 0 and k % group_size == 0,
@@ -101,7 +171,18 @@ def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
     if m == 0:
         return out
     interp = is_interpreted(_w4a16_kernel)
-    cfg = _launch_config(m, group_size, interp)
+    if config:
+        bk = config.get("BLOCK_K", 8)
+        check(bk >= 8 and bk & (bk - 1) == 0 and (m <= GEMV_MAX_M or bk <= group_size),
+              f"config BLOCK_K must be a power of two >= 8 (<= group_size above "
+              f"{GEMV_MAX_M} rows), got {bk}")
+    if m <= GEMV_MAX_M:
+        gcfg = gemv_config(m, n, k, group_size, num_sms(x.device), interp) | (config or {})
+        _w4a16_gemv_kernel[(triton.cdiv(n, gcfg["BLOCK_N"]),)](
+            x, qweight, scales, qzeros, out, m, n, k, x.stride(0), qweight.stride(0),
+            scales.stride(0), qzeros.stride(0), out.stride(0), GROUP=group_size, **gcfg)
+        return out
+    cfg = _launch_config(m, group_size, interp) | (config or {})
     grid = (triton.cdiv(n, int(cfg["BLOCK_N"])), triton.cdiv(m, int(cfg["BLOCK_M"])))
     _w4a16_kernel[grid](
         x, qweight, scales, qzeros, out, m, n, k, x.stride(0), qweight.stride(0),

@@ -50,6 +50,16 @@ def test_fp8_gemv_decodes_every_code(dtype: torch.dtype, m: int, device: torch.d
     assert_close(out, want.to(dtype), TOL)
 
 
+@pytest.mark.parametrize("m,cfg", [(1, {"BLOCK_N": 4, "BLOCK_K": 2048}),
+                                   (3, {"BLOCK_N": 16, "BLOCK_K": 128}),
+                                   (16, {"BLOCK_N": 16, "BLOCK_K": 256})])
+def test_fp8_gemv_gpu_sized_tiles(m: int, cfg: dict[str, int], device: torch.device) -> None:
+    """The GPU's tile shapes on a small layer: one K step longer than K, N % BLOCK_N != 0."""
+    q, s = _weights(21, 200, device)
+    x = torch.randn(m, 200, device=device, dtype=torch.bfloat16)
+    assert_close(fp8_gemv(x, q, s, config=cfg), fp8_gemv_ref(x, q, s), TOL)
+
+
 def test_fp8_gemv_out_and_row_strides(device: torch.device) -> None:
     q, s = _weights(40, 80, device)
     q = q[:, :64]  # row stride 80: a slice of a wider weight

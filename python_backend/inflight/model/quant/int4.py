@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from inflight.errors import ConfigError
-from inflight.model.quant.base import Parts, expect, part_sizes, set_buffer
+from inflight.model.quant.base import KernelGuard, Parts, expect, part_sizes, set_buffer
 
 AWQ_ORDER = (0, 2, 4, 6, 1, 3, 5, 7)  # nibble i of a packed word holds column 8c + AWQ_ORDER[i]
 AWQ_REVERSE_ORDER = (0, 4, 1, 5, 2, 6, 3, 7)  # column j sits in nibble AWQ_REVERSE_ORDER[j]
@@ -159,13 +159,17 @@ class Int4LinearMethod:
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
+        def dequant() -> torch.Tensor:
+            w = dequantize_int4(layer.qweight, layer.scales, layer.qzeros, self.group)
+            return F.linear(x2, w.to(x.dtype))
+
         if x.is_cuda:
             from inflight.kernels import w4a16_matmul
 
-            out = w4a16_matmul(x2, layer.qweight, layer.scales, layer.qzeros, self.group)
+            out = KernelGuard.run("w4a16", lambda: w4a16_matmul(
+                x2, layer.qweight, layer.scales, layer.qzeros, self.group), dequant)
         else:
-            w = dequantize_int4(layer.qweight, layer.scales, layer.qzeros, self.group)
-            out = F.linear(x2, w.to(x.dtype))
+            out = dequant()
         if bias is not None:
             out = out + bias
         return out.reshape(*shape[:-1], out.shape[-1])
