@@ -131,6 +131,7 @@ def run_serve(url: str, model: str, prompts: list[str], max_tokens: list[int], *
     """``endpoint`` grpc: Triton's gRPC stream to ``model``; openai: the OpenAI front end at
     ``url`` (streamed /v1/completions, the same prompts and token counts)."""
     traces: list[Any]
+    cpu0 = time.process_time()
     if endpoint == "openai":
         from inflight.client.openai_load import run_openai, summarize_errors
 
@@ -145,6 +146,7 @@ def run_serve(url: str, model: str, prompts: list[str], max_tokens: list[int], *
         traces, wall = asyncio.run(_run(url, model, kind, prompts, max_tokens, rate,
                                         min(concurrency, len(prompts)),
                                         min(streams, len(prompts)), seed))
+    client_cpu = time.process_time() - cpu0
     ok = [t for t in traces if t.error is None and t.done and t.times]
     ttft = [t.times[0] - t.sent for t in ok]
     e2e = [t.times[-1] - t.sent for t in ok]
@@ -154,6 +156,10 @@ def run_serve(url: str, model: str, prompts: list[str], max_tokens: list[int], *
     return {"model": model, "endpoint": endpoint, "requests": len(traces), "errors": len(traces) - len(ok),
             "wall_s": wall, "output_tokens": out_tokens, "output_tok_s": out_tokens / wall,
             "req_s": len(ok) / wall, "rate": rate, "concurrency": concurrency,
+            # streamed responses (gRPC) / chunks (OpenAI) received, and the load generator's own
+            # CPU seconds over the run: near wall_s means the generator, not the server, was
+            # the bottleneck
+            "chunks": sum(len(t.times) for t in ok), "client_cpu_s": client_cpu,
             "ttft_s": percentiles(ttft), "itl_s": percentiles(itl), "tpot_s": percentiles(tpot),
             "e2e_s": percentiles(e2e), "_ttft": ttft, "_itl": itl, "_tpot": tpot}
 
