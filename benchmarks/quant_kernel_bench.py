@@ -44,10 +44,10 @@ import triton.testing  # noqa: E402
 
 SHAPES = [("qkv", 6144, 4096), ("o", 4096, 4096), ("gate_up", 28672, 4096), ("down", 4096, 14336)]
 GROUP = 128
-FP8_SWEEP = [(4, 2048, 8), (4, 1024, 4), (8, 1024, 8), (8, 512, 4), (16, 512, 8), (16, 256, 4),
-             (2, 4096, 8), (32, 256, 8)]  # (BLOCK_N, BLOCK_K, num_warps)
-INT4_SWEEP = [(4, 4096, 8), (4, 2048, 4), (8, 2048, 8), (8, 1024, 4), (16, 1024, 8), (16, 512, 4),
-              (32, 512, 8), (2, 8192, 8)]
+FP8_SWEEP = [(4, 2048, 8), (4, 1024, 4), (8, 1024, 8), (8, 512, 4), (16, 512, 8),
+             (32, 256, 8)]  # (BLOCK_N, BLOCK_K, num_warps)
+INT4_SWEEP = [(4, 4096, 8), (4, 2048, 4), (8, 2048, 8), (8, 1024, 4), (16, 1024, 8),
+              (32, 512, 8)]  # each with X_VEC False and True
 
 
 DEV = "cuda"
@@ -163,16 +163,19 @@ def sweep(out: list[dict[str, Any]]) -> None:
         kernels = (
             ("fp8_gemv", FP8_SWEEP, launch_config(1, n, k, sms, False, False), n * k,
              partial(fp8_gemv, x, q8, s8)),
-            ("w4a16_gemv", INT4_SWEEP, gemv_config(1, n, k, GROUP, sms, False), n * k / 2,
+            ("w4a16_gemv", [c + (v,) for c in INT4_SWEEP for v in (False, True)],
+             gemv_config(1, n, k, GROUP, sms, False), n * k / 2,
              partial(w4a16_matmul, x, q4, sc4, z4, GROUP)),
         )
         for kernel, configs, default, nbytes, call in kernels:
             times = []
-            for bn, bk, warps in configs:
-                cfg = {"BLOCK_N": bn, "BLOCK_K": bk, "num_warps": warps}
+            for c in configs:
+                cfg = {"BLOCK_N": c[0], "BLOCK_K": c[1], "num_warps": c[2]}
+                if len(c) > 3:
+                    cfg["X_VEC"] = c[3]
                 us, _ = try_us(partial(call, config=cfg))
                 if us is not None:
-                    times.append((us, (bn, bk, warps)))
+                    times.append((us, c))
             d_us, d_err = try_us(call)
             best = min(times) if times else None
             out.append({"sweep": kernel, "layer": name, "default": default, "default_us": d_us,
@@ -180,10 +183,12 @@ def sweep(out: list[dict[str, Any]]) -> None:
                         "all": times})
             d = "FAILED " + d_err if d_us is None else f"{d_us:6.1f} us {nbytes / d_us / 1e3:5.0f} GB/s"
             b = ("none compiled" if best is None else
-                 f"{best[0]:6.1f} us {nbytes / best[0] / 1e3:5.0f} GB/s with (BLOCK_N, BLOCK_K, warps)"
+                 f"{best[0]:6.1f} us {nbytes / best[0] / 1e3:5.0f} GB/s with (BLOCK_N, BLOCK_K, warps"
+                 f"{', X_VEC' if len(best[1]) > 3 else ''})"
                  f" = {best[1]}")
-            print(f"sweep {kernel:10} {name:8} M=1 default ({default['BLOCK_N']}, "
-                  f"{default['BLOCK_K']}, {default['num_warps']}) {d} | best {b}", flush=True)
+            dflt = (default["BLOCK_N"], default["BLOCK_K"], default["num_warps"]) + (
+                (default["X_VEC"],) if "X_VEC" in default else ())
+            print(f"sweep {kernel:10} {name:8} M=1 default {dflt} {d} | best {b}", flush=True)
 
 
 def shapes() -> list[tuple[str, int, int]]:

@@ -14,8 +14,11 @@ At batch 1 the step streams 0.5 byte per weight instead of 2 (bf16), so decode i
   subtraction of 2**23 + zero gives code - zero exactly. Scales apply per group, after the
   group's products are summed (one multiply per 128 weights, not per weight). Rows of x are
   unrolled (tl.static_range), so the dequantized tile is shared by all M rows. Each nibble
-  position is its own tensor in the words' layout: a per-nibble axis would spread one
-  word over several threads, each loading it.
+  position is its own tensor in the words' layout (a per-nibble axis made by broadcasting
+  could spread one word over several threads, each loading it); x comes either as 8
+  strided loads, one per nibble tensor (X_VEC=False, the default), or as one vector load of
+  8 values per word against the nibble tensors joined (tl.join) into a trailing axis
+  (X_VEC=True). Which is faster on a given GPU is for the benchmark's sweep to say.
 - larger M, ``_w4a16_kernel``: tl.dot tiles, the weight tile dequantized in registers.
 Launch configs are pure functions of the shape (no autotuning: the first call may happen
 inside a CUDA-graph capture's warm-up).
@@ -79,6 +82,7 @@ def _w4a16_gemv_kernel(
     x_ptr, qw_ptr, s_ptr, z_ptr, y_ptr,  # x [M, K]; qw [N, K/8] int32; s, z [N, K/G]; y [M, N]
     M, N, K, stride_xm, stride_qn, stride_sn, stride_zn, stride_ym,
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    X_VEC: tl.constexpr,
 ):
     # grid (cdiv(N, BLOCK_N),). A K step covers NG whole groups (or part of one group when
     # BLOCK_K < GROUP); GROUP divides K, so tiles are masked by whole groups only. The words
@@ -107,17 +111,26 @@ def _w4a16_gemv_kernel(
         w2, w3 = _nibble(words, 2, zz), _nibble(words, 3, zz)
         w4, w5 = _nibble(words, 4, zz), _nibble(words, 5, zz)
         w6, w7 = _nibble(words, 6, zz), _nibble(words, 7, zz)
+        if X_VEC:  # the 8 nibble tensors joined into [BN, NG, WPG, 8] (new axes in-thread)
+            wv = tl.join(tl.join(tl.join(w0, w4), tl.join(w2, w6)),
+                         tl.join(tl.join(w1, w5), tl.join(w3, w7)))
+            wv = tl.reshape(wv, (BLOCK_N, NG, WPG, 8))  # [..., j] = nibble j
         for r in tl.static_range(BLOCK_M):  # every row reuses the dequantized tile
             xp = x_ptr + r * stride_xm + k0 + offs_w * 8  # [NG, WPG]: nibble 0 of each word
             xm = g_mask[:, None] & (tl.full((1, 1), r, tl.int32) < M)
-            t = w0 * tl.load(xp, mask=xm, other=0.0).to(tl.float32)[None, :, :]
-            t += w1 * tl.load(xp + 1, mask=xm, other=0.0).to(tl.float32)[None, :, :]
-            t += w2 * tl.load(xp + 2, mask=xm, other=0.0).to(tl.float32)[None, :, :]
-            t += w3 * tl.load(xp + 3, mask=xm, other=0.0).to(tl.float32)[None, :, :]
-            t += w4 * tl.load(xp + 4, mask=xm, other=0.0).to(tl.float32)[None, :, :]
-            t += w5 * tl.load(xp + 5, mask=xm, other=0.0).to(tl.float32)[None, :, :]
-            t += w6 * tl.load(xp + 6, mask=xm, other=0.0).to(tl.float32)[None, :, :]
-            t += w7 * tl.load(xp + 7, mask=xm, other=0.0).to(tl.float32)[None, :, :]
+            if X_VEC:  # x as 8 consecutive values per word: one vector load
+                xv = tl.load(xp[:, :, None] + tl.arange(0, 8)[None, None, :], mask=xm[:, :, None],
+                             other=0.0).to(tl.float32)
+                t = tl.sum(wv * xv[None, :, :, :], axis=3)
+            else:  # x as 8 strided loads, one per nibble tensor
+                t = w0 * tl.load(xp, mask=xm, other=0.0).to(tl.float32)[None, :, :]
+                t += w1 * tl.load(xp + 1, mask=xm, other=0.0).to(tl.float32)[None, :, :]
+                t += w2 * tl.load(xp + 2, mask=xm, other=0.0).to(tl.float32)[None, :, :]
+                t += w3 * tl.load(xp + 3, mask=xm, other=0.0).to(tl.float32)[None, :, :]
+                t += w4 * tl.load(xp + 4, mask=xm, other=0.0).to(tl.float32)[None, :, :]
+                t += w5 * tl.load(xp + 5, mask=xm, other=0.0).to(tl.float32)[None, :, :]
+                t += w6 * tl.load(xp + 6, mask=xm, other=0.0).to(tl.float32)[None, :, :]
+                t += w7 * tl.load(xp + 7, mask=xm, other=0.0).to(tl.float32)[None, :, :]
             row = tl.sum(tl.sum(t, axis=2) * scale, axis=1)  # group sums, then scales: [BN]
             acc = tl.where(offs_m[:, None] == r, acc + row[None, :], acc)
     tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
@@ -129,11 +142,13 @@ def gemv_config(m: int, n: int, k: int, group: int, sms: int, interpreted: bool
     """BLOCK_M/N/K and warps of the M <= 4 kernel (pure function of the shape)."""
     bm = triton.next_power_of_2(m)
     if interpreted:  # small tiles keep the numpy interpreter quick; 2 groups per step
-        return {"BLOCK_M": bm, "BLOCK_N": 8, "BLOCK_K": min(2 * group, 64), "num_warps": 4}
+        return {"BLOCK_M": bm, "BLOCK_N": 8, "BLOCK_K": min(2 * group, 64), "X_VEC": False,
+                "num_warps": 4}
     bn = next((b for b in (16, 8) if triton.cdiv(n, b) >= 4 * sms), 4)
     # ~8 KiB of packed weights (16384 nibbles) per K step, at most all of K
     bk = max(min(16384 // bn, triton.next_power_of_2(k)), min(group, 128))
-    return {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "num_warps": 8, "num_stages": 2}
+    return {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "X_VEC": False, "num_warps": 8,
+            "num_stages": 2}
 
 
 def _launch_config(m: int, group: int, interpreted: bool) -> dict[str, int | bool]:
