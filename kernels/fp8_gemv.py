@@ -11,12 +11,12 @@ larger M (model/quant/fp8.py chooses).
 
 Dequantization without conversion instructions: the 7 magnitude bits of an e4m3 byte moved to
 bit 20 of an fp32 (sign to bit 31) form exactly the e4m3 value times 2**-120 (e4m3's
-exponent bias is 7, fp32's 127; e4m3 subnormals land on fp32 subnormals), 3 integer ops per
-weight; the bf16 pattern (bits 4 and 15) works the same way for the tensor-core path (the CPU
-interpreter, whose bf16 -> fp32 cast loses subnormals, runs that path in fp32).
-Activations are pre-scaled by 2**64 (exact) so that no product underflows; the output is
-scaled back with the per-channel scale. The NaN encoding (0x7F) is not decoded (weights
-quantized by ``per_channel_fp8`` never hold it).
+exponent bias is 7, fp32's 127; e4m3 subnormals land on fp32 subnormals, which Triton's fp32
+arithmetic keeps), 3 integer ops per weight. The tl.sum path pre-scales the activations by
+2**64 (exact) so that no product underflows; the tl.dot path instead scales the weights by
+2**64 before their (exact) cast to bf16, so no bf16 operand is subnormal (tensor cores may
+flush those). The output is scaled back by 2**56 and the per-channel scale. The NaN encoding
+(0x7F) is not decoded (weights quantized by ``per_channel_fp8`` never hold it).
 
 Two shapes of one kernel, fixed configs per (M, N, K) (no autotuning: the first call may be
 inside a CUDA-graph capture's warm-up):
@@ -34,11 +34,10 @@ import triton
 import triton.language as tl
 
 from ._common import check, check_devices, check_tensor, is_interpreted, num_sms
+from ._paged import mma
 
 MAX_M = 16
 FMA_MAX_M = 4
-_X_SHIFT = 18446744073709551616.0  # 2**64: activations pre-scaled so no product underflows
-_Y_SHIFT = 72057594037927936.0  # 2**56 = 2**120 / 2**64: undoes both shifts
 
 
 @triton.jit
@@ -46,13 +45,6 @@ def _e4m3_to_f32_shifted(b):
     """uint8 e4m3 bit patterns -> fp32 value * 2**-120 (exact, no conversion instruction)."""
     b32 = b.to(tl.uint32)
     return (((b32 & 0x7F) << 20) | ((b32 & 0x80) << 24)).to(tl.float32, bitcast=True)
-
-
-@triton.jit
-def _e4m3_to_bf16_shifted(b):
-    """uint8 e4m3 bit patterns -> bf16 value * 2**-120 (exact)."""
-    b16 = b.to(tl.uint16)
-    return (((b16 & 0x7F) << 4) | ((b16 & 0x80) << 8)).to(tl.bfloat16, bitcast=True)
 
 
 @triton.jit
@@ -75,14 +67,12 @@ def _fp8_gemv_kernel(
         wb = tl.load(w_rows + offs_k[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0)
         x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :],
                     mask=m_mask[:, None] & k_mask[None, :], other=0.0)  # [BLOCK_M, BLOCK_K]
-        xs = x.to(tl.float32) * 18446744073709551616.0  # * 2**64, exact
-        if USE_DOT and UPCAST:  # the interpreter: its bf16 -> fp32 cast loses subnormals
-            acc += tl.dot(xs, tl.trans(_e4m3_to_f32_shifted(wb)), input_precision="ieee")
-        elif USE_DOT:  # bf16 x only: xs is exactly representable in bf16
-            w = _e4m3_to_bf16_shifted(wb)  # [BLOCK_N, BLOCK_K]
-            acc += tl.dot(xs.to(tl.bfloat16), tl.trans(w))
+        w = _e4m3_to_f32_shifted(wb)  # [BLOCK_N, BLOCK_K]: weight * 2**-120
+        if USE_DOT:  # bf16 x only; weight * 2**-56 is a normal bf16 for every e4m3 code
+            w16 = (w * 18446744073709551616.0).to(tl.bfloat16)  # * 2**64, exact
+            acc += mma(x, tl.trans(w16), "tf32", UPCAST)
         else:
-            w = _e4m3_to_f32_shifted(wb)
+            xs = x.to(tl.float32) * 18446744073709551616.0  # * 2**64, exact
             acc += tl.sum(xs[:, None, :] * w[None, :, :], axis=2)
     scale = tl.load(s_ptr + offs_n, mask=n_mask, other=0.0) * 72057594037927936.0  # * 2**56
     y = acc * scale[None, :]
