@@ -54,6 +54,8 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace) -> None:
     torch.cuda.set_device(rank)
     dist.init_process_group("nccl", rank=rank, world_size=world, device_id=torch.device("cuda", rank))
     group = dist.group.WORLD
+    if rank == 0:
+        print(f"process group up: {world} ranks", flush=True)
     symm = None
     try:
         import torch.distributed._symmetric_memory as symm_mem
@@ -62,7 +64,7 @@ def _worker(rank: int, world: int, port: int, args: argparse.Namespace) -> None:
         symm_mem.enable_symm_mem_for_group(group.group_name)
     except Exception as e:  # noqa: BLE001 - older torch: NCCL only
         if rank == 0:
-            print(f"symmetric memory unavailable: {type(e).__name__}: {e}")
+            print(f"symmetric memory unavailable: {type(e).__name__}: {e}", flush=True)
     for b in (int(x) for x in args.batches.split(",")):
         x = torch.randn(b, args.hidden, dtype=torch.bfloat16, device="cuda")
         nbytes = x.numel() * x.element_size()

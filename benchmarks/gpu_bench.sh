@@ -80,9 +80,17 @@ case "${1:-all}" in
   quant)
     bash benchmarks/quant_bench.sh
     ;;
-  tp-test|tp|tp70|tp-serve)  # issue 15: never enable NVLink multicast on the shared machines
+  tp-test|tp-debug|tp|tp70|tp-serve)  # issue 15: never enable NVLink multicast on the shared machines
     export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
     nvidia-smi topo -m | head -4
+    if [ "$1" = tp-debug ]; then  # a hanging TP test: py-spy every process after 45 s
+      (timeout 100 python3 -m pytest -x -q -p no:cacheprovider -s "tests/kernels/test_gpu_tensor_parallel.py::test_tiny_tp2_equals_tp1[llama]" > "$OUT/tp-debug.log" 2>&1 &)
+      sleep 45
+      for pid in $(pgrep -f "python3"); do echo "=== $pid $(tr '\0' ' ' < /proc/$pid/cmdline | cut -c1-150)"; timeout 20 /tmp/isite/bin/py-spy dump --pid $pid 2>&1 | head -60; done > "$OUT/tp-debug-stacks.txt"
+      sleep 55; tail -30 "$OUT/tp-debug.log"
+      timeout 60 python3 benchmarks/allreduce_bench.py --batches 1,64,2048 2>&1 | grep -v Warning | tail -20
+      exit 0
+    fi
     if [ "$1" = tp-test ]; then  # the TP tests on GPUs, with each all-reduce path; all-reduce latency
       for ar in nccl symm; do
         echo "== TP tests, INFLIGHT_TP_ALLREDUCE=$ar"

@@ -88,8 +88,11 @@ class SymmAllReduce:
     def __init__(self, tp: TensorParallel, dtype: torch.dtype, max_numel: int, name: str) -> None:
         import torch.distributed as dist
         import torch.distributed._symmetric_memory as symm_mem
-        from torch._C._distributed_c10d import _SymmetricMemory
+        from torch._C._distributed_c10d import _register_process_group, _SymmetricMemory
 
+        # the symm_mem ops look their group up by name: register the engine's NCCL group (made
+        # from the store, outside torch.distributed's global registry) under this one
+        _register_process_group(name, tp.device_group)
         _SymmetricMemory.set_group_info(name, tp.rank, tp.size, dist.PrefixStore(f"symm-{name}", tp.store))
         self.buf = symm_mem.empty(max_numel, dtype=dtype, device=torch.device("cuda", torch.cuda.current_device()))
         _SymmetricMemory.rendezvous(self.buf, name)

@@ -271,6 +271,16 @@ class RankGroup(_Link):
         for s in self.socks:
             s.close(0)
         self.ctx.term()
+        tp = getattr(self, "tp", None)
+        if tp is not None and self.device.type == "cuda":
+            # Free rank 0's NCCL communicator now, with its peers gone: left to the garbage
+            # collector, the process group's destructor blocked forever on the H200 (the GPU
+            # TP test hung after its last assertion, inside the test function's return).
+            try:
+                tp.device_group.abort()
+            except Exception as e:  # noqa: BLE001 - best effort at shutdown
+                log.warning("tensor parallel: aborting the NCCL group failed: %s", e)
+            tp.small = None
 
 
 def start_ranks(cfg: EngineConfig, mc: ModelConfig, max_seq_len: int) -> RankGroup | None:
