@@ -14,6 +14,7 @@ import http.client
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -79,17 +80,15 @@ def triton(triton_server_factory, tmp_path_factory):
     running.stop()
 
 
-@pytest.fixture(scope="module")
-def frontend(triton, tmp_path_factory):
-    """`python -m inflight.frontends.openai` on a free port; yields its base URL."""
+def _start_frontend(triton, log: Path, *extra: str) -> tuple[subprocess.Popen, str]:
+    """`python -m inflight.frontends.openai` on a free port, ready (/health 200)."""
     port = _free_port()
-    log = tmp_path_factory.mktemp("openai_log") / "openai.log"
     env = {**os.environ, "OPENAI_TEST_KEY": API_KEY}
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-m", "inflight.frontends.openai", "--triton-url", triton.grpc_url,
              "--port", str(port), "--api-key-env", "OPENAI_TEST_KEY",
-             "--tool-call-parser", "hermes", "--max-body-bytes", "65536"],
+             "--tool-call-parser", "hermes", "--max-body-bytes", "65536", *extra],
             stdout=out, stderr=subprocess.STDOUT, env=env)
     url = f"http://127.0.0.1:{port}"
     deadline = time.monotonic() + 120
@@ -108,7 +107,10 @@ def frontend(triton, tmp_path_factory):
         proc.kill()
         proc.wait()
         raise
-    yield url
+    return proc, url
+
+
+def _stop_frontend(proc: subprocess.Popen, log: Path) -> None:
     proc.terminate()
     try:  # uvicorn re-raises the SIGTERM it handled once it shut down cleanly
         assert proc.wait(30) in (0, -15), log.read_text()
@@ -116,6 +118,49 @@ def frontend(triton, tmp_path_factory):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def _workers_of(pid: int) -> list[int]:
+    """The uvicorn worker processes of ``pid`` (multiprocessing's resource tracker is not one)."""
+    out = []
+    for d in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{d}/stat") as f:
+                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
+            with open(f"/proc/{d}/cmdline", "rb") as f:
+                cmd = f.read()
+        except (OSError, ValueError):
+            continue
+        if ppid == pid and b"spawn_main" in cmd:
+            out.append(int(d))
+    return sorted(out)
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # exited, not yet reaped
+    except OSError:
+        return True
+
+
+@pytest.fixture(scope="module")
+def frontend(triton, tmp_path_factory):
+    """One front end process (--workers 1); yields its base URL."""
+    log = tmp_path_factory.mktemp("openai_log") / "openai.log"
+    proc, url = _start_frontend(triton, log, "--workers", "1")
+    yield url
+    _stop_frontend(proc, log)
+
+
+@pytest.fixture(scope="module")
+def frontend_workers(triton, tmp_path_factory):
+    """The front end with 2 worker processes; yields its base URL."""
+    log = tmp_path_factory.mktemp("openai_log") / "openai-workers.log"
+    proc, url = _start_frontend(triton, log, "--workers", "2")
+    assert len(_workers_of(proc.pid)) == 2, log.read_text()
+    yield url
+    _stop_frontend(proc, log)
 
 
 @pytest.fixture(scope="module")
@@ -400,7 +445,9 @@ def test_engine_error_names_the_param(frontend, client) -> None:
 # ------------------------------------------------------------------------ disconnect, load
 
 
-def test_disconnect_mid_stream_frees_kv(frontend, triton) -> None:
+@pytest.mark.parametrize("front", ["frontend", "frontend_workers"])
+def test_disconnect_mid_stream_frees_kv(front: str, triton, request) -> None:
+    frontend = request.getfixturevalue(front)
     wait_kv_idle(triton.metrics_url)
     def count(reason: str) -> float:
         return metric(triton.metrics_url, "inflight_request_success_total",
@@ -448,3 +495,58 @@ def test_many_concurrent_streams(frontend) -> None:
 
     texts = asyncio.run(run())
     assert len(set(texts)) == 1 and texts[0]
+
+
+def _load(url: str, n: int, max_tokens: int) -> list:
+    from inflight.client.openai_load import run_openai
+
+    traces, _ = asyncio.run(run_openai(url, "llm", [PROMPT] * n, [max_tokens] * n,
+                                       concurrency=n, api_key=API_KEY))
+    return traces
+
+
+def test_load_generator_counts_what_the_openai_client_sees(client, frontend) -> None:
+    """bench serve --endpoint openai's generator: the chunks and tokens the official client
+    counts for the same request, every request complete."""
+    stream = client.completions.create(
+        model="llm", prompt=PROMPT, max_tokens=12, temperature=0, stream=True,
+        stream_options={"include_usage": True}, extra_body={"ignore_eos": True, "min_tokens": 12})
+    chunks = usage = 0
+    for c in stream:
+        chunks += bool(c.choices)
+        usage = c.usage.completion_tokens if c.usage else usage
+    assert usage == 12 and chunks >= 1
+    traces = _load(frontend, 6, 12)
+    assert [(t.error, t.done, len(t.times), t.output_tokens) for t in traces] == \
+        [(None, True, chunks, 12)] * 6
+
+
+def test_workers_serve_requests(frontend_workers) -> None:
+    traces = _load(frontend_workers, 24, 8)
+    assert [(t.error, t.done, t.output_tokens) for t in traces] == [(None, True, 8)] * 24
+    c = openai.OpenAI(base_url=f"{frontend_workers}/v1", api_key=API_KEY, max_retries=0)
+    r = c.chat.completions.create(model="llm", messages=MESSAGES, max_tokens=4, temperature=0)
+    assert r.usage.completion_tokens == 4
+
+
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM])
+def test_workers_die_with_the_parent(triton, tmp_path, sig) -> None:
+    """No worker outlives the parent, whatever ends it; their requests leave nothing in the
+    engine."""
+    log = tmp_path / "openai.log"
+    proc, url = _start_frontend(triton, log, "--workers", "2")
+    try:
+        workers = _workers_of(proc.pid)
+        assert len(workers) == 2, log.read_text()
+        assert [t.error for t in _load(url, 4, 4)] == [None] * 4
+        proc.send_signal(sig)
+        deadline = time.monotonic() + 60
+        while not all(_gone(w) for w in workers) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert all(_gone(w) for w in workers), log.read_text()
+        assert proc.wait(30) in ((0, -15) if sig == signal.SIGTERM else (-9,)), log.read_text()
+        wait_kv_idle(triton.metrics_url)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

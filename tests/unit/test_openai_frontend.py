@@ -27,7 +27,8 @@ from inflight.frontends.openai.sampling import (  # noqa: E402
 )
 from inflight.frontends.openai.streaming import fan_in  # noqa: E402
 from inflight.frontends.openai.tool_parsers import HermesParser, Llama3JsonParser  # noqa: E402
-from inflight.frontends.openai.triton_client import parse_response  # noqa: E402
+from inflight.frontends.openai.triton_client import build_request, parse_response  # noqa: E402
+from inflight.frontends.openai.workers import default_workers  # noqa: E402
 from pydantic import ValidationError  # noqa: E402
 
 CALL = '{"name": "get_weather", "arguments": {"city": "Paris"}}'
@@ -186,6 +187,57 @@ def test_parse_response() -> None:
     p = parse_response(r)
     assert (p.text, p.finish_reason, p.num_output_tokens, p.final) == ("héllo", "length", 7, True)
     assert p.logprobs == [{"5": {"logprob": -1.0}}] and p.num_input_tokens is None
+
+
+@pytest.mark.parametrize("logprobs", [False, True])
+def test_build_request_equals_tritonclients(logprobs: bool) -> None:
+    """The request protobuf built directly is the one tritonclient builds from InferInputs."""
+    import numpy as np
+    from tritonclient.grpc import InferInput
+    from tritonclient.grpc._utils import _get_inference_request
+
+    def tensor(name, value):
+        dtype = "BOOL" if isinstance(value, bool) else "BYTES"
+        x = InferInput(name, [1], dtype)
+        x.set_data_from_numpy(np.array([value], dtype=bool) if dtype == "BOOL"
+                              else np.array([value.encode()], dtype=object))
+        return x
+
+    sp = json.dumps({"max_tokens": 3, "stop": ["é"]})
+    values = {"text_input": "héllo", "stream": True, "sampling_parameters": sp,
+              "exclude_input_in_output": True, "return_finish_reason": True,
+              "return_num_input_tokens": True, "return_num_output_tokens": True}
+    if logprobs:
+        values["return_logprobs"] = True
+    ref = _get_inference_request(
+        model_name="llm", inputs=[tensor(k, v) for k, v in values.items()], model_version="",
+        request_id="cmpl-1", outputs=None, sequence_id=0, sequence_start=False,
+        sequence_end=False, priority=0, timeout=None, parameters=None)
+    built = build_request("llm", "héllo", sp, stream=True, logprobs=logprobs,
+                          request_id="cmpl-1")
+    assert built == ref
+    assert build_request("llm", "x", "{}", stream=False, logprobs=False) \
+        .raw_input_contents[1] == b"\x00"
+
+
+def test_default_workers() -> None:
+    assert [default_workers(c) for c in (1, 2, 7, 8, 16, 64)] == [1, 1, 1, 2, 4, 4]
+
+
+def test_workers_option_reaches_the_serve_child() -> None:
+    from inflight.frontends.openai.server import config_from_args, frontend_argv
+    from inflight.tools.serve.launcher import build_argparser as build_parser
+
+    a = build_parser().parse_args(["/repo", "--openai-port", "9000", "--openai-workers", "3"])
+    assert frontend_argv(a)[-6:] == ["--workers", "3", "--max-body-bytes", str(8 << 20),
+                                     "--max-n", "16"]
+    assert config_from_args(a, "h:1", "127.0.0.1").workers == 3
+    unset = build_parser().parse_args(["/repo", "--openai-port", "9000"])
+    assert "--workers" not in frontend_argv(unset)  # the child picks its default
+    assert config_from_args(unset, "h:1", "127.0.0.1").workers == default_workers()
+    with pytest.raises(Exception, match="workers"):
+        config_from_args(build_parser().parse_args(
+            ["/repo", "--openai-port", "9000", "--openai-workers", "0"]), "h:1", "127.0.0.1")
 
 
 def _call(app, headers: list[tuple[bytes, bytes]], body: bytes, path: str = "/v1/models"):

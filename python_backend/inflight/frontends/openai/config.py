@@ -26,7 +26,8 @@ class OpenAIConfig:
     max_body_bytes: int = 8 << 20
     max_n: int = 16  # cap on n (choices per prompt)
     max_prompts: int = 64  # cap on a completions request's list of prompts
-    grpc_channels: int = 4  # TCP connections to Triton; streams spread over them
+    grpc_channels: int = 4  # TCP connections to Triton per worker; streams spread over them
+    workers: int = 1  # server processes sharing the port (see server.default_workers)
     log_level: str = "info"
 
     def __post_init__(self) -> None:
@@ -40,7 +41,7 @@ class OpenAIConfig:
         if self.tokenizer is not None and not os.path.isdir(self.tokenizer):
             raise ConfigError(f"--tokenizer {self.tokenizer!r} is not a directory")
         for name, lo in (("max_body_bytes", 1024), ("max_n", 1), ("max_prompts", 1),
-                         ("grpc_channels", 1)):
+                         ("grpc_channels", 1), ("workers", 1)):
             if getattr(self, name) < lo:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= {lo}, "
                                   f"got {getattr(self, name)}")

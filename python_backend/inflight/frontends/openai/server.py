@@ -59,6 +59,10 @@ def add_frontend_options(g: Any, *, port_flag: str) -> None:
                    help="largest request body accepted, else 413 (default: %(default)s)")
     g.add_argument("--max-n", type=int, default=16, metavar="N",
                    help="largest n (choices per prompt) accepted (default: %(default)s)")
+    workers = ["--workers", "--openai-workers"] if port_flag == "--port" else ["--openai-workers"]
+    g.add_argument(*workers, dest="openai_workers", type=int, default=None, metavar="N",
+                   help="HTTP server processes sharing the port, each with its own gRPC "
+                   "channels to Triton (default: a quarter of the usable cores, 1 to 4)")
 
 
 def config_from_args(a: argparse.Namespace, triton_url: str, host: str) -> OpenAIConfig:
@@ -72,10 +76,13 @@ def config_from_args(a: argparse.Namespace, triton_url: str, host: str) -> OpenA
         from inflight.errors import ConfigError
 
         raise ConfigError(f"--api-key-env {a.api_key_env}: that variable is not set")
+    from inflight.frontends.openai.workers import default_workers
+
+    workers = default_workers() if a.openai_workers is None else a.openai_workers
     return OpenAIConfig(triton_url=triton_url, host=host, port=a.openai_port, models=models,
                         tokenizer=a.tokenizer, chat_template=a.chat_template,
                         tool_call_parser=a.tool_call_parser, api_key=key or None,
-                        max_body_bytes=a.max_body_bytes, max_n=a.max_n)
+                        max_body_bytes=a.max_body_bytes, max_n=a.max_n, workers=workers)
 
 
 def frontend_argv(a: argparse.Namespace) -> list[str]:
@@ -89,6 +96,8 @@ def frontend_argv(a: argparse.Namespace) -> list[str]:
                         ("--api-key-env", a.api_key_env)):
         if value is not None:
             out += [flag, value]
+    if a.openai_workers is not None:
+        out += ["--workers", str(a.openai_workers)]
     return out + ["--max-body-bytes", str(a.max_body_bytes), "--max-n", str(a.max_n)]
 
 
@@ -98,20 +107,17 @@ def child_env(a: argparse.Namespace) -> dict[str, str]:
 
 def run(cfg: OpenAIConfig) -> int:
     try:
-        import uvicorn
+        import uvicorn  # noqa: F401
 
-        from inflight.frontends.openai.app import build_app
+        import inflight.frontends.openai.app  # noqa: F401
     except ImportError as e:
         from inflight.errors import ConfigError
 
         raise ConfigError(f"the OpenAI server needs the 'openai' extra ({e.name} is missing): "
                           "pip install 'inflight[openai]'") from None
+    from inflight.frontends.openai.workers import serve
 
-    app = build_app(cfg)
-    server = uvicorn.Server(uvicorn.Config(
-        app, host=cfg.host, port=cfg.port, log_level=cfg.log_level, access_log=False,
-        backlog=4096, timeout_keep_alive=30, timeout_graceful_shutdown=10))
-    server.run()
+    serve(cfg)
     return 0
 
 

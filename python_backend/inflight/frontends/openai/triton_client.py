@@ -20,9 +20,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-import numpy as np
 import tritonclient.grpc.aio as aio
-from tritonclient.grpc import InferInput
+from tritonclient.grpc import service_pb2, service_pb2_grpc
 
 from inflight.frontends.openai.errors import OpenAIError, from_triton
 
@@ -71,75 +70,96 @@ def parse_response(resp: Any) -> Piece:
     return piece
 
 
-def _input(name: str, value: Any) -> InferInput:
-    if isinstance(value, bool):
-        arr = np.array([value], dtype=bool)
-        x = InferInput(name, [1], "BOOL")
-    else:
-        arr = np.array([value.encode("utf-8")], dtype=object)
-        x = InferInput(name, [1], "BYTES")
-    x.set_data_from_numpy(arr)
-    return x
+def _bytes_element(value: str) -> bytes:
+    """One BYTES tensor element as raw content: little-endian uint32 length + UTF-8."""
+    raw = value.encode("utf-8")
+    return struct.pack("<I", len(raw)) + raw
+
+
+_TRUE, _FALSE = b"\x01", b"\x00"
+
+
+def build_request(model: str, prompt: str, sampling_json: str, *, stream: bool, logprobs: bool,
+                  request_id: str = "") -> service_pb2.ModelInferRequest:
+    """The `llm` model's request as tritonclient would build it (shape [1] tensors, raw
+    contents), straight into the protobuf: no numpy, no InferInput per tensor."""
+    req = service_pb2.ModelInferRequest(model_name=model, id=request_id)
+    tensors: list[tuple[str, str, bytes]] = [
+        ("text_input", "BYTES", _bytes_element(prompt)),
+        ("stream", "BOOL", _TRUE if stream else _FALSE),
+        ("sampling_parameters", "BYTES", _bytes_element(sampling_json)),
+        ("exclude_input_in_output", "BOOL", _TRUE),
+        ("return_finish_reason", "BOOL", _TRUE),
+        ("return_num_input_tokens", "BOOL", _TRUE),
+        ("return_num_output_tokens", "BOOL", _TRUE)]
+    if logprobs:
+        tensors.append(("return_logprobs", "BOOL", _TRUE))
+    for name, dtype, raw in tensors:
+        t = req.inputs.add()
+        t.name, t.datatype = name, dtype
+        t.shape.append(1)
+        req.raw_input_contents.append(raw)
+    return req
 
 
 class TritonBridge:
+    """Generation streams on ``channels`` gRPC channels of their own (the generated stub, no
+    tritonclient wrapper per response); the admin calls on a tritonclient aio client."""
+
     def __init__(self, url: str, channels: int = 4) -> None:
         args = [("grpc.max_send_message_length", _MAX_MSG),
                 ("grpc.max_receive_message_length", _MAX_MSG),
                 ("grpc.use_local_subchannel_pool", 1),  # a TCP connection per channel
                 ("grpc.keepalive_time_ms", 30000), ("grpc.http2.max_pings_without_data", 0)]
         self.url = url
-        self.clients = [aio.InferenceServerClient(url, channel_args=args) for _ in range(channels)]
-        self._next = itertools.cycle(self.clients)
+        self.admin = aio.InferenceServerClient(url, channel_args=args)
+        self.channels = [grpc.aio.insecure_channel(url, options=args) for _ in range(channels)]
+        self._next = itertools.cycle([service_pb2_grpc.GRPCInferenceServiceStub(c)
+                                      for c in self.channels])
 
     async def close(self) -> None:
-        for c in self.clients:
+        await self.admin.close()
+        for c in self.channels:
             await c.close()
 
     async def server_ready(self) -> bool:
         try:
-            return bool(await self.clients[0].is_server_ready())
+            return bool(await self.admin.is_server_ready())
         except Exception:  # noqa: BLE001 - unreachable counts as not ready
             return False
 
     async def ready_models(self) -> list[str]:
-        index = await self.clients[0].get_model_repository_index(as_json=True)
+        index = await self.admin.get_model_repository_index(as_json=True)
         return [m["name"] for m in index.get("models", []) if m.get("state") == "READY"]
 
     async def model_ready(self, name: str) -> bool:
         try:
-            return bool(await self.clients[0].is_model_ready(name))
+            return bool(await self.admin.is_model_ready(name))
         except Exception:  # noqa: BLE001
             return False
 
     async def model_config(self, name: str) -> dict[str, Any]:
-        cfg = await self.clients[0].get_model_config(name, as_json=True)
+        cfg = await self.admin.get_model_config(name, as_json=True)
         return dict(cfg.get("config", cfg))
 
     async def generate(self, model: str, prompt: str, sampling: dict[str, Any], *,
                        stream: bool, logprobs: bool, request_id: str = "") -> AsyncIterator[Piece]:
         """The responses of one request, the final one last (``Piece.final``). Raises
         OpenAIError for an error response; leaving early cancels the request in Triton."""
-        inputs = [_input("text_input", prompt), _input("stream", stream),
-                  _input("sampling_parameters", json.dumps(sampling)),
-                  _input("exclude_input_in_output", True),
-                  _input("return_finish_reason", True),
-                  _input("return_num_input_tokens", True),
-                  _input("return_num_output_tokens", True)]
-        if logprobs:
-            inputs.append(_input("return_logprobs", True))
-
-        async def one_request() -> AsyncIterator[dict[str, Any]]:
-            yield {"model_name": model, "inputs": inputs, "request_id": request_id}
-
-        call = next(self._next).stream_infer(one_request())
+        request = build_request(model, prompt, json.dumps(sampling), stream=stream,
+                                logprobs=logprobs, request_id=request_id)
+        # one request, then the writing side closes; responses keep coming until the final
+        call = next(self._next).ModelStreamInfer((request,))
         finished = False
         try:
-            async for result, error in call:
-                if error is not None:
+            while True:
+                msg = await call.read()
+                if msg is grpc.aio.EOF:
+                    break
+                if msg.error_message:
                     finished = True
-                    raise from_triton(str(error))
-                piece = parse_response(result.get_response())
+                    raise from_triton(msg.error_message)
+                piece = parse_response(msg.infer_response)
                 finished = piece.final
                 yield piece
                 if finished:
