@@ -15,8 +15,8 @@
 #                                          # llm and ensemble through tritonserver (1000 ShareGPT-like, batch 256),
 #                                          # load curve 2..inf req/s, py-spy of stub + engine process; summary
 #                                          # (SET="engine_process=off" for the in-stub engine thread)
-#   bash benchmarks/gpu_bench.sh openai    # issue 16: llm layout over gRPC vs through the OpenAI front end,
-#                                          # same server (stub venv: ../shared/tools/device-serve-env.sh)
+#   bash benchmarks/gpu_bench.sh openai    # issue 16, after serve13-prep (carry .whl), carry .whl2: llm layout
+#                                          # over gRPC vs through the OpenAI front end, same server
 #   bash benchmarks/gpu_bench.sh tp-test   # issue 15 (kind nvidia-h200-x2): the TP=2 GPU tests (NCCL and
 #                                          # symmetric-memory all-reduce, CUDA graphs, bf16 logits vs TP=1),
 #                                          # all-reduce latency (benchmarks/allreduce_bench.py)
@@ -156,7 +156,10 @@ case "${1:-all}" in
     timeout 200 $B throughput --model llama-3.1-8b --isl 1000 --osl 1000 --num-requests $((384 * N)) --max-batch-size 512 --max-num-tokens 16384 --out "$OUT" 2>&1 | tail -4
     ;;
   openai)  # issue 16: the same llm server over gRPC and through the OpenAI front end, alternating
+    [ -x /tmp/isite/bin/py-spy ] && python3 -c "import sys; sys.path.insert(0, '/tmp/isite'); import uvicorn" 2>/dev/null \
+      || { echo "run 'gpu_bench.sh serve13-prep' (carry .whl) first, back to back"; exit 1; }
     pkill -9 -x tritonserver; pkill -9 -f triton_python_backend_stub; sleep 1
+    source .whl2/device-serve-env.sh venv   # the stub's numpy-1.26 venv (it adds /tmp/isite)
     python3 -c "
 import shutil
 from inflight.tools.bench.cli import resolve_bench_model
@@ -182,9 +185,11 @@ print('repo ready', flush=True)"
     pkill -9 -x tritonserver; pkill -9 -f triton_python_backend_stub
     ;;
   serve13-prep)  # issue 13, call 1 of 2 (carry .whl): tritonserver bundle, pyzmq, msgspec, py-spy, build
+    # every wheel of .whl: pyzmq, msgspec, py-spy, and the OpenAI front end's stack (fastapi,
+    # uvicorn, pydantic, httptools, ...: the `openai` mode's server and load generator need them)
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/isite \
-        .whl/pyzmq-*.whl .whl/msgspec-*.whl .whl/py_spy-*.whl 2>&1 | grep -v "^WARNING" | tail -3
-    PYTHONPATH=/tmp/isite python3 -c "import zmq, msgspec, inflight._core; print('prep ok: pyzmq', zmq.__version__, 'msgspec', msgspec.__version__)"
+        $(ls .whl/*.whl | grep -vE "/(tritonclient|python_rapidjson)-") 2>&1 | grep -v "^WARNING" | tail -3
+    PYTHONPATH=/tmp/isite python3 -c "import zmq, msgspec, uvicorn, fastapi, httptools, inflight._core; print('prep ok: pyzmq', zmq.__version__, 'msgspec', msgspec.__version__, 'uvicorn', uvicorn.__version__)"
     ls /tmp/isite/bin/py-spy
     ;;
   serve13)  # issue 13, call 2 of 2 (carry .whl2): offline vs llm vs ensemble, load curve, py-spy; < 10 min
