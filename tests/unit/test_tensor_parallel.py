@@ -176,3 +176,24 @@ def test_rank_from_torchrun_environment(tiny_model_dir: Callable[[str], str],
     finally:
         if worker.poll() is None:
             worker.kill()
+
+
+def test_rank_group_is_a_registrable_process_group(make_llm: Callable[..., Any],
+                                                   generate_together: Callable[..., Any]) -> None:
+    """The ranks' group is a c10d ProcessGroup (not a bare backend) that serves the model's
+    collectives and can be registered by name, as the symmetric-memory all-reduce
+    (INFLIGHT_TP_ALLREDUCE=symm, GPU only) needs: a bare ProcessGroupNCCL was refused there."""
+    from torch._C._distributed_c10d import (ProcessGroup, _register_process_group,
+                                            _resolve_process_group, _unregister_process_group)
+
+    llm = make_llm("llama", tensor_parallel_size=2)
+    tp = llm.engine.runner.tp
+    assert isinstance(tp.device_group, ProcessGroup) and tp.device_group.size() == 2
+    name = f"inflight-tp-test-{tp.group_id}"
+    _register_process_group(name, tp.device_group)
+    try:
+        assert _resolve_process_group(name) is tp.device_group
+        out = generate_together(llm, PROMPTS[:1], GREEDY)  # the registered group still serves steps
+    finally:
+        _unregister_process_group(name)
+    assert len(out[0].outputs[0].token_ids) == GREEDY.max_tokens

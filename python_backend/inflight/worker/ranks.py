@@ -99,15 +99,25 @@ def check_start(cfg: EngineConfig, mc: ModelConfig) -> None:
 
 
 def _process_group(store: Any, rank: int, size: int, device: torch.device, timeout: float) -> Any:
+    """A c10d ``ProcessGroup`` over the store with one backend (NCCL on GPU, gloo on CPU), made
+    the way torch.distributed makes its own, but outside its global registry (several engines
+    may live in one process). A ``ProcessGroup``, not the bare backend, so that it can be
+    registered by name for the symmetric-memory ops (model/parallel.py)."""
     import torch.distributed as dist
+    from torch._C._distributed_c10d import ProcessGroup
 
     td = datetime.timedelta(seconds=timeout)
     pstore = dist.PrefixStore("pg", store)
     if device.type == "cuda":
         opts = dist.ProcessGroupNCCL.Options()
         opts._timeout = td
-        return dist.ProcessGroupNCCL(pstore, rank, size, opts)
-    return dist.ProcessGroupGloo(pstore, rank, size, td)
+        backend, kind = dist.ProcessGroupNCCL(pstore, rank, size, opts), ProcessGroup.BackendType.NCCL
+    else:
+        backend, kind = dist.ProcessGroupGloo(pstore, rank, size, td), ProcessGroup.BackendType.GLOO
+    pg = ProcessGroup(pstore, rank, size)
+    pg._set_default_backend(kind)
+    pg._register_backend(torch.device(device.type), kind, backend)
+    return pg
 
 
 class _Link:
