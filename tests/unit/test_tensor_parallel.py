@@ -183,8 +183,12 @@ def test_rank_group_is_a_registrable_process_group(make_llm: Callable[..., Any],
     """The ranks' group is a c10d ProcessGroup (not a bare backend) that serves the model's
     collectives and can be registered by name, as the symmetric-memory all-reduce
     (INFLIGHT_TP_ALLREDUCE=symm, GPU only) needs: a bare ProcessGroupNCCL was refused there."""
-    from torch._C._distributed_c10d import (ProcessGroup, _register_process_group,
-                                            _resolve_process_group, _unregister_process_group)
+    from torch._C._distributed_c10d import (
+        ProcessGroup,
+        _register_process_group,
+        _resolve_process_group,
+        _unregister_process_group,
+    )
 
     llm = make_llm("llama", tensor_parallel_size=2)
     tp = llm.engine.runner.tp
