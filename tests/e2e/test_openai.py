@@ -29,7 +29,7 @@ import pytest
 pytestmark = pytest.mark.e2e
 pytest.importorskip("tritonclient.grpc")
 openai = pytest.importorskip("openai")
-pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
 
 from inflight.testing.repos import add_parameter  # noqa: E402
 from inflight.testing.scripted import build_scripted_model  # noqa: E402
@@ -505,20 +505,15 @@ def _load(url: str, n: int, max_tokens: int) -> list:
     return traces
 
 
-def test_load_generator_counts_what_the_openai_client_sees(client, frontend) -> None:
-    """bench serve --endpoint openai's generator: the chunks and tokens the official client
-    counts for the same request, every request complete."""
-    stream = client.completions.create(
-        model="llm", prompt=PROMPT, max_tokens=12, temperature=0, stream=True,
-        stream_options={"include_usage": True}, extra_body={"ignore_eos": True, "min_tokens": 12})
-    chunks = usage = 0
-    for c in stream:
-        chunks += bool(c.choices)
-        usage = c.usage.completion_tokens if c.usage else usage
-    assert usage == 12 and chunks >= 1
+def test_load_generator_against_the_front_end(frontend) -> None:
+    """bench serve --endpoint openai's generator: every request complete with the engine's
+    token count, at least one chunk and at most one per token (how many exactly depends on
+    the `llm` model coalescing responses under load; exact counting is tested in
+    tests/unit/test_openai_load.py against a scripted server)."""
     traces = _load(frontend, 6, 12)
-    assert [(t.error, t.done, len(t.times), t.output_tokens) for t in traces] == \
-        [(None, True, chunks, 12)] * 6
+    assert [(t.error, t.done, t.output_tokens) for t in traces] == [(None, True, 12)] * 6
+    assert all(1 <= len(t.times) <= 12 for t in traces), [len(t.times) for t in traces]
+    assert all(t.sent < t.times[0] and t.times == sorted(t.times) for t in traces)
 
 
 def test_workers_serve_requests(frontend_workers) -> None:

@@ -9,7 +9,7 @@ import struct
 
 import pytest
 
-pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
 
 from inflight.frontends.openai.app import GuardMiddleware  # noqa: E402
 from inflight.frontends.openai.chat_template import ChatTemplate  # noqa: E402

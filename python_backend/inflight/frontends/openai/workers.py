@@ -1,6 +1,6 @@
 """Running the HTTP server: one process, or N worker processes sharing the listening socket.
 
-A worker is a whole front end (its own event loop, FastAPI app, gRPC channels to Triton and
+A worker is a whole front end (its own event loop, ASGI app, gRPC channels to Triton and
 model registry), so the per-chunk work (a gRPC read, an SSE write) spreads over cores. The
 parent binds the port and supervises the workers (uvicorn's ``Multiprocess``: SIGINT/SIGTERM
 stop them, a crashed worker is replaced); each worker also watches its parent and stops when

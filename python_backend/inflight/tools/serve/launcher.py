@@ -166,7 +166,7 @@ def _add_openai_arguments(parser: argparse.ArgumentParser) -> None:
     """``--openai-port`` and the front end's options (frontends/openai/server.py)."""
     try:
         from inflight.frontends.openai.server import add_frontend_options
-    except ImportError:  # the `openai` extra (fastapi, uvicorn) is not installed
+    except ImportError:  # the `openai` extra (uvicorn, pydantic) is not installed
         return
     group = parser.add_argument_group(
         "OpenAI API", "an OpenAI-compatible server (inflight openai) started once tritonserver "
