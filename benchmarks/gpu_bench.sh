@@ -17,6 +17,7 @@
 #                                          # (SET="engine_process=off" for the in-stub engine thread)
 #   bash benchmarks/gpu_bench.sh openai    # issue 16, after serve13-prep (carry .whl), carry .whl2: llm layout
 #                                          # over gRPC vs through the OpenAI front end, same server
+#                                          # (OPENAI_WORKERS=4: the front end's worker processes)
 #   bash benchmarks/gpu_bench.sh tp-test   # issue 15 (kind nvidia-h200-x2): the TP=2 GPU tests (NCCL and
 #                                          # symmetric-memory all-reduce, CUDA graphs, bf16 logits vs TP=1),
 #                                          # all-reduce latency (benchmarks/allreduce_bench.py)
@@ -170,7 +171,7 @@ build(model, '/tmp/serve-llm', 'llm', {'load_format': 'dummy', 'dtype': 'bfloat1
       'max_batch_size': '256', 'stream_interval': '1', 'tokenizer_dir': tok}, force=True)
 print('repo ready', flush=True)"
     python3 -m inflight.tools.cli serve /tmp/serve-llm --http-port 8000 --grpc-port 8001 --metrics-port 8002 \
-        --openai-port 9000 > /tmp/tritonserver.log 2>&1 &
+        --openai-port 9000 --openai-workers ${OPENAI_WORKERS:-4} > /tmp/tritonserver.log 2>&1 &
     SERVER=$!
     for i in $(seq 1 300); do curl -sf localhost:9000/health >/dev/null && break; kill -0 $SERVER 2>/dev/null || break; sleep 1; done
     if curl -sf localhost:9000/health >/dev/null; then echo "server + openai front end ready after ${i}s"
@@ -179,8 +180,11 @@ print('repo ready', flush=True)"
       url=localhost:8001; [ $ep = openai ] && url=localhost:9000
       echo "== $ep"
       timeout 240 $B serve --endpoint $ep --url $url --served-model llm --dataset sharegpt --num-requests 1000 \
-          --out "$OUT/openai-$ep" 2>&1 | grep -vE "^\s*$" | tail -6
+          --out "$OUT/openai-$ep" 2>&1 | grep -E '^serve:|failed|"(errors|wall_s|req_s|output_tok_s|chunks|client_cpu_s)"'
     done
+    # CPU time of the front end's parent and workers over the whole run (client_cpu_s above is
+    # each load generator's own CPU: near wall_s would mean the generator was the bottleneck)
+    ps -eo pid,ppid,time,args | grep -E "frontends.openai|spawn_main" | grep -v grep | cut -c1-110
     kill -INT $SERVER; sleep 5
     pkill -9 -x tritonserver; pkill -9 -f triton_python_backend_stub
     ;;

@@ -183,6 +183,11 @@ async def stream_completion(host: str, port: int, payload: bytes, trace: StreamT
 async def run_openai(url: str, model: str, prompts: list[str], max_tokens: list[int], *,
                      rate: float = float("inf"), concurrency: int = 256, seed: int = 0,
                      api_key: str = "none") -> tuple[list[StreamTrace], float]:
+    try:
+        import httptools  # noqa: F401
+    except ImportError:
+        raise ImportError("the OpenAI load generator needs httptools (the 'openai' extra: "
+                          "pip install 'inflight[openai]')") from None
     u = urlsplit(base_url(url))
     if u.scheme != "http" or u.hostname is None:
         raise ValueError(f"{url}: the load generator speaks plain http://host:port only")
