@@ -193,7 +193,7 @@ print('repo ready', flush=True)"
     # uvicorn, pydantic, httptools, ...: the `openai` mode's server and load generator need them)
     python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/isite \
         $(ls .whl/*.whl | grep -vE "/(tritonclient|python_rapidjson)-") 2>&1 | grep -v "^WARNING" | tail -3
-    PYTHONPATH=/tmp/isite python3 -c "import zmq, msgspec, uvicorn, fastapi, httptools, inflight._core; print('prep ok: pyzmq', zmq.__version__, 'msgspec', msgspec.__version__, 'uvicorn', uvicorn.__version__)"
+    PYTHONPATH=/tmp/isite python3 -c "import zmq, msgspec, uvicorn, pydantic, httptools, inflight._core; print('prep ok: pyzmq', zmq.__version__, 'msgspec', msgspec.__version__, 'uvicorn', uvicorn.__version__)"
     ls /tmp/isite/bin/py-spy
     ;;
   serve13)  # issue 13, call 2 of 2 (carry .whl2): offline vs llm vs ensemble, load curve, py-spy; < 10 min
