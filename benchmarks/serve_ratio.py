@@ -190,7 +190,7 @@ def serve_layout(a: argparse.Namespace, layout: str, prompts: list[str], lens: l
         pids = _pids(engine_model, srv.pid)
         print(f"== {layout}: ready after {ready_s:.0f} s, processes {pids}", flush=True)
         cpu0 = {k: _cpu_s(p) for k, p in pids.items()}
-        spied = {k: v for k, v in pids.items() if k in ("stub", "engine")}
+        spied = {k: v for k, v in pids.items() if k in ("stub", "engine", "stub:postprocessing")}
         spy = _pyspy(spied, a.out, a.pyspy_delay, a.pyspy_seconds) if a.pyspy else None
         url = f"localhost:{port + 1}"
         res = run_serve(url, layout, prompts, lens, concurrency=len(prompts))
@@ -240,7 +240,8 @@ def main() -> int:
     p.add_argument("--curve-requests", type=int, default=100)
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="repository parameter for both layouts (e.g. engine_process=off)")
-    p.add_argument("--pyspy", action="store_true", help="py-spy the stub and engine process")
+    p.add_argument("--pyspy", action="store_true",
+                   help="py-spy the stub, the engine process and the postprocessing stub")
     p.add_argument("--pyspy-delay", type=float, default=5.0)
     p.add_argument("--pyspy-seconds", type=int, default=8)
     p.add_argument("--no-offline", action="store_true")

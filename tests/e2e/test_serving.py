@@ -153,6 +153,31 @@ def test_batch_index_and_num_return_sequences(server, reference) -> None:
     assert sorted(seqs) == [0, 1] and all(seqs.values())
 
 
+def test_ensemble_responses_carry_only_what_was_asked(server, reference) -> None:
+    """Issue 13: a streamed ensemble response holds text_output (+ finish_reason on the final
+    one); optional outputs come only when asked, and then on every response."""
+    prompt = PROMPTS[0]
+
+    def outputs(**extra: np.ndarray) -> tuple[list[set[str]], str]:
+        names, text = [], ""
+        with GrpcStream(server.grpc_url) as s:
+            for r in s.generate("ensemble", ensemble_inputs(prompt, True, **extra), timeout=120):
+                if r.outputs:
+                    names.append(set(r.outputs))
+                    text += "".join(decode_text(r.outputs.get("text_output")))
+        return names, text
+
+    plain, text = outputs()
+    assert text == reference[prompt]
+    assert all(n == {"text_output"} for n in plain[:-1]), plain
+    assert plain[-1] == {"text_output", "finish_reason"}
+    yes = np.array([[True]])
+    asked, text = outputs(return_num_input_tokens=yes, return_log_probs=yes)
+    assert text == reference[prompt]
+    assert all({"num_input_tokens", "output_log_probs", "cum_log_probs"} <= n for n in asked)
+    assert not any({"batch_index", "sequence_index"} & n for n in plain + asked)
+
+
 def wait_kv_idle(server, timeout: float = 20.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -152,3 +152,47 @@ def test_tracking_is_bounded() -> None:
 def test_client_id_stops_for_bls(engine: Engine) -> None:
     send_stop(engine.name, "bls-x-3")
     assert engine.wait_stops(1) == ["bls-x-3"]
+
+
+def test_many_streaming_requests_share_the_poll_budget() -> None:
+    """Up to POLL_ALL streaming requests: each polled every poll_s; with more, the interval
+    grows with the load (issue 13: one IPC round trip per response otherwise) but each is
+    still polled at least once per POLL_CYCLE_S."""
+    from inflight.frontends.triton.cancel_forward import POLL_ALL, POLL_CYCLE_S
+
+    def run(n: int, dt: float = 0.05) -> list[int]:
+        """Polls per request in seconds 1-4 (the first second measures the load)."""
+        clock = Clock()
+        fwd = CancelForwarder("engine", poll_s=0.1, now=clock)
+        reqs = [FakeRequest(False) for _ in range(n)]
+        before = []
+        for i in range(round(4.0 / dt)):
+            if i == round(1.0 / dt):
+                before = [r.polls for r in reqs]
+            for k, r in enumerate(reqs):
+                assert not fwd.cancelled(r, step(k))
+            clock.t += dt
+        return [r.polls - b for r, b in zip(reqs, before)]
+
+    few = run(POLL_ALL)  # every 0.1 s (every other response here): ~20-30 polls in 3 s
+    assert min(few) >= 20
+    many = run(10 * POLL_ALL)  # every POLL_CYCLE_S: 3 polls in 3 s
+    assert all(2 <= p <= 4 for p in many), sorted(set(many))
+    assert POLL_CYCLE_S == 1.0
+
+
+def test_a_cancel_is_still_seen_under_load(engine: Engine) -> None:
+    clock = Clock()
+    fwd = CancelForwarder(engine.name, poll_s=0.1, now=clock)
+    for _ in range(20):  # 640 requests streaming for 2 s
+        for k in range(640):
+            fwd.cancelled(FakeRequest(False), step(k))
+        clock.t += 0.1
+    victim, polled_at = FakeRequest(True), None
+    for _ in range(11):  # the victim's responses for the next 1.1 s
+        if fwd.cancelled(victim, step(5)):
+            polled_at = clock.t
+            break
+        clock.t += 0.1
+    assert polled_at is not None and polled_at <= 2.0 + 1.0 + 1e-9
+    assert engine.wait_stops(1) == [5]

@@ -12,8 +12,11 @@ client cancels (gRPC stream cancel or client exit, HTTP `generate_stream` discon
 decoupled `engine` would generate up to `max_tokens` for nobody (measured: 480 of 480 tokens
 after a cancel). It does mark every *later* step request as cancelled, and each engine
 response reaches `postprocessing` as such a step. So postprocessing asks
-``request.is_cancelled()`` (one IPC round trip; at most every `poll_s` per engine request,
-the first response always) and, once it is true, sends the engine's stop socket the
+``request.is_cancelled()`` (one IPC round trip to tritonserver; the first response of an
+engine request always, then at most every `poll_s` per engine request while up to
+`POLL_ALL` requests stream, and with more of them a share of that budget so that each is
+still asked at least every `POLL_CYCLE_S`: the `engine` / `llm` models' own sender polls
+the same way, `ServingCore._poll_share`) and, once it is true, sends the engine's stop socket the
 response's `engine_request_key` and answers CANCELLED; later responses of that request are
 refused without asking again. The engine reads the socket at its next cancellation poll
 (0.1 s), aborts the request within a step and frees its KV blocks.
@@ -34,6 +37,8 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 POLL_S = 0.1  # the serving core polls its own senders at the same interval
+POLL_ALL = 64  # streaming requests polled every POLL_S; more: a share (as serving.POLL_ALL)
+POLL_CYCLE_S = 1.0  # ... so that each is still polled at least this often
 MAX_TRACKED = 4096  # keys remembered (oldest forgotten first); far above any live batch
 
 
@@ -47,6 +52,15 @@ class CancelForwarder:
         self._now = now
         self._polled: OrderedDict[int, float] = OrderedDict()  # key -> last poll time
         self._stopped: OrderedDict[int, None] = OrderedDict()
+        # requests seen streaming in the current / the last POLL_CYCLE_S window: the load
+        # that sets the poll interval (keys of requests that ended unseen age out with it)
+        self._seen: set[int] = set()
+        self._window_end = 0.0
+        self._interval = poll_s
+
+    def interval(self) -> float:
+        """Seconds between two polls of one engine request at the current load."""
+        return self._interval
 
     def cancelled(self, request: Any, tensors: dict[str, np.ndarray]) -> bool:
         """True if this step's ensemble was cancelled (the engine request is stopped then)."""
@@ -60,13 +74,20 @@ class CancelForwarder:
             self._polled.pop(key, None)
             return False
         now = self._now()
+        self._seen.add(key)
+        if now >= self._window_end:  # the last window's load sets the next one's interval
+            self._interval = min(max(self.poll_s, self.poll_s * len(self._seen) / POLL_ALL),
+                                 max(self.poll_s, POLL_CYCLE_S))
+            self._seen = {key}
+            self._window_end = now + POLL_CYCLE_S
         last = self._polled.get(key)
-        if last is not None and now - last < self.poll_s:
+        if last is not None and now - last < self._interval:
             return False
         _remember(self._polled, key, now)
         if not request.is_cancelled():
             return False
         _remember(self._stopped, key, None)
+        self._polled.pop(key, None)
         send_stop(self.engine_model, key)
         return True
 

@@ -121,6 +121,12 @@ def _python_model(name: str, inputs: list[Spec], outputs: list[Spec], params: li
             + _params(params))
 
 
+# Engine outputs the ensemble does not route to postprocessing: `text_delta` carries the
+# response's text, so the token ids would be built, copied by tritonserver and dropped unread
+# on every response. The engine builds only the outputs its step requests (issue 13).
+ENSEMBLE_UNMAPPED = frozenset({"output_ids", "sequence_length"})
+
+
 def _ensemble() -> str:
     def maps(specs: list[Spec], kind: str) -> str:
         return "".join(f'      {kind} {{ key: "{n}" value: "{n}" }}\n' for n, *_ in specs)
@@ -132,9 +138,10 @@ def _ensemble() -> str:
         + '    },\n    {\n      model_name: "engine"\n      model_version: -1\n'
         + maps(PRE_OUTPUTS + sampling, "input_map")
         + "".join(f'      output_map {{ key: "{n}" value: "_engine_{n}" }}\n'
-                  for n, *_ in ENGINE_OUTPUTS)
+                  for n, *_ in ENGINE_OUTPUTS if n not in ENSEMBLE_UNMAPPED)
         + '    },\n    {\n      model_name: "postprocessing"\n      model_version: -1\n'
-        + "".join(f'      input_map {{ key: "{n}" value: "_engine_{n}" }}\n' for n, *_ in POST_INPUTS)
+        + "".join(f'      input_map {{ key: "{n}" value: "_engine_{n}" }}\n'
+                  for n, *_ in POST_INPUTS if n not in ENSEMBLE_UNMAPPED)
         + maps(POST_OUTPUTS, "output_map") + "    }\n")
     return ('name: "ensemble"\nplatform: "ensemble"\nmax_batch_size: ${triton_max_batch_size}\n'
             + _io("input", ENSEMBLE_INPUTS) + _io("output", ENSEMBLE_OUTPUTS)

@@ -38,6 +38,10 @@ class ItemRequest:
     return_log_probs: bool = False
     return_perf_metrics: bool = False
     return_kv_cache_reuse_stats: bool = False
+    batch_size: int = 1  # items in the Triton request (batch_index is sent when > 1)
+    # the output names the caller requested (``request.requested_output_names()``: an
+    # ensemble step requests what its output_map reads); None: every declared output
+    outputs: frozenset[str] | None = None
     flags: dict[str, Any] = field(default_factory=dict)
     # SamplingParams field -> the tensor (or sampling_parameters key) the client sent, so
     # that errors raised later (engine admission) name what the client sent

@@ -227,7 +227,7 @@ def _maps(pairs: list[tuple[str, str]], kind: str) -> str:
 
 
 def _ensemble(engine: str) -> str:
-    from inflight.frontends.triton.contract import _io
+    from inflight.frontends.triton.contract import ENSEMBLE_UNMAPPED, _io
 
     pre_in = [("QUERY", "text_input"), ("REQUEST_OUTPUT_LEN", "max_tokens"),
               ("EMBEDDING_BIAS_WORDS", "embedding_bias_words"),
@@ -244,9 +244,12 @@ def _ensemble(engine: str) -> str:
             target = _ENGINE_RENAMES.get(name, name)
             assert target in _ENGINE_NAMES, target
             eng_in.append((target, name))
-    eng_out = [(n, f"_{n}") for n, *_ in TRTLLM_ENGINE_OUTPUTS if n != "context_phase_params"]
-    post_in = [("TOKENS_BATCH", "_output_ids"), ("SEQUENCE_LENGTH", "_sequence_length")] + [
-        (n, f"_{n}") for n, *_ in TRTLLM_POST_INPUTS[2:]]
+    # the peer maps output_ids / sequence_length to TOKENS_BATCH / SEQUENCE_LENGTH; here
+    # postprocessing reads the engine's text_delta, so the ensemble routes no token ids
+    # (contract.ENSEMBLE_UNMAPPED; TOKENS_BATCH stays for postprocessing called on its own)
+    eng_out = [(n, f"_{n}") for n, *_ in TRTLLM_ENGINE_OUTPUTS
+               if n != "context_phase_params" and n not in ENSEMBLE_UNMAPPED]
+    post_in = [(n, f"_{n}") for n, *_ in TRTLLM_POST_INPUTS[2:]]
     post_out = [("OUTPUT", "text_output")] + [(n, n) for n, *_ in TRTLLM_POST_OUTPUTS[1:]]
     steps = ('    {\n      model_name: "preprocessing"\n      model_version: -1\n'
              + _maps(pre_in, "input_map") + _maps(pre_out, "output_map")
