@@ -545,3 +545,46 @@ def test_workers_die_with_the_parent(triton, tmp_path, sig) -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+LAUNCHER = """
+import sys
+from inflight.frontends.openai.child import OpenAIChild
+from inflight.tools.serve.launcher import build_argparser
+args = build_argparser().parse_args(["/unused", "--openai-port", sys.argv[2], "--openai-workers", "2"])
+child = OpenAIChild(args, sys.argv[1])
+assert child.wait_ready(), "front end not ready"
+print(child.proc.pid, flush=True)
+sys.stdin.read()  # until killed
+"""
+
+
+def test_front_end_dies_with_a_killed_launcher(triton, tmp_path) -> None:
+    """`inflight serve --openai-port`: a SIGKILLed launcher leaves no front end (its supervisor
+    and workers), like its tritonserver; the requests leave nothing in the engine."""
+    port = _free_port()
+    log = tmp_path / "launcher.log"
+    with open(log, "wb") as err:
+        launcher = subprocess.Popen([sys.executable, "-c", LAUNCHER, triton.grpc_url, str(port)],
+                                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err)
+    front, workers = None, []
+    try:
+        line = launcher.stdout.readline()
+        assert line.strip().isdigit(), log.read_text()
+        front = int(line)
+        workers = _workers_of(front)
+        assert len(workers) == 2, log.read_text()
+        assert [t.error for t in _load(f"http://127.0.0.1:{port}", 4, 4)] == [None] * 4
+        launcher.kill()
+        launcher.wait()
+        deadline = time.monotonic() + 60
+        while not all(_gone(p) for p in [front, *workers]) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert all(_gone(p) for p in [front, *workers]), log.read_text()
+        wait_kv_idle(triton.metrics_url)
+    finally:
+        if launcher.poll() is None:
+            launcher.kill()
+            launcher.wait()
+        for pid in [p for p in (front, *workers) if p is not None and not _gone(p)]:
+            os.kill(pid, signal.SIGKILL)  # a failed run leaves no orphan behind either

@@ -10,6 +10,7 @@ import time
 import urllib.request
 
 from inflight.frontends.openai.server import child_env, frontend_argv
+from inflight.tools.serve.process import parent_death_signal
 
 READY_TIMEOUT_S = 120.0
 
@@ -22,7 +23,10 @@ class OpenAIChild:
         self.host = args.host
         cmd = [sys.executable, "-m", "inflight.frontends.openai", "--triton-url", grpc_url,
                "--host", args.host, "--port", str(args.openai_port), *frontend_argv(args)]
-        self.proc = subprocess.Popen(cmd, env={**os.environ, **child_env(args)})
+        # SIGTERM (uvicorn's graceful stop, which stops its workers too) when the launcher
+        # dies, SIGKILL included: like tritonserver, the front end never outlives it
+        self.proc = subprocess.Popen(cmd, env={**os.environ, **child_env(args)},
+                                     preexec_fn=parent_death_signal())
 
     @property
     def url(self) -> str:

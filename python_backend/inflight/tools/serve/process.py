@@ -205,7 +205,7 @@ class TritonServer:
                 # Own process group: a terminal's Ctrl-C reaches the launcher only, which
                 # forwards it once (a second signal makes tritonserver skip its drain).
                 start_new_session=True,
-                preexec_fn=_parent_death_signal() if self.die_with_parent else None,
+                preexec_fn=parent_death_signal() if self.die_with_parent else None,
             )
         except OSError as exc:
             self._cleanup()
@@ -433,7 +433,7 @@ def _kill_group(pid: int) -> None:
         pass
 
 
-def _parent_death_signal() -> Callable[[], None] | None:
+def parent_death_signal() -> Callable[[], None] | None:
     """A ``preexec_fn`` that sets PR_SET_PDEATHSIG=SIGTERM (Linux); None elsewhere."""
     if not sys.platform.startswith("linux"):
         return None
