@@ -8,6 +8,10 @@
 #    (benchmarks/quant_kernel_bench.py; SWEEP=0 skips the sweep)           <= 150 + 120 s
 # 3. end to end, 8B dummy weights: fp8+fp8-KV batch-1 latency and 128/128 x1000 throughput,
 #    int4-awq batch-1 latency (bf16 references: docs/quantization.md)       <= 75 + 110 + 75 s
+# 4. optional, PERPLEXITY=1 (after the rest) or PERPLEXITY=only (alone: one device call):
+#    benchmarks/quant_perplexity.py trains a ~46M Llama on the stdlib source for PPL_MINUTES
+#    (default 4), then held-out perplexity bf16 / fp8 / fp8+FP8 KV / int4-awq    <= 480 s
+#    (PPL_ARGS: more flags, e.g. --tiny for a CPU check of the step)
 # Each step has its own timeout: a kernel that hangs or fails to compile costs its step only.
 # Results: $OUT/quant-*/ (JSON), log lines on stdout.
 set -uo pipefail
@@ -16,6 +20,13 @@ OUT=${OUT:-bench-results}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 INFLIGHT_NO_PROGRESS=1 INFLIGHT_LOG_LEVEL=INFO  # INFO: the KV pool size and quantization lines
 B="python3 -m inflight.tools.cli bench"
+perplexity() {
+  echo "== perplexity: small Llama trained ${PPL_MINUTES:-4} min on the stdlib, bf16 vs fp8 vs int4-awq"
+  timeout 480 python3 benchmarks/quant_perplexity.py --minutes "${PPL_MINUTES:-4}" ${PPL_ARGS:-} \
+      --out "$OUT/quant-ppl-ckpt" --json "$OUT/quant-perplexity.json" 2>&1 | grep -E "^#|^\||Error|Killed"
+  rm -rf "$OUT/quant-ppl-ckpt" "$OUT/quant-ppl-ckpt-int4-awq"  # checkpoints: not results
+}
+if [ "${PERPLEXITY:-0}" = only ]; then perplexity; exit 0; fi
 echo "== GPU kernel tests (quantization)"
 timeout 150 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_fp8_quant.py tests/kernels/test_fp8_gemv.py \
     tests/kernels/test_fp8_linear.py tests/kernels/test_w4a16.py tests/kernels/test_fp8_kv_cache.py 2>&1 | tail -8
@@ -42,3 +53,4 @@ run fp8 110 throughput --model llama-3.1-8b --isl 128 --osl 128 --num-requests 1
     --max-batch-size 1024 --max-num-tokens 16384
 echo "== int4-awq latency 8B b1 (128 in / 256 out)"
 run int4-awq 75 latency --model llama-3.1-8b --isl 128 --osl 256
+if [ "${PERPLEXITY:-0}" = 1 ]; then perplexity; fi
