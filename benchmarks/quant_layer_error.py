@@ -11,6 +11,8 @@ median time of each (triton.testing.do_bench) next to bf16 F.linear. Weights N(0
 
 from __future__ import annotations
 
+import argparse
+import sys
 from functools import partial
 
 import torch
@@ -46,4 +48,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter).parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("quant_layer_error.py needs a CUDA GPU (the FP8 and INT4 kernels run there)")
     main()
