@@ -122,3 +122,15 @@ def test_engine_parameters_derive_from_the_config_dataclasses() -> None:
     assert {"model_path", "tokenizer_dir", "tokens_per_block"} <= set(ENGINE_PARAMS)
     assert not {"model", "tokenizer", "block_size", *TEST_ONLY_KEYS} & set(ENGINE_PARAMS)
     assert len(set(ENGINE_PARAMS)) == len(ENGINE_PARAMS)
+
+
+def test_tensorrt_llm_spelling_tp_size_is_accepted(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                   tiny_model_dir: Callable[[str], str]) -> None:
+    """docs/parallelism.md's `--set tp_size=2` (TensorRT-LLM's name): written as ours."""
+    assert repo.parse_sets(["tp_size=2"]) == {"tensor_parallel_size": "2"}
+    rc, err = _build(tmp_path, capsys, "--model", tiny_model_dir("llama"), "--layout", "llm",
+                     "--set", "tp_size=2")
+    assert rc == 0, err
+    text = (tmp_path / "repo" / "llm" / "config.pbtxt").read_text()
+    assert 'key: "tensor_parallel_size"\n  value: { string_value: "2" }' in text
+    assert "tp_size" not in text

@@ -47,6 +47,15 @@ def templates_dir() -> str:
     return str(importlib.resources.files("inflight.model_repository"))
 
 
+# TensorRT-LLM's spellings accepted by `--set`, written into the repository under ours
+ALIASES = {"tp_size": "tensor_parallel_size", "gpt_model_path": "model_path"}
+
+
+def canonical(values: dict[str, str]) -> dict[str, str]:
+    """``tp_size`` -> ``tensor_parallel_size`` (and the other :data:`ALIASES`)."""
+    return {ALIASES.get(k, k): v for k, v in values.items()}
+
+
 def parse_sets(pairs: list[str]) -> dict[str, str]:
     """``--set key=value`` pairs -> {key: value}; keys are checked, values by :func:`validate`."""
     out = {}
@@ -54,6 +63,7 @@ def parse_sets(pairs: list[str]) -> dict[str, str]:
         if "=" not in p:
             raise ConfigError(f"--set expects key=value, got {p!r}")
         k, v = p.split("=", 1)
+        k = ALIASES.get(k, k)
         _check_key(k)
         out[k] = v
     return out
@@ -127,7 +137,7 @@ def build(model: str, out: str, layout: str | None = None, values: dict[str, str
     model = os.path.abspath(resolve_model(model))
     ModelConfig.from_hf(model)  # the checkpoint as model load will read it
     vals = {**DEFAULTS, **PROFILE_DEFAULTS.get(profile, {}), "model_path": model,
-            "tokenizer_dir": model, "profile": profile, **(values or {})}
+            "tokenizer_dir": model, "profile": profile, **canonical(values or {})}
     validate({k: v for k, v in vals.items() if k != "profile"})
     decoupled = parse_bool(vals["decoupled_mode"], "decoupled_mode", "--set")
     if os.path.exists(out) and os.listdir(out) and not force:
