@@ -82,16 +82,34 @@ def test_killed_rank_fails_requests_and_stops_the_engine(tiny_model_dir: Callabl
         proc = ranks.procs[1]
         os.kill(proc.pid, signal.SIGKILL)
         assert ranks.died.wait(30), "the waiter thread reaps the killed rank"
-        # one request: accepted by the idle engine, whose next step finds the dead rank. (With
-        # two prompts in one generate() the engine could die between their submissions and
-        # the call raise instead: generate() submits all or nothing.)
-        out = llm.generate("Hi", GREEDY, use_tqdm=False)
-        assert out[0].outputs[0].finish_reason == "error"
+        # the idle engine notices by itself (no request needed: readiness turns red at once)
         assert llm.loop.wait_stopped(30)
         assert not llm.loop.alive
         assert "tensor parallel rank 1 exited with code -9" in (llm.loop.dead_reason or "")
         with pytest.raises(EngineDeadError, match="tensor parallel rank 1 exited"):
             llm.generate(["Hi", "Hello"], GREEDY, use_tqdm=False)  # a dead engine refuses at once
+    finally:
+        llm.shutdown()
+
+
+def test_rank_killed_mid_request_fails_that_request(tiny_model_dir: Callable[[str], str]) -> None:
+    """A rank dies while a request is generating: that request ends with one error naming it."""
+    import time
+
+    from inflight.llm import LLM
+
+    llm = LLM(tiny_model_dir("llama"), tensor_parallel_size=2, max_tokens_in_paged_kv_cache=256,
+              block_size=8, max_seq_len=128)
+    try:
+        llm.loop._fault_hook = lambda: time.sleep(0.05)  # 100 steps >= 5 s: the kill lands mid-way
+        it = llm.stream("Hi", SamplingParams(temperature=0.0, max_tokens=100, ignore_eos=True))
+        first = next(it)
+        assert not first.finished
+        os.kill(llm.engine.ranks.procs[1].pid, signal.SIGKILL)
+        rest = list(it)
+        assert [u.finished for u in rest].count(True) == 1 and rest[-1].finished
+        assert rest[-1].finish_reason == "error" and "rank 1" in (rest[-1].error or ""), rest[-1]
+        assert llm.loop.wait_stopped(30)
     finally:
         llm.shutdown()
 
@@ -204,3 +222,29 @@ def test_rank_group_is_a_registrable_process_group(make_llm: Callable[..., Any],
     finally:
         _unregister_process_group(name)
     assert len(out[0].outputs[0].token_ids) == GREEDY.max_tokens
+
+
+def test_a_collective_failed_by_a_dead_rank_is_reported_as_that_rank() -> None:
+    """A rank that dies inside a collective makes rank 0's collective fail with the backend's
+    words ("Connection closed by peer"); the engine reports the RankError naming the rank once
+    its waiter thread has seen the exit, and other errors as they are."""
+    import threading
+
+    from inflight.engine.core import LLMEngine
+    from inflight.worker.ranks import RankError
+
+    class Ranks:
+        died = threading.Event()
+
+        def check_alive(self) -> None:
+            raise RankError("tensor parallel rank 1 exited with code -9")
+
+    eng = LLMEngine.__new__(LLMEngine)
+    eng.ranks = None
+    gloo = RuntimeError("[gloo/transport/tcp/pair.cc] Connection closed by peer")
+    assert eng.explain_fault(gloo) is gloo  # one device: nothing to explain
+    eng.ranks = Ranks()
+    assert eng.explain_fault(gloo, wait_s=0.05) is gloo  # no rank died: the error as it is
+    threading.Timer(0.1, Ranks.died.set).start()  # the waiter thread sees the exit a bit later
+    got = eng.explain_fault(gloo, wait_s=30)
+    assert isinstance(got, RankError) and "rank 1 exited" in str(got) and got.__cause__ is gloo

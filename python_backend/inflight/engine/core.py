@@ -37,7 +37,7 @@ from inflight.errors import ConfigError
 from inflight.outputs import SequenceUpdate
 from inflight.sampling_params import SamplingParams
 from inflight.worker.model_runner import ModelRunner
-from inflight.worker.ranks import start_ranks
+from inflight.worker.ranks import RankError, start_ranks
 from inflight.worker.sampler import DeviceSample, RequestExtras, Sampler, SamplerOutput
 
 log = logging.getLogger(__name__)
@@ -221,6 +221,26 @@ class LLMEngine:
 
     def has_unfinished(self) -> bool:
         return bool(self.seqs) or self._inflight is not None
+
+    def check_health(self) -> None:
+        """Raises (RankError) when a tensor-parallel rank has exited: the loops call it while
+        idle too, so a dead rank ends the engine (and readiness) without waiting for a request."""
+        if self.ranks is not None and self.ranks.died.is_set():
+            self.ranks.check_alive()
+
+    def explain_fault(self, e: Exception, wait_s: float = 2.0) -> Exception:
+        """The error to report for a failed step: a collective that failed because a rank died
+        (gloo: "connection closed", NCCL: a timeout) becomes the RankError naming that rank,
+        once its waiter thread has seen the exit (up to ``wait_s``); anything else as it is."""
+        if self.ranks is None or isinstance(e, RankError):
+            return e
+        if self.ranks.died.wait(wait_s):
+            try:
+                self.ranks.check_alive()
+            except Exception as dead:  # noqa: BLE001 - the RankError to report
+                dead.__cause__ = e
+                return dead
+        return e
 
     def is_live(self, request_id: str) -> bool:
         return request_id in self.children

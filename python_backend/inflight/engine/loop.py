@@ -25,6 +25,8 @@ from inflight.sampling_params import SamplingParams
 
 log = logging.getLogger(__name__)
 
+HEALTH_TICK_S = 0.5  # an idle tensor-parallel engine checks its ranks this often
+
 
 @dataclass(frozen=True)
 class EngineStats:
@@ -146,10 +148,15 @@ class EngineLoop:
 
     def _run(self) -> None:
         eng = self.engine
+        # tensor parallel: wake up now and then while idle to see whether a rank died
+        tick = HEALTH_TICK_S if eng.ranks is not None else None
         while True:
+            idle_tick = False
             with self._cv:
                 while not self._inbox and not eng.has_unfinished() and not self._stopping:
-                    self._cv.wait()
+                    if not self._cv.wait(tick):
+                        idle_tick = True
+                        break
                 ops, self._inbox = self._inbox, []
                 stopping = self._stopping
             try:
@@ -161,12 +168,16 @@ class EngineLoop:
                     for rid in list(eng.children):
                         eng.abort(rid)
                     return
+                eng.check_health()
+                if idle_tick and not ops and not eng.has_unfinished():
+                    continue
                 if self._fault_hook is not None:
                     self._fault_hook()
                 eng.step()
                 self.stats = self._snapshot(eng.last_step_tokens)
             except Exception as e:  # noqa: BLE001 - any fault ends the engine
                 log.exception("engine step failed")
+                e = eng.explain_fault(e)
                 reason = f"engine step failed: {type(e).__name__}: {e}"
                 with self._cv:  # from here on submit() refuses; take what it queued already
                     self.dead_reason = reason

@@ -169,6 +169,7 @@ class EngineProcess:
                     return 0
                 if msgs:
                     self._flush()  # admissions' stats and aborts' finals, before the step
+                eng.check_health()  # a dead tensor-parallel rank ends the engine even when idle
                 if not eng.has_unfinished():
                     continue
                 if self.hook is not None:
@@ -177,6 +178,7 @@ class EngineProcess:
                 self._flush()
             except Exception as e:  # noqa: BLE001 - any fault ends the engine
                 log.exception("engine step failed")
+                e = eng.explain_fault(e)
                 reason = f"engine step failed: {type(e).__name__}: {e}"
                 eng.fail_all(reason)
                 try:
