@@ -9,8 +9,8 @@
 #   bash benchmarks/gpu_bench.sh reuse     # TTFT of a repeated 4k prompt with prefix reuse
 #   bash benchmarks/gpu_bench.sh quant     # issue 14: quantized kernel tests, per-layer error, bf16 vs
 #                                          # fp8+fp8-KV vs int4-awq latency b1 and throughput 128/128 (quant_bench.sh)
-#   bash benchmarks/gpu_bench.sh serve13-prep  # issue 13, device call 1 (carry .whl): server bundle, pyzmq,
-#                                          # msgspec, py-spy (wheels: pip download ... -d .whl), build
+#   bash benchmarks/gpu_bench.sh serve13-prep  # device call 1 of the serving modes (carry .whl): server bundle
+#                                          # and every wheel of .whl (pyzmq, msgspec, py-spy, the OpenAI stack), build
 #   bash benchmarks/gpu_bench.sh serve13   # issue 13, device call 2 (carry .whl2), right after: offline engine,
 #                                          # llm and ensemble through tritonserver (1000 ShareGPT-like, batch 256),
 #                                          # load curve 2..inf req/s, py-spy of stub + engine process; summary
@@ -24,6 +24,7 @@
 #   bash benchmarks/gpu_bench.sh tp        # issue 15: 8B batch-1 latency at TP=1 (GPU 0), TP=2 nccl, TP=2 symm;
 #                                          # 128/128 x1000 at TP=2 (TP_THROUGHPUT="1 nccl 2 symm": pairs)
 #   bash benchmarks/gpu_bench.sh tp70      # issue 15: the Llama-3.1-70B shape at TP=2 (b1, 128/128)
+#   bash benchmarks/gpu_bench.sh tp-debug  # issue 15: a hanging TP test, py-spy of every process after 45 s
 #   bash benchmarks/gpu_bench.sh tp-serve  # issue 15, after serve13-prep (carry .whl2): offline TP=2 vs the
 #                                          # llm model at TP=2 through tritonserver, 1000 ShareGPT-like
 #   bash benchmarks/gpu_bench.sh ab OLD.tar [build|latency|throughput|scheduler]
