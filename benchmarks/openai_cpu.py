@@ -30,35 +30,11 @@ import tempfile
 import time
 import urllib.request
 
-TICK = os.sysconf("SC_CLK_TCK")
-
 
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def tree_cpu(root: int) -> float:
-    """utime + stime (seconds) of ``root`` and every live descendant."""
-    parent: dict[int, int] = {}
-    cpu: dict[int, float] = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parent[int(d)] = int(fields[1])
-        cpu[int(d)] = (int(fields[11]) + int(fields[12])) / TICK
-    total, stack = 0.0, [root]
-    while stack:
-        pid = stack.pop()
-        total += cpu.get(pid, 0.0)
-        stack += [c for c, p in parent.items() if p == pid]
-    return total
 
 
 def wait_http(url: str, proc: subprocess.Popen, timeout: float = 300) -> None:
@@ -88,6 +64,7 @@ def main() -> int:
                    help="benchmarks/scripted_triton.py (20 ms between tokens) as the server")
     p.add_argument("--out", default="bench-results/openai-cpu")
     a = p.parse_args()
+    from inflight.testing.procs import tree_cpu_s
     from inflight.testing.tiny import tiny_model_dir
     from inflight.tools.repo import build
 
@@ -119,14 +96,14 @@ def main() -> int:
             for ep in a.endpoints.split(","):
                 url = f"127.0.0.1:{port}" if ep == "openai" else f"127.0.0.1:{grpc}"
                 out = os.path.join(a.out, f"{ep}-{r}")
-                f0, s0 = tree_cpu(front.pid), tree_cpu(server.pid)
+                f0, s0 = tree_cpu_s(front.pid), tree_cpu_s(server.pid)
                 subprocess.run([sys.executable, "-m", "inflight.tools.cli", "bench", "serve",
                                 "--endpoint", ep, "--url", url, "--served-model", "llm",
                                 "--dataset", "fixed", "--isl", str(a.isl), "--osl", str(a.osl),
                                 "--num-requests", str(a.requests), "--tokenizer", tiny,
                                 "--out", out], check=True, stdout=subprocess.DEVNULL,
                                stderr=subprocess.DEVNULL)
-                f1, s1 = tree_cpu(front.pid), tree_cpu(server.pid)
+                f1, s1 = tree_cpu_s(front.pid), tree_cpu_s(server.pid)
                 with open(os.path.join(out, f"serve-{ep}-llm-fixed-{a.requests}.json")) as f:
                     res = json.load(f)
                 n = max(res["chunks"], 1)

@@ -66,53 +66,31 @@ def _ready(http: int) -> bool:
         return False
 
 
-def _procs() -> list[tuple[int, int, str, str]]:
-    out = []
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/cmdline", "rb") as f:
-                args = f.read().replace(b"\0", b" ").decode(errors="replace")
-            with open(f"/proc/{d}/stat") as f:
-                stat = f.read()
-            with open(f"/proc/{d}/comm") as f:
-                comm = f.read().strip()
-        except OSError:
-            continue
-        out.append((int(d), int(stat.rsplit(")", 1)[1].split()[1]), comm, args))
-    return out
-
-
 def _pids(model: str, root: int) -> dict[str, int]:
     """Under the launcher ``root``: tritonserver, every model's stub (``stub:<model>``; ``stub``
     for ``model``) and the engine process of ``model`` (``engine``)."""
-    ps = _procs()
-    mine, grew = {root}, True
-    while grew:
-        more = {p for p, pp, _, _ in ps if pp in mine} - mine
-        grew = bool(more)
-        mine |= more
+    from inflight.testing.procs import descendants
+
+    mine = descendants(root)
     out: dict[str, int] = {}
-    for pid, _ppid, comm, args in ps:
-        if pid not in mine:
-            continue
-        if comm == "tritonserver":
-            out["tritonserver"] = pid
-        elif "triton_python_backend_stub" in args:
-            name = args.split("/1/model.py")[0].rsplit("/", 1)[-1]
-            out["stub" if name == model else f"stub:{name}"] = pid
+    for p in mine.values():
+        if p.comm == "tritonserver":
+            out["tritonserver"] = p.pid
+        elif "triton_python_backend_stub" in p.cmdline:
+            name = p.cmdline.split("/1/model.py")[0].rsplit("/", 1)[-1]
+            out["stub" if name == model else f"stub:{name}"] = p.pid
     stub = out.get("stub")
-    eng = next((p for p, pp, comm, _ in ps if pp == stub and comm == "inflight-engine"), None)
+    eng = next((p.pid for p in mine.values() if p.ppid == stub and p.comm == "inflight-engine"), None)
     if eng is not None:
         out["engine"] = eng
     return out
 
 
-def _cpu_s(pid: int) -> float:
-    with open(f"/proc/{pid}/stat") as f:
-        v = f.read().rsplit(")", 1)[1].split()
-    return (int(v[11]) + int(v[12])) / os.sysconf("SC_CLK_TCK")
+def _cpu_s(pids: dict[str, int]) -> dict[str, float]:
+    """CPU seconds of each named process still alive."""
+    from inflight.testing.procs import proc
+
+    return {k: p.cpu_s for k, pid in pids.items() if (p := proc(pid)) is not None}
 
 
 def _top_frames(path: str, n: int = 12) -> list[tuple[str, float]]:
@@ -189,12 +167,12 @@ def serve_layout(a: argparse.Namespace, layout: str, prompts: list[str], lens: l
         engine_model = "llm" if layout == "llm" else "engine"
         pids = _pids(engine_model, srv.pid)
         print(f"== {layout}: ready after {ready_s:.0f} s, processes {pids}", flush=True)
-        cpu0 = {k: _cpu_s(p) for k, p in pids.items()}
+        cpu0 = _cpu_s(pids)
         spied = {k: v for k, v in pids.items() if k in ("stub", "engine", "stub:postprocessing")}
         spy = _pyspy(spied, a.out, a.pyspy_delay, a.pyspy_seconds) if a.pyspy else None
         url = f"localhost:{port + 1}"
         res = run_serve(url, layout, prompts, lens, concurrency=len(prompts))
-        cpu = {k: round(_cpu_s(p) - cpu0[k], 2) for k, p in pids.items() if os.path.exists(f"/proc/{p}")}
+        cpu = {k: round(v - cpu0[k], 2) for k, v in _cpu_s(pids).items() if k in cpu0}
         row = curve_row(res)
         row.update({"ready_s": round(ready_s, 1), "cpu_s": cpu, "wall_s": round(res["wall_s"], 2)})
         results[layout] = row

@@ -31,6 +31,7 @@ pytest.importorskip("tritonclient.grpc")
 openai = pytest.importorskip("openai")
 pytest.importorskip("uvicorn")
 
+from inflight.testing.procs import children, gone  # noqa: E402
 from inflight.testing.repos import add_parameter  # noqa: E402
 from inflight.testing.scripted import build_scripted_model  # noqa: E402
 from inflight.testing.streams import metric, run_stream, wait_kv_idle, wait_metric_above  # noqa: E402
@@ -122,26 +123,7 @@ def _stop_frontend(proc: subprocess.Popen, log: Path) -> None:
 
 def _workers_of(pid: int) -> list[int]:
     """The uvicorn worker processes of ``pid`` (multiprocessing's resource tracker is not one)."""
-    out = []
-    for d in os.listdir("/proc"):
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                ppid = int(f.read().rsplit(")", 1)[1].split()[1])
-            with open(f"/proc/{d}/cmdline", "rb") as f:
-                cmd = f.read()
-        except (OSError, ValueError):
-            continue
-        if ppid == pid and b"spawn_main" in cmd:
-            out.append(int(d))
-    return sorted(out)
-
-
-def _gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"  # exited, not yet reaped
-    except OSError:
-        return True
+    return sorted(c for c, p in children(pid).items() if "spawn_main" in p.cmdline)
 
 
 @pytest.fixture(scope="module")
@@ -536,9 +518,9 @@ def test_workers_die_with_the_parent(triton, tmp_path, sig) -> None:
         assert [t.error for t in _load(url, 4, 4)] == [None] * 4
         proc.send_signal(sig)
         deadline = time.monotonic() + 60
-        while not all(_gone(w) for w in workers) and time.monotonic() < deadline:
+        while not all(gone(w) for w in workers) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert all(_gone(w) for w in workers), log.read_text()
+        assert all(gone(w) for w in workers), log.read_text()
         assert proc.wait(30) in ((0, -15) if sig == signal.SIGTERM else (-9,)), log.read_text()
         wait_kv_idle(triton.metrics_url)
     finally:
@@ -578,13 +560,13 @@ def test_front_end_dies_with_a_killed_launcher(triton, tmp_path) -> None:
         launcher.kill()
         launcher.wait()
         deadline = time.monotonic() + 60
-        while not all(_gone(p) for p in [front, *workers]) and time.monotonic() < deadline:
+        while not all(gone(p) for p in [front, *workers]) and time.monotonic() < deadline:
             time.sleep(0.2)
-        assert all(_gone(p) for p in [front, *workers]), log.read_text()
+        assert all(gone(p) for p in [front, *workers]), log.read_text()
         wait_kv_idle(triton.metrics_url)
     finally:
         if launcher.poll() is None:
             launcher.kill()
             launcher.wait()
-        for pid in [p for p in (front, *workers) if p is not None and not _gone(p)]:
+        for pid in [p for p in (front, *workers) if p is not None and not gone(p)]:
             os.kill(pid, signal.SIGKILL)  # a failed run leaves no orphan behind either

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -18,59 +17,18 @@ import pytest
 
 pytest.importorskip("tritonclient.grpc")
 
+from inflight.testing.procs import DEADLINE_S, descendants, gone, wait_for  # noqa: E402
 from inflight.testing.streams import run_stream  # noqa: E402
 from inflight.testing.tiny import tiny_model_dir  # noqa: E402
 from inflight.tools.repo import build  # noqa: E402
 
-DEADLINE_S = 60.0  # a bound for a loaded CI box, never a synchronisation
 PROMPT = "Once upon a time"
-
-
-def _descendants(pid: int) -> dict[int, str]:
-    """Every live process below ``pid``: pid -> comm."""
-    parent_of: dict[int, tuple[int, str]] = {}
-    for d in os.listdir("/proc"):
-        if not d.isdigit():
-            continue
-        try:
-            with open(f"/proc/{d}/stat") as f:
-                rest = f.read().rsplit(")", 1)[1].split()
-            with open(f"/proc/{d}/comm") as f:
-                comm = f.read().strip()
-        except OSError:
-            continue
-        if rest[0] != "Z":
-            parent_of[int(d)] = (int(rest[1]), comm)
-    out: dict[int, str] = {}
-    frontier = [pid]
-    while frontier:
-        p = frontier.pop()
-        for child, (ppid, comm) in parent_of.items():
-            if ppid == p and child not in out:
-                out[child] = comm
-                frontier.append(child)
-    return out
 
 
 def _ours(server_pid: int) -> dict[int, str]:
     """The engine process and its tensor-parallel ranks under the server."""
-    return {p: c for p, c in _descendants(server_pid).items()
-            if c == "inflight-engine" or c.startswith("inflight-tp")}
-
-
-def _gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except FileNotFoundError:
-        return True
-
-
-def _wait(pred, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + DEADLINE_S
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out: {what}"
-        time.sleep(0.05)
+    return {p.pid: p.comm for p in descendants(server_pid).values()
+            if p.comm == "inflight-engine" or p.comm.startswith("inflight-tp")}
 
 
 def _ready(http_url: str) -> bool:
@@ -117,7 +75,7 @@ def test_tp2_model_serves_greedy_text_of_one_device(tp_server) -> None:
         one.shutdown()
     assert outcome.text == want[0].outputs[0].text  # streamed at TP=2 == offline at TP=1
     assert tp_server.stop() == 0
-    assert all(_gone(p) for p in ours), _descendants(os.getpid())
+    assert all(gone(p) for p in ours), descendants(os.getpid())
 
 
 def test_killed_rank_fails_requests_and_turns_the_model_not_ready(tp_server) -> None:
@@ -130,13 +88,13 @@ def test_killed_rank_fails_requests_and_turns_the_model_not_ready(tp_server) -> 
     assert len(rank) == 1, ours
     assert _ready(tp_server.http_url)
     os.kill(rank[0], signal.SIGKILL)
-    _wait(lambda: _gone(rank[0]), "the killed rank to exit")
+    wait_for(lambda: gone(rank[0]), "the killed rank to exit")
     # the idle engine notices by itself: no request is needed for readiness to turn red
-    _wait(lambda: not _ready(tp_server.http_url), "the model to turn not-ready")
+    wait_for(lambda: not _ready(tp_server.http_url), "the model to turn not-ready")
     outcome = run_stream(tp_server.grpc_url, "llm", _request(16), timeout=DEADLINE_S)
     outcome.check()  # exactly one terminal event: an error, not a hang
     assert outcome.errors, outcome
-    _wait(lambda: all(_gone(p) for p in ours), "the engine process to exit with its model")
+    wait_for(lambda: all(gone(p) for p in ours), "the engine process to exit with its model")
     req = urllib.request.Request(f"{tp_server.http_url}/v2/repository/models/llm/load", data=b"{}",
                                  method="POST")
     with urllib.request.urlopen(req, timeout=240) as r:
@@ -148,4 +106,4 @@ def test_killed_rank_fails_requests_and_turns_the_model_not_ready(tp_server) -> 
     assert not again.errors and again.finals == 1
     assert tp_server.stop() == 0
     assert server.reaped == []  # nothing of the server's group was left for the launcher
-    assert all(_gone(p) for p in fresh)
+    assert all(gone(p) for p in fresh)

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import msgspec
 import numpy as np
@@ -29,9 +28,8 @@ from inflight.errors import EngineDeadError, InvalidRequestError, QueueFullError
 from inflight.frontends.triton.serving import POLL_ALL, ServingCore
 from inflight.outputs import RequestMetrics, SequenceUpdate
 from inflight.sampling_params import SamplingParams
+from inflight.testing.procs import DEADLINE_S, gone, wait_for
 from inflight.testing.tiny import tiny_model_dir
-
-DEADLINE_S = 60.0  # generous bounds for a loaded CI box; never a synchronisation
 
 
 def _cfg(**kw: object) -> EngineConfig:
@@ -58,21 +56,6 @@ class Sink:
 
     def last(self, index: int = 0) -> SequenceUpdate:
         return [u for u in self.updates if u.index == index][-1]
-
-
-def _gone(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/status") as f:
-            return any(line.startswith("State:") and "Z" in line for line in f)
-    except FileNotFoundError:
-        return True
-
-
-def _wait(pred, what: str) -> None:  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + DEADLINE_S
-    while not pred():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.02)
 
 
 def _abstract_sockets() -> str:
@@ -253,7 +236,7 @@ def test_process_serves_like_the_engine_thread(client, in_thread, params: Sampli
             ta, tb = getattr(ua, name), getattr(ub, name)
             assert (ta is None and tb is None) or torch.equal(ta, tb)
     assert client.wait_idle(DEADLINE_S)
-    _wait(lambda: client.fresh_stats().kv.used_blocks == 0, "KV idle")
+    wait_for(lambda: client.fresh_stats().kv.used_blocks == 0, "KV idle")
 
 
 def test_validation_and_admission_fail_in_the_caller(client) -> None:
@@ -294,7 +277,7 @@ def test_abort_through_the_process(monkeypatch) -> None:
         assert sink.last().finish_reason == "abort"
         assert sum(len(u.token_ids) for u in sink.updates) < 500
         assert client.wait_idle(DEADLINE_S)
-        _wait(lambda: client.fresh_stats().kv.used_blocks == 0, "KV idle")
+        wait_for(lambda: client.fresh_stats().kv.used_blocks == 0, "KV idle")
     finally:
         client.shutdown()
 
@@ -365,10 +348,10 @@ def test_the_process_dies_with_its_parent() -> None:
     try:
         line = parent.stdout.readline()  # type: ignore[union-attr]
         child = int(line)
-        assert not _gone(child)
+        assert not gone(child)
         parent.kill()
         parent.wait()
-        _wait(lambda: _gone(child), "the engine process to die with its parent")
+        wait_for(lambda: gone(child), "the engine process to die with its parent")
     finally:
         parent.kill()
 
@@ -413,7 +396,7 @@ def test_the_process_dies_with_a_watched_process() -> None:
         server.kill()
         server.wait()
         assert c.wait_stopped(DEADLINE_S)
-        _wait(lambda: _gone(c.pid), "the engine process to end with the watched process")
+        wait_for(lambda: gone(c.pid), "the engine process to end with the watched process")
         assert c.proc.returncode == 2 and not c.alive
     finally:
         server.kill()
