@@ -29,24 +29,12 @@ import time
 from dataclasses import asdict
 from typing import Any
 
+from inflight.child_boot import boot_script
+
 log = logging.getLogger(__name__)
 
 # run by `python -c BOOT SPEC`: tie the process to its parent before anything slow
-BOOT = (
-    "import ctypes, json, os, sys\n"
-    "spec = json.loads(sys.argv[1])\n"
-    "try:\n"
-    "    libc = ctypes.CDLL(None, use_errno=True)\n"
-    "    libc.prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL\n"
-    "    libc.prctl(15, b'inflight-engine')  # PR_SET_NAME: `pgrep -x inflight-engine`\n"
-    "except Exception:\n"
-    "    pass\n"
-    "if os.getppid() != spec['parent']:\n"
-    "    os._exit(3)\n"
-    "sys.path[:0] = [p for p in spec['sys_path'] if p not in sys.path]\n"
-    "from inflight.engine.process import main\n"
-    "main(spec)\n"
-)
+BOOT = boot_script("'inflight-engine'", "inflight.engine.process:main")  # `pgrep -x inflight-engine`
 
 
 def spec_for(cfg: Any, inbox: str, outbox: str, *, warmup: str = "auto", fault_step: int = 0,

@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 from inflight import env
+from inflight.child_boot import boot_script
 from inflight.config import EngineConfig, ModelConfig
 from inflight.errors import ConfigError
 from inflight.model.parallel import TensorParallel, check_tensor_parallel
@@ -47,21 +48,7 @@ log = logging.getLogger(__name__)
 _STEP, _STOP = 1, 2
 _HEAD = struct.Struct("<BB")  # command, input_ids patched on the device
 
-BOOT = (
-    "import ctypes, json, os, sys\n"
-    "spec = json.loads(sys.argv[1])\n"
-    "try:\n"
-    "    libc = ctypes.CDLL(None, use_errno=True)\n"
-    "    libc.prctl(1, 9)  # PR_SET_PDEATHSIG, SIGKILL\n"
-    "    libc.prctl(15, ('inflight-tp%d' % spec['rank']).encode())  # PR_SET_NAME\n"
-    "except Exception:\n"
-    "    pass\n"
-    "if os.getppid() != spec['parent']:\n"
-    "    os._exit(3)\n"
-    "sys.path[:0] = [p for p in spec['sys_path'] if p not in sys.path]\n"
-    "from inflight.worker.ranks import worker_main\n"
-    "worker_main(spec)\n"
-)
+BOOT = boot_script("'inflight-tp%d' % spec['rank']", "inflight.worker.ranks:worker_main")
 
 
 class RankError(RuntimeError):
