@@ -381,3 +381,22 @@ def test_the_bundled_pytriton_stub_is_the_old_kind() -> None:
         pytest.skip("this nvidia-pytriton ships a pybind11 >= 2.12 stub")
     with pytest.raises(StubNumpyError):
         check_stub_numpy(stub_source(root), "2.0.0")
+
+
+def test_a_left_over_stub_is_named_by_its_model() -> None:
+    """What the launcher prints for a process tritonserver left behind: the stub's model (from
+    the model.py path in its arguments) and where it sleeps, so a report says which model hung."""
+    import subprocess
+
+    from inflight.tools.serve.process import _describe
+
+    p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
+                          "/repo/postprocessing/1/model.py", "shm-key"])
+    try:
+        what = _describe(p.pid)  # "running" while it starts, "sleeping in ..." after
+        assert what.startswith("stub of model 'postprocessing', "), what
+        assert "sleeping in " in what or what.endswith("running"), what
+    finally:
+        p.kill()
+        p.wait()
+    assert _describe(p.pid) == "exited meanwhile"

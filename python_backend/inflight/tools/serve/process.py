@@ -286,12 +286,14 @@ class TritonServer:
             time.sleep(0.05)  # stubs exit on their own once they see the server gone
         self.reaped = sorted(_group_members(pgid))
         if self.reaped:
+            left = {pid: _describe(pid) for pid in self.reaped}  # before they are killed
             _kill_group(pgid)
             deadline = time.monotonic() + grace  # SIGKILL is asynchronous: return once dead
             while _group_members(pgid) and time.monotonic() < deadline:
                 time.sleep(0.01)
             print(f"inflight: tritonserver left {len(self.reaped)} process(es) behind "
-                  f"({', '.join(map(str, self.reaped))}); killed", file=sys.stderr)
+                  f"({'; '.join(f'{pid}: {what}' for pid, what in left.items())}); killed",
+                  file=sys.stderr)
         if self.shm_prefix:
             self.removed_shm = _remove_shm(self.shm_prefix)
 
@@ -396,6 +398,20 @@ def _http_ok(url: str) -> bool:
             return bool(response.status == 200)
     except (urllib.error.URLError, ConnectionError, TimeoutError, OSError):
         return False
+
+
+def _describe(pid: int) -> str:
+    """A left-over process in a line: its python stub's model (from the model.py path in its
+    arguments) or its command, and the kernel function it sleeps in (/proc/PID/wchan)."""
+    try:
+        args = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        wchan = Path(f"/proc/{pid}/wchan").read_text().strip()
+    except OSError:
+        return "exited meanwhile"
+    text = [a.decode(errors="replace") for a in args if a]
+    model = next((a.rsplit("/", 3)[-3] for a in text if a.endswith("/model.py")), None)
+    where = "running" if wchan in ("", "0") else f"sleeping in {wchan}"
+    return f"{'stub of model ' + repr(model) if model else ' '.join(text)[:120]}, {where}"
 
 
 def _group_members(pgid: int) -> set[int]:
