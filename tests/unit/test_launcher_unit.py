@@ -388,11 +388,14 @@ def test_a_left_over_stub_is_named_by_its_model() -> None:
     the model.py path in its arguments) and where it sleeps, so a report says which model hung."""
     import subprocess
 
+    from inflight.testing.procs import proc, wait_for
     from inflight.tools.serve.process import _describe
 
     p = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)",
                           "/repo/postprocessing/1/model.py", "shm-key"])
     try:
+        # /proc shows the new arguments once the exec is through (empty for a moment before)
+        wait_for(lambda: "model.py" in getattr(proc(p.pid), "cmdline", ""), "the child's arguments")
         what = _describe(p.pid)  # "running" while it starts, "sleeping in ..." after
         assert what.startswith("stub of model 'postprocessing', "), what
         assert "sleeping in " in what or what.endswith("running"), what

@@ -408,10 +408,17 @@ def _describe(pid: int) -> str:
         wchan = Path(f"/proc/{pid}/wchan").read_text().strip()
     except OSError:
         return "exited meanwhile"
-    text = [a.decode(errors="replace") for a in args if a]
+    text = [a.decode(errors="replace") for a in args if a] or [f"[{_comm(pid)}]"]
     model = next((a.rsplit("/", 3)[-3] for a in text if a.endswith("/model.py")), None)
     where = "running" if wchan in ("", "0") else f"sleeping in {wchan}"
     return f"{'stub of model ' + repr(model) if model else ' '.join(text)[:120]}, {where}"
+
+
+def _comm(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return "?"
 
 
 def _group_members(pgid: int) -> set[int]:
