@@ -94,7 +94,7 @@ case "${1:-all}" in
       exit 0
     fi
     if [ "$1" = tp-test ]; then  # the TP tests on GPUs, with each all-reduce path; all-reduce latency
-      for ar in nccl symm; do
+      for ar in ${ARS:-nccl symm}; do  # ARS: the all-reduce paths to test
         echo "== TP tests, INFLIGHT_TP_ALLREDUCE=$ar"
         INFLIGHT_TP_ALLREDUCE=$ar timeout 200 python3 -m pytest -q -p no:cacheprovider -s \
           tests/kernels/test_gpu_tensor_parallel.py 2>&1 | tee "$OUT/tp-tests-$ar.log" \
@@ -121,11 +121,12 @@ case "${1:-all}" in
       pkill -9 -x tritonserver; pkill -9 -f triton_python_backend_stub; pkill -9 -x inflight-engine
       exit 0
     fi
-    for run in "1 nccl" "2 nccl" "2 symm"; do  # 8B: batch-1 latency at TP=1, TP=2 with each all-reduce
-      set -- $run
+    set -- ${TP_LATENCY:-1 nccl 2 nccl 2 symm}  # 8B batch-1 latency: (TP, all-reduce) pairs
+    while [ $# -ge 2 ]; do
       gpus=$([ $1 = 1 ] && echo 0 || echo 0,1)
       echo "== 8B TP=$1 ($2) batch-1 latency"
       CUDA_VISIBLE_DEVICES=$gpus INFLIGHT_TP_ALLREDUCE=$2 timeout 150 $B latency --model llama-3.1-8b --isl 128 --osl 256 --tp $1 --out "$OUT/tp$1-$2" 2>&1 | tail -1
+      shift 2
     done
     set -- ${TP_THROUGHPUT:-2 $AR}  # 128/128 x1000: (TP, all-reduce) pairs
     while [ $# -ge 2 ]; do

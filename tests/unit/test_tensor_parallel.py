@@ -248,3 +248,56 @@ def test_a_collective_failed_by_a_dead_rank_is_reported_as_that_rank() -> None:
     threading.Timer(0.1, Ranks.died.set).start()  # the waiter thread sees the exit a bit later
     got = eng.explain_fault(gloo, wait_s=30)
     assert isinstance(got, RankError) and "rank 1 exited" in str(got) and got.__cause__ is gloo
+
+
+def test_abort_returns_when_the_group_aborts_and_gives_up_on_a_blocked_one() -> None:
+    """TensorParallel.abort: every rank aborts its NCCL group at the same point (within a node
+    NCCL's abort waits for the peers'); one whose abort never returns (a peer died first)
+    must not hang the caller: it reports False after the timeout."""
+    import threading
+
+    from inflight.model.parallel import TensorParallel
+
+    class Group:
+        def __init__(self, block: bool) -> None:
+            self.block, self.called, self.release = block, threading.Event(), threading.Event()
+
+        def abort(self) -> None:
+            self.called.set()
+            if self.block:
+                self.release.wait()
+
+    ok = Group(block=False)
+    tp = TensorParallel(rank=0, size=2, device_group=ok, small=object())  # type: ignore[arg-type]
+    assert tp.abort(5.0) is True and ok.called.is_set() and tp.small is None
+    stuck = Group(block=True)
+    try:
+        assert TensorParallel(rank=0, size=2, device_group=stuck).abort(0.2) is False
+        assert stuck.called.is_set()
+    finally:
+        stuck.release.set()
+    assert TensorParallel().abort(0.0) is True  # size 1: nothing to abort
+
+
+def test_symmetric_all_reduce_hands_the_op_a_buffer_window_shaped_like_the_input() -> None:
+    """symm_mem.one_shot_all_reduce_copy wants its symmetric input and its output (made like
+    the local input) the same shape: the whole flat buffer was refused on the H200 ("input/
+    output size mismatch, input.sizes(): [16384], output.sizes(): [256, 64]")."""
+    import torch
+    from inflight.model.parallel import SymmAllReduce
+
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def op(buf: torch.Tensor, x: torch.Tensor, reduce: str, name: str) -> torch.Tensor:
+        assert (reduce, name) == ("sum", "g")
+        seen.append((buf, x))
+        return buf.copy_(x) * 2  # stands in for the sum over two ranks
+
+    ar = SymmAllReduce.__new__(SymmAllReduce)  # no GPU here: the parts __call__ uses
+    ar.buf, ar.name, ar.dtype, ar.capacity, ar.op = torch.zeros(64), "g", torch.float32, 64, op
+    for shape in [(1, 8), (4, 16), (2, 3, 5)]:
+        x = torch.randn(shape)
+        out = ar(x)
+        buf, _ = seen[-1]
+        assert buf.shape == x.shape and buf.data_ptr() == ar.buf.data_ptr()  # the buffer's start
+        torch.testing.assert_close(out, x * 2)

@@ -58,6 +58,22 @@ class TensorParallel:
         if self.size > 1 and self.small is None:
             self.small = SymmAllReduce(self, dtype, max_numel, f"inflight-tp-{self.group_id}")
 
+    def abort(self, timeout: float) -> bool:
+        """Free the NCCL communicators; False if that did not finish within ``timeout`` s.
+        Every rank calls this at the same point: within a node NCCL's abort waits for the
+        peers' (NCCL issue 863), so a rank that aborts after its peers exited without
+        aborting blocks forever; the GPU TP test hung that way in rank 0's ``stop``. Runs in
+        a daemon thread so that a peer that died first cannot hang the caller."""
+        self.small = None
+        if self.size == 1 or self.device_group is None:
+            return True
+        import threading
+
+        t = threading.Thread(target=self.device_group.abort, name="inflight-tp-abort", daemon=True)
+        t.start()
+        t.join(timeout)
+        return not t.is_alive()
+
     def all_gather_last(self, x: torch.Tensor) -> torch.Tensor:
         """x [N, C] on every rank -> [N, size * C], ranks in order along the last dim."""
         if self.size == 1:
@@ -99,8 +115,13 @@ class SymmAllReduce:
         self.name, self.dtype, self.capacity = name, dtype, max_numel
         self.op = torch.ops.symm_mem.one_shot_all_reduce_copy
 
+    def window(self, x: torch.Tensor) -> torch.Tensor:
+        """The start of the shared buffer shaped like ``x``: the op wants its symmetric
+        input and its output (made like ``x``) the same shape."""
+        return self.buf[: x.numel()].view(x.shape)
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return self.op(self.buf, x, "sum", self.name)  # type: ignore[no-any-return]
+        return self.op(self.window(x), x, "sum", self.name)  # type: ignore[no-any-return]
 
 
 SINGLE = TensorParallel()

@@ -260,6 +260,10 @@ class RankGroup(_Link):
                 s.send_multipart([_HEAD.pack(_STOP, 0), b""], zmq.NOBLOCK)
             except zmq.ZMQError:
                 pass
+        tp = getattr(self, "tp", None)
+        aborted = True
+        if tp is not None and self.device.type == "cuda":
+            aborted = tp.abort(timeout)  # with the workers, which abort on _STOP
         for p in list(self.procs.values()):
             try:
                 p.wait(timeout)
@@ -268,16 +272,9 @@ class RankGroup(_Link):
         for s in self.socks:
             s.close(0)
         self.ctx.term()
-        tp = getattr(self, "tp", None)
-        if tp is not None and self.device.type == "cuda":
-            # Free rank 0's NCCL communicator now, with its peers gone: left to the garbage
-            # collector, the process group's destructor blocked forever on the H200 (the GPU
-            # TP test hung after its last assertion, inside the test function's return).
-            try:
-                tp.device_group.abort()
-            except Exception as e:  # noqa: BLE001 - best effort at shutdown
-                log.warning("tensor parallel: aborting the NCCL group failed: %s", e)
-            tp.small = None
+        if not aborted:
+            log.warning("tensor parallel: the NCCL communicators did not abort within %.0f s "
+                        "(a rank exited without aborting its own?)", timeout)
 
 
 def start_ranks(cfg: EngineConfig, mc: ModelConfig, max_seq_len: int) -> RankGroup | None:
@@ -345,6 +342,8 @@ class RankWorker(_Link):
             head, data = self.sock.recv_multipart()
             cmd, patched = _HEAD.unpack(head)
             if cmd == _STOP:
+                if self.device.type == "cuda":
+                    self.tp.abort(self.timeout)  # with rank 0 (TensorParallel.abort)
                 return
             plan = StepPlan.from_bytes(data)
             inp = runner.prepare(plan if pinned is None else pinned.load(plan))
