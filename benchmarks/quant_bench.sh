@@ -29,7 +29,9 @@ perplexity() {
 if [ "${PERPLEXITY:-0}" = only ]; then perplexity; exit 0; fi
 echo "== GPU kernel tests (quantization)"
 timeout 150 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_fp8_quant.py tests/kernels/test_fp8_gemv.py \
-    tests/kernels/test_fp8_linear.py tests/kernels/test_w4a16.py tests/kernels/test_fp8_kv_cache.py 2>&1 | tail -8
+    tests/kernels/test_fp8_linear.py tests/kernels/test_w4a16.py tests/kernels/test_fp8_kv_cache.py \
+    --tb=short 2>&1 | tee "$OUT/quant-tests.log" | grep -E "^E  |^FAILED|passed|failed" | head -60
+    # (the whole log comes back in $OUT: the first GPU run's 21 failures left no reason behind)
 echo "== per-layer kernel times (Llama-3.1-8B shapes)"
 timeout 150 python3 benchmarks/quant_kernel_bench.py --json "$OUT/quant-kernels.json" 2>&1 | tail -40
 if [ "${SWEEP:-1}" != 0 ]; then

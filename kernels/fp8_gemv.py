@@ -20,10 +20,10 @@ flush those). The output is scaled back by 2**56 and the per-channel scale. The 
 
 Two shapes of one kernel, fixed configs per (M, N, K) (no autotuning: the first call may be
 inside a CUDA-graph capture's warm-up):
-- M <= 4: each program owns BLOCK_N rows of W over the whole of K, BLOCK_M = M rounded up
-  to a power of two, products reduced with tl.sum (no tensor-core tile wasted on 1 row);
-  BLOCK_N is the largest of 16/8/4 that still gives ~4 programs per SM, and each K step
-  loads a contiguous [BLOCK_N, BLOCK_K] tile of 8 KiB (16-byte vector loads per thread).
+- M <= 4: each program owns BLOCK_N = 4 rows of W over the whole of K, BLOCK_M = M rounded
+  up to a power of two, products reduced with tl.sum (no tensor-core tile wasted on 1 row);
+  each K step loads a contiguous [4, 1024 / BLOCK_M] tile with 4 warps (the H200 sweep's
+  fastest; ``launch_config``).
 - 4 < M <= 16: tl.dot on [16, BLOCK_K] x [BLOCK_K, 16] tiles in bf16 (bf16 activations).
 """
 
@@ -90,13 +90,15 @@ def launch_config(m: int, n: int, k: int, sms: int, dot: bool, interpreted: bool
         return {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 256, "USE_DOT": True, "num_warps": 4,
                 "num_stages": 4}
     bm = triton.next_power_of_2(m)
-    bn = next((b for b in (16, 8) if triton.cdiv(n, b) >= 4 * sms), 4)
-    # ~8 KiB of weights per K step at M=1 (fewer K per step for more rows: the
-    # [BLOCK_M, BLOCK_N, BLOCK_K] product stays at <= 32 fp32 registers per thread)
-    bk = min(8192 // bn // bm, triton.next_power_of_2(k))
-    bk = max(bk, 128)
-    return {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "USE_DOT": False, "num_warps": 8,
-            "num_stages": 1}
+    # 4 rows of W per program, 1 KiB of each row per K step at M=1, 4 warps: the fastest of
+    # the sweep (benchmarks/quant_kernel_bench.py --sweep) on all four Llama-3.1-8B layers on
+    # the H200 (qkv 16.7 -> 14.2 us, gate_up 97.3 -> 58.8 against 16 rows x 512, 8 warps);
+    # fewer K per step for more rows (the [BLOCK_M, BLOCK_N, BLOCK_K] product stays at <= 32
+    # fp32 registers per thread)
+    bn = 4
+    bk = max(min(1024 // bm, triton.next_power_of_2(k)), 128)
+    return {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "USE_DOT": False,
+            "num_warps": 4 if bm * bn * bk <= 32 * 32 * 4 else 8, "num_stages": 1}
 
 
 def fp8_gemv(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor,

@@ -8,17 +8,17 @@ compressed-tensors checkpoints convert to it at load):
 At batch 1 the step streams 0.5 byte per weight instead of 2 (bf16), so decode is about
 4x less memory-bound. Two kernels:
 - M <= 4 (decode), ``_w4a16_gemv_kernel``: each program owns BLOCK_N rows of W over the whole
-  of K and loads a contiguous [BLOCK_N, BLOCK_K / 8] block of words per step (~8 KiB; BLOCK_N
-  is the largest of 16/8/4 that leaves ~4 programs per SM). A nibble becomes an fp32 without
+  of K and loads a contiguous [BLOCK_N, BLOCK_K / 8] block of words per step (8 KiB: 8 rows
+  x 2048 K on the GPU, ``gemv_config``). A nibble becomes an fp32 without
   a conversion instruction: ``code | 0x4B000000`` is the float 2**23 + code, so one
   subtraction of 2**23 + zero gives code - zero exactly. Scales apply per group, after the
   group's products are summed (one multiply per 128 weights, not per weight). Rows of x are
   unrolled (tl.static_range), so the dequantized tile is shared by all M rows. Each nibble
   position is its own tensor in the words' layout (a per-nibble axis made by broadcasting
   could spread one word over several threads, each loading it); x comes either as 8
-  strided loads, one per nibble tensor (X_VEC=False, the default), or as one vector load of
-  8 values per word against the nibble tensors joined (tl.join) into a trailing axis
-  (X_VEC=True). Which is faster on a given GPU is for the benchmark's sweep to say.
+  strided loads, one per nibble tensor (X_VEC=False), or as one vector load of 8 values per
+  word against the nibble tensors joined (tl.join) into a trailing axis (X_VEC=True, the
+  GPU default: 1.3-3.3x faster on the H200 at M=1, benchmarks/quant_kernel_bench.py --sweep).
 - larger M, ``_w4a16_kernel``: tl.dot tiles, the weight tile dequantized in registers.
 Launch configs are pure functions of the shape (no autotuning: the first call may happen
 inside a CUDA-graph capture's warm-up).
@@ -144,10 +144,13 @@ def gemv_config(m: int, n: int, k: int, group: int, sms: int, interpreted: bool
     if interpreted:  # small tiles keep the numpy interpreter quick; 2 groups per step
         return {"BLOCK_M": bm, "BLOCK_N": 8, "BLOCK_K": min(2 * group, 64), "X_VEC": False,
                 "num_warps": 4}
-    bn = next((b for b in (16, 8) if triton.cdiv(n, b) >= 4 * sms), 4)
-    # ~8 KiB of packed weights (16384 nibbles) per K step, at most all of K
+    # 8 rows of W per program, 2048 K (8 KiB of packed weights) per step, x as one vector
+    # load per word: the fastest of the sweep (benchmarks/quant_kernel_bench.py --sweep) or
+    # within 3% of it on all four Llama-3.1-8B layers on the H200 at M=1 (down 74.5 -> 22.4
+    # us, o 22.3 -> 7.3 against the earlier 4 rows x 4096, per-nibble x loads)
+    bn = 8
     bk = max(min(16384 // bn, triton.next_power_of_2(k)), min(group, 128))
-    return {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "X_VEC": False, "num_warps": 8,
+    return {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "X_VEC": True, "num_warps": 8,
             "num_stages": 2}
 
 

@@ -20,15 +20,25 @@ from inflight.model.quant.fp8 import (
 )
 
 
-def test_fp8_linear_path_by_rows() -> None:
+def test_fp8_linear_path_by_rows_and_shape() -> None:
     assert [fp8_linear_path(m, True, 16) for m in (1, 2, 4, 8, 16)] == ["gemv"] * 5
     assert [fp8_linear_path(m, True, 16) for m in (0, 17, 128, 4096)] == ["scaled_mm"] * 4
     assert fp8_linear_path(8, True, 4) == "scaled_mm" and fp8_linear_path(4, True, 4) == "gemv"
     assert fp8_linear_path(1, True, 0) == "scaled_mm"  # INFLIGHT_FP8_GEMV_MAX_M=0: off
     assert fp8_linear_path(1, False, 16) == "emulate" == fp8_linear_path(512, False, 16)
-    # the default threshold: INFLIGHT_FP8_GEMV_MAX_M, 16 when unset
-    assert fp8mod.GEMV_MAX_M == int(os.environ.get("INFLIGHT_FP8_GEMV_MAX_M", "16"))
+    # the default threshold: INFLIGHT_FP8_GEMV_MAX_M, 4 when unset
+    assert fp8mod.GEMV_MAX_M == int(os.environ.get("INFLIGHT_FP8_GEMV_MAX_M", "4"))
     assert fp8_linear_path(fp8mod.GEMV_MAX_M + 1, True) == "scaled_mm"
+    # Llama-3.1-8B at M=1: the GEMV for qkv, o, down; gate_up (117 MB of e4m3) streams
+    # faster through cuBLASLt (the H200 measurements in model/quant/fp8.py)
+    shapes = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
+    assert {name: fp8_linear_path(1, True, 4, n, k) for name, (n, k) in shapes.items()} == {
+        "qkv": "gemv", "o": "gemv", "gate_up": "scaled_mm", "down": "gemv"}
+    # cuBLASLt needs N and K multiples of 16: other shapes take the GEMV up to its 16 rows,
+    # the emulation beyond, never _scaled_mm
+    assert fp8_linear_path(8, True, 4, 33, 96) == "gemv" == fp8_linear_path(16, True, 4, 32, 40)
+    assert fp8_linear_path(17, True, 4, 33, 96) == "emulate" == fp8_linear_path(0, True, 4, 32, 40)
+    assert fp8_linear_path(17, True, 4, 32, 96) == "scaled_mm"
 
 
 def _layer(n: int, k: int, device: torch.device, seed: int = 0):  # type: ignore[no-untyped-def]
@@ -44,7 +54,7 @@ def _want(path: str, x: torch.Tensor, q: torch.Tensor, s: torch.Tensor
     times the dequantized weight), _scaled_mm W8A8 (the emulation quantizes x the same way)."""
     if path == "gemv":
         return (x.float() @ (q.float() * s[:, None]).t()).to(x.dtype), 2e-2
-    return fp8_linear_ref(x, q, s, None), 3e-2
+    return fp8_linear_ref(x, q, s, None), 3e-2  # scaled_mm, or the emulation itself
 
 
 @pytest.fixture
@@ -59,14 +69,15 @@ def calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     return seen
 
 
-@pytest.mark.parametrize("m,n,k", [(1, 24, 40), (3, 17, 33), (16, 40, 64), (20, 33, 96)])
+@pytest.mark.parametrize("m,n,k", [(1, 24, 40), (3, 17, 33), (16, 40, 64), (16, 32, 64),
+                                   (20, 32, 96), (20, 33, 96)])
 def test_dispatch_runs_the_chosen_branch(m: int, n: int, k: int, calls: list[str],
                                          device: torch.device) -> None:
     w, q, s = _layer(n, k, device, m)
     x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
     out = fp8_linear_cuda(x, q, s, None)  # the default path for a GPU input of m rows
-    path = fp8_linear_path(m, True)
-    assert calls == (["gemv"] if path == "gemv" else ["quant"])
+    path = fp8_linear_path(m, True, n=n, k=k)
+    assert calls == {"gemv": ["gemv"], "scaled_mm": ["quant"], "emulate": []}[path]
     assert out.shape == (m, n) and out.dtype == torch.bfloat16
     want, tol = _want(path, x, q, s)
     torch.testing.assert_close(out.float(), want.float(), atol=tol, rtol=tol)
@@ -78,7 +89,7 @@ def test_dispatch_runs_the_chosen_branch(m: int, n: int, k: int, calls: list[str
 @pytest.mark.parametrize("m", [1, 5])
 def test_both_branches_at_one_m(path: str, m: int, calls: list[str], device: torch.device) -> None:
     """An explicit path overrides the default (the benchmark times both at every M)."""
-    _, q, s = _layer(19, 48, device, 7)
+    _, q, s = _layer(32, 48, device, 7)  # N, K multiples of 16: cuBLASLt runs it on a GPU
     x = torch.randn(m, 48, device=device, dtype=torch.bfloat16)
     a = fp8_linear_cuda(x, q, s, None, path)
     assert calls == (["gemv"] if path == "gemv" else ["quant"])
@@ -89,7 +100,7 @@ def test_both_branches_at_one_m(path: str, m: int, calls: list[str], device: tor
 
 
 def test_static_input_scale_through_scaled_mm(calls: list[str], device: torch.device) -> None:
-    _, q, s = _layer(24, 64, device, 3)
+    _, q, s = _layer(32, 64, device, 3)
     x = torch.randn(32, 64, device=device, dtype=torch.bfloat16)
     static = torch.tensor(x.float().abs().max().item() / 448, device=device)
     out = fp8_linear_cuda(x, q, s, static)

@@ -7,11 +7,15 @@ per-part scales kept exactly, no requantization), ``input_scale`` fp32 [] or Non
 (dynamic). A fused layer with static per-part input scales takes their max, as the
 activation is shared.
 
-GPU, chosen per call by :func:`fp8_linear_path` from the number of input rows M:
-- M <= ``INFLIGHT_FP8_GEMV_MAX_M`` (16; decode): the Triton GEMV ``fp8_gemv`` reads the e4m3
-  weights and the unquantized activations (W8A16 there; no activation quantization);
-- larger M: the fused per-token quantization kernel (one launch) feeds ``torch._scaled_mm``
-  (cuBLASLt FP8 GEMM, row-wise scales: per-token x per-channel, bf16 out).
+GPU, chosen per call by :func:`fp8_linear_path` from the number of input rows M and the
+weight's shape:
+- M <= ``INFLIGHT_FP8_GEMV_MAX_M`` (4; decode) on weights up to 64 Mi elements: the Triton
+  GEMV ``fp8_gemv`` reads the e4m3 weights and the unquantized activations (W8A16 there;
+  no activation quantization);
+- otherwise: the fused per-token quantization kernel (one launch) feeds ``torch._scaled_mm``
+  (cuBLASLt FP8 GEMM, row-wise scales: per-token x per-channel, bf16 out); shapes cuBLASLt
+  cannot run (N or K not a multiple of 16: tiny test models) take the GEMV up to 16 rows,
+  the emulation beyond.
 CPU and the reference: the same quantization of x and W, then the product in the activation
 dtype (emulation).
 """
@@ -60,16 +64,34 @@ def fp8_linear_ref(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.T
 
 
 GEMV_MAX_M = env.fp8_gemv_max_m()
+# The W8A16 GEMV streams the weights at ~1.7-2.0 TB/s on the H200; per-token quantization +
+# cuBLASLt pays ~6 us of fixed cost but streams large layers faster (2.4 TB/s): at M = 1 the
+# GEMV won on Llama-3.1-8B's qkv (14.2 vs 20.8 us), o (10.3 vs 14.7) and down (34.0 vs 50.8)
+# and lost on gate_up, 28672 x 4096 (58.8 vs 48.3): benchmarks/quant_kernel_bench.py,
+# benchmarks/results/2026-12-01-h200-quant. Weights above this many elements take _scaled_mm.
+GEMV_MAX_WEIGHT = 64 << 20
+_GEMV_ROWS = 16  # the most rows kernels/fp8_gemv.py takes (its MAX_M)
 
 
-def fp8_linear_path(m: int, on_gpu: bool, gemv_max_m: int = GEMV_MAX_M) -> str:
-    """The FP8 linear implementation for an input of ``m`` rows: ``"emulate"`` off the GPU
-    (:func:`fp8_linear_ref`), ``"gemv"`` for 1 <= m <= gemv_max_m (the W8A16 Triton GEMV:
-    a decode step streams the weights once, and quantizing a few activation rows would cost
-    more launches than it saves), else ``"scaled_mm"`` (fused quantization + cuBLASLt)."""
+def scaled_mm_fits(n: int, k: int) -> bool:
+    """cuBLASLt's FP8 GEMM (``torch._scaled_mm``) needs K and N multiples of 16."""
+    return n % 16 == 0 and k % 16 == 0
+
+
+def fp8_linear_path(m: int, on_gpu: bool, gemv_max_m: int = GEMV_MAX_M, n: int = 0, k: int = 0
+                    ) -> str:
+    """The FP8 linear implementation for an input of ``m`` rows and an ``n`` x ``k`` weight:
+    ``"emulate"`` off the GPU (:func:`fp8_linear_ref`); ``"gemv"`` (the W8A16 Triton GEMV:
+    a decode step streams the weights once, with no activation quantization) for
+    1 <= m <= gemv_max_m on weights up to ``GEMV_MAX_WEIGHT`` elements, and for any m the
+    GEMV takes (<= 16) when cuBLASLt cannot run the shape; else ``"scaled_mm"`` (fused
+    quantization + cuBLASLt), or ``"emulate"`` for a shape neither kernel takes."""
     if not on_gpu:
         return "emulate"
-    return "gemv" if 1 <= m <= gemv_max_m else "scaled_mm"
+    fits = scaled_mm_fits(n, k)
+    if 1 <= m <= gemv_max_m and n * k <= GEMV_MAX_WEIGHT or not fits and 1 <= m <= _GEMV_ROWS:
+        return "gemv"
+    return "scaled_mm" if fits else "emulate"
 
 
 def fp8_linear_scaled_mm(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor,
@@ -95,13 +117,19 @@ def fp8_linear_cuda(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.
     """x [M, K] -> [M, N] in x.dtype through the Triton kernels and cuBLASLt, by ``path``
     (default :func:`fp8_linear_path` for a GPU). ``"gemv"`` ignores ``input_scale``: the
     activations stay unquantized."""
-    path = path or fp8_linear_path(x.shape[0], True)
+    n, k = qweight.shape
+    path = path or fp8_linear_path(x.shape[0], True, n=n, k=k)
     if path == "gemv":
         from inflight.kernels import fp8_gemv
 
-        return KernelGuard.run(
-            "fp8_gemv", lambda: fp8_gemv(x, qweight, weight_scale),
-            lambda: fp8_linear_scaled_mm(x, qweight, weight_scale, input_scale))
+        def fallback() -> torch.Tensor:
+            if scaled_mm_fits(n, k):
+                return fp8_linear_scaled_mm(x, qweight, weight_scale, input_scale)
+            return fp8_linear_ref(x, qweight, weight_scale, input_scale)
+
+        return KernelGuard.run("fp8_gemv", lambda: fp8_gemv(x, qweight, weight_scale), fallback)
+    if path == "emulate":
+        return fp8_linear_ref(x, qweight, weight_scale, input_scale)
     if path != "scaled_mm":
         raise ValueError(f"unknown FP8 linear path {path!r}")
     return fp8_linear_scaled_mm(x, qweight, weight_scale, input_scale)
@@ -173,11 +201,10 @@ class Fp8LinearMethod:
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
-        path = fp8_linear_path(x2.shape[0], x.is_cuda)
-        if path == "emulate":
-            out = fp8_linear_ref(x2, layer.qweight, layer.weight_scale, layer.input_scale)
+        if x.is_cuda:
+            out = fp8_linear_cuda(x2, layer.qweight, layer.weight_scale, layer.input_scale)
         else:
-            out = fp8_linear_cuda(x2, layer.qweight, layer.weight_scale, layer.input_scale, path)
+            out = fp8_linear_ref(x2, layer.qweight, layer.weight_scale, layer.input_scale)
         if bias is not None:
             out = out + bias
         return out.reshape(*shape[:-1], out.shape[-1])
