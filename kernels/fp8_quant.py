@@ -105,7 +105,11 @@ def per_token_quant_fp8_ref(x: torch.Tensor, static_scale: torch.Tensor | None =
     """Torch reference (the eager ops the kernel replaces)."""
     xf = x.float()
     if static_scale is None:
-        scale = (xf.abs().amax(dim=1, keepdim=True) / FP8_MAX).clamp(min=MIN_SCALE)
+        amax = xf.abs().amax(dim=1, keepdim=True)
+        # a true division, as the kernel's div_rn: CUDA's `tensor / 448.0` multiplies by a
+        # rounded reciprocal, one ulp off for about half the scales (the first GPU run's
+        # bit-exact comparisons failed on it)
+        scale = (amax / torch.full_like(amax, FP8_MAX)).clamp(min=MIN_SCALE)
     else:
         scale = static_scale.float().reshape(1, 1).expand(x.shape[0], 1).contiguous()
     return (xf / scale).clamp(-FP8_MAX, FP8_MAX).to(torch.float8_e4m3fn), scale

@@ -79,3 +79,33 @@ def test_per_token_quant_rejects_bad_inputs(device: torch.device) -> None:
 def test_per_token_quant_gpu_llama_8b_shapes(m: int, k: int) -> None:
     x = torch.randn(m, k, device="cuda", dtype=torch.bfloat16) * 4
     _assert_same(per_token_quant_fp8(x), per_token_quant_fp8_ref(x))
+
+
+def test_references_divide_by_a_tensor_not_a_python_number() -> None:
+    """PyTorch's CUDA ``tensor / 448.0`` multiplies by the rounded reciprocal (one ulp off for
+    about half the scales), so on the GPU the eager formulas disagreed with the kernel's IEEE
+    division: 15 of the first GPU run's failures. Every scale formula divides by a tensor."""
+    from inflight.model.quant.fp8 import per_channel_fp8
+    from torch.overrides import TorchFunctionMode
+
+    class ScalarDivisions(TorchFunctionMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.seen: list[str] = []
+
+        def __torch_function__(self, func, types, args=(), kwargs=None):  # type: ignore[no-untyped-def]
+            name = getattr(func, "__name__", "")
+            if name in ("div", "__truediv__", "true_divide") and len(args) > 1 \
+                    and isinstance(args[1], (int, float)):
+                self.seen.append(name)
+            return func(*args, **(kwargs or {}))
+
+    x = torch.randn(3, 40)
+    for fn in (per_token_quant_fp8_ref, per_token_fp8, per_channel_fp8):
+        with ScalarDivisions() as mode:
+            fn(x)
+        assert mode.seen == [], f"{fn.__name__} divides by a Python number: {mode.seen}"
+    # and the result is the correctly rounded quotient (float64 division, rounded once)
+    _, s = per_token_fp8(x)
+    want = (x.double().abs().amax(dim=1, keepdim=True) / 448).float()
+    assert torch.equal(s, want)

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from inflight import env
 from inflight.errors import ConfigError
-from inflight.model.quant.fp8 import FP8_MAX, per_channel_fp8, quantize_fp8
+from inflight.model.quant.fp8 import FP8_MAX, amax_scale, per_channel_fp8, quantize_fp8
 from inflight.model.quant.int4 import awq_pack, pack_nibbles, rtn_int4
 from inflight.model.quant.setup import fit_group
 
@@ -68,7 +68,7 @@ def calibrate(model_dir: str, text: str) -> dict[str, float]:
 
 
 def _fp8_tensor(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    scale = (w.float().abs().max() / FP8_MAX).clamp(min=1e-12)
+    scale = amax_scale(w.float().abs().max())
     return quantize_fp8(w, scale), scale.reshape(1)
 
 

@@ -35,6 +35,15 @@ FP8_MAX = 448.0
 _MIN_SCALE = 1e-12
 
 
+def amax_scale(amax: torch.Tensor) -> torch.Tensor:
+    """max(amax / 448, 1e-12) with one IEEE division on every device: PyTorch's CUDA
+    ``tensor / python_number`` multiplies by the rounded reciprocal instead (its source: "may
+    lose one bit of precision"; ~55 % of fp32 scales differ by an ulp), so the GPU would
+    quantize unlike the CPU, the Triton kernel and a checkpoint written on another device.
+    Dividing by a tensor of 448s is a true division (and capture-safe: a fill, no copy)."""
+    return (amax / torch.full_like(amax, FP8_MAX)).clamp(min=_MIN_SCALE)
+
+
 def quantize_fp8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     """x / scale, saturated to the e4m3 range, as e4m3 (scale broadcasts)."""
     return (x.float() / scale).clamp(-FP8_MAX, FP8_MAX).to(FP8)
@@ -42,13 +51,13 @@ def quantize_fp8(x: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 
 def per_channel_fp8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """w [N, K] -> (e4m3 [N, K], fp32 scales [N])."""
-    scale = (w.float().abs().amax(dim=1) / FP8_MAX).clamp(min=_MIN_SCALE)
+    scale = amax_scale(w.float().abs().amax(dim=1))
     return quantize_fp8(w, scale[:, None]), scale
 
 
 def per_token_fp8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x [M, K] -> (e4m3 [M, K], fp32 scales [M, 1])."""
-    scale = (x.float().abs().amax(dim=1, keepdim=True) / FP8_MAX).clamp(min=_MIN_SCALE)
+    scale = amax_scale(x.float().abs().amax(dim=1, keepdim=True))
     return quantize_fp8(x, scale), scale
 
 
