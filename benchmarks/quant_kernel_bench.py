@@ -89,14 +89,14 @@ def rate(us: float | None, m: int, n: int, k: int, wbytes: float) -> str:
 
 
 def layer_rows(name: str, n: int, k: int, ms: list[int], out: list[dict[str, Any]]) -> None:
-    from inflight.kernels import fp8_gemv, per_token_quant_fp8, w4a16_matmul
+    from inflight.kernels import fp8_gemv, per_token_quant_fp8, w4a16_dense, w4a16_matmul
     from inflight.model.quant.fp8 import (
         fp8_linear_cuda,
         fp8_linear_path,
         fp8_linear_scaled_mm,
         per_channel_fp8,
     )
-    from inflight.model.quant.int4 import pack_nibbles, rtn_int4
+    from inflight.model.quant.int4 import int4_linear_cuda, int4_linear_path, pack_nibbles, rtn_int4
 
     w = torch.randn(n, k, device=DEV) * 0.02
     w[:, torch.randperm(k, device=DEV)[: max(k // 100, 1)]] *= 20
@@ -117,21 +117,27 @@ def layer_rows(name: str, n: int, k: int, ms: list[int], out: list[dict[str, Any
             "gemv": (partial(fp8_gemv, x, q8, s8), "fp8"),
             "q+mm": (partial(fp8_linear_scaled_mm, x, q8, s8, None), "fp8"),
             "quant": (partial(per_token_quant_fp8, x), "fp8"),
-            "int4": (partial(w4a16_matmul, x, q4, sc4, z4, GROUP), "int4"),
+            "int4": (partial(int4_linear_cuda, x, q4, sc4, z4, GROUP), "int4"),  # the dispatch
+            "int4dot": (partial(w4a16_matmul, x, q4, sc4, z4, GROUP), "int4"),  # tl.dot kernel
+            "deq": (partial(w4a16_dense, q4, sc4, z4, GROUP), "int4"),  # dequantization alone
         }
         if m > 16:
             del fns["gemv"]
-        row: dict[str, Any] = {"layer": name, "n": n, "k": k, "m": m, "fp8_path": path}
+        if m <= 4:  # the dispatch is the GEMV itself there
+            del fns["int4dot"], fns["deq"]
+        row: dict[str, Any] = {"layer": name, "n": n, "k": k, "m": m, "fp8_path": path,
+                               "int4_path": int4_linear_path(m)}
         cells = []
         for key, (fn, fmt) in fns.items():
             us, err = try_us(fn)
             row[f"{key}_us"] = us
             if err:
                 row[f"{key}_error"] = err
-            wbytes = 0.0 if key == "quant" else nbytes[fmt]
+            wbytes = 0.0 if key in ("quant", "deq") else nbytes[fmt]
             shown = "FAILED" if us is None else f"{us:7.1f}"
-            extra = "" if key in ("quant",) else f" {rate(us, m, n, k, wbytes)}"
-            cells.append(f"{key}{'[' + path + ']' if key == 'fp8' else ''} {shown}{extra}")
+            extra = "" if key in ("quant", "deq") else f" {rate(us, m, n, k, wbytes)}"
+            chosen = {"fp8": f"[{path}]", "int4": f"[{row['int4_path']}]"}.get(key, "")
+            cells.append(f"{key}{chosen} {shown}{extra}")
         for key, fn_out in (("fp8", fns["fp8"][0]), ("int4", fns["int4"][0])):
             try:
                 row[f"{key}_rel_err"] = float(((fn_out().float() - ref).norm() / ref.norm()).item())

@@ -16,7 +16,7 @@ from .paged_prefill_attention import attention_ref, paged_prefill_attention
 from .rms_norm import add_rms_norm, add_rms_norm_ref, rms_norm, rms_norm_ref
 from .rotary_embedding import rotary_embedding, rotary_embedding_ref
 from .silu_and_mul import silu_and_mul, silu_and_mul_ref
-from .w4a16 import w4a16_dequantize, w4a16_matmul, w4a16_ref
+from .w4a16 import w4a16_dense, w4a16_dequantize, w4a16_matmul, w4a16_ref
 
 __all__ = [
     "add_rms_norm",
@@ -39,6 +39,7 @@ __all__ = [
     "rotary_embedding_ref",
     "silu_and_mul",
     "silu_and_mul_ref",
+    "w4a16_dense",
     "w4a16_dequantize",
     "w4a16_matmul",
     "w4a16_ref",

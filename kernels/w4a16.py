@@ -19,7 +19,9 @@ At batch 1 the step streams 0.5 byte per weight instead of 2 (bf16), so decode i
   strided loads, one per nibble tensor (X_VEC=False), or as one vector load of 8 values per
   word against the nibble tensors joined (tl.join) into a trailing axis (X_VEC=True, the
   GPU default: 1.3-3.3x faster on the H200 at M=1, benchmarks/quant_kernel_bench.py --sweep).
-- larger M, ``_w4a16_kernel``: tl.dot tiles, the weight tile dequantized in registers.
+- larger M, ``_w4a16_kernel``: tl.dot tiles, the weight tile dequantized in registers; and
+  ``w4a16_dense``: the whole layer dequantized to W [N, K] in one launch, for a dense GEMM
+  (model/quant/int4.py picks; on the H200 the tl.dot kernel ran 3-10x slower than bf16).
 Launch configs are pure functions of the shape (no autotuning: the first call may happen
 inside a CUDA-graph capture's warm-up).
 """
@@ -206,6 +208,58 @@ def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
         x, qweight, scales, qzeros, out, m, n, k, x.stride(0), qweight.stride(0),
         scales.stride(0), qzeros.stride(0), out.stride(0), GROUP=group_size,
         UPCAST=interp and x.dtype == torch.bfloat16, **cfg)
+    return out
+
+
+@triton.jit
+def _w4a16_dense_kernel(
+    qw_ptr, s_ptr, z_ptr, w_ptr,  # qw [N, K/8] int32; s, z [N, K/G]; w [N, K] of s's dtype
+    N, KW, stride_qn, stride_sn, stride_zn, stride_wn,
+    GROUP: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_W: tl.constexpr,
+):
+    # grid (cdiv(N, BLOCK_N), cdiv(KW, BLOCK_W)): a [BLOCK_N, BLOCK_W] tile of words becomes
+    # [BLOCK_N, 8 * BLOCK_W] weights; a word's 8 nibbles share one group (GROUP >= 8)
+    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_w = tl.program_id(1) * BLOCK_W + tl.arange(0, BLOCK_W)
+    n64 = offs_n.to(tl.int64)  # N * K may pass 2**31
+    mask = (offs_n < N)[:, None] & (offs_w < KW)[None, :]
+    words = tl.load(qw_ptr + n64[:, None] * stride_qn + offs_w[None, :], mask=mask, other=0)
+    g = (offs_w * 8) // GROUP
+    scale = tl.load(s_ptr + n64[:, None] * stride_sn + g[None, :], mask=mask, other=0.0).to(tl.float32)
+    zero = tl.load(z_ptr + n64[:, None] * stride_zn + g[None, :], mask=mask, other=0).to(tl.float32)
+    nib = tl.arange(0, 8)
+    codes = (words[:, :, None] >> (nib * 4)[None, None, :]) & 0xF  # [BLOCK_N, BLOCK_W, 8]
+    w = (codes.to(tl.float32) - zero[:, :, None]) * scale[:, :, None]
+    offs_k = offs_w[None, :, None] * 8 + nib[None, None, :]
+    tl.store(w_ptr + n64[:, None, None] * stride_wn + offs_k, w.to(w_ptr.dtype.element_ty),
+             mask=mask[:, :, None])
+
+
+def w4a16_dense(qweight: torch.Tensor, scales: torch.Tensor, qzeros: torch.Tensor,
+                group_size: int, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Runtime INT4 layout -> W [N, K] in scales.dtype, in one launch, bit-identical to
+    :func:`w4a16_dequantize` (fp32 (code - zero) * scale, one rounding). For inputs of many
+    rows, where dequantizing once and running the dense GEMM beats dequantizing in every
+    tile (model/quant/int4.py)."""
+    check_tensor("qweight", qweight, (None, None), (torch.int32,))
+    n, kw = qweight.shape
+    k = kw * 8
+    check(group_size >= 8 and group_size & (group_size - 1) == 0 and k % group_size == 0,
+          f"group_size must be a power of two >= 8 dividing K={k}, got {group_size}")
+    check_tensor("scales", scales, (n, k // group_size), (torch.float32, torch.float16, torch.bfloat16))
+    check_tensor("qzeros", qzeros, (n, k // group_size), (torch.uint8,))
+    if out is None:
+        out = torch.empty((n, k), dtype=scales.dtype, device=qweight.device)
+    check_tensor("out", out, (n, k), (scales.dtype,))
+    check_devices(_w4a16_dense_kernel, qweight=qweight, scales=scales, qzeros=qzeros, out=out)
+    if n == 0 or k == 0:
+        return out
+    # 16 rows x 64 words: 4 KiB of packed weights in, 16 KiB of bf16 out per program
+    bn, bw = (8, 8) if is_interpreted(_w4a16_dense_kernel) else (16, 64)
+    _w4a16_dense_kernel[(triton.cdiv(n, bn), triton.cdiv(kw, bw))](
+        qweight, scales, qzeros, out, n, kw, qweight.stride(0), scales.stride(0),
+        qzeros.stride(0), out.stride(0), GROUP=group_size, BLOCK_N=bn, BLOCK_W=bw,
+        num_warps=4)
     return out
 
 

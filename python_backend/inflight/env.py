@@ -35,6 +35,15 @@ def fp8_gemv_max_m() -> int:
     return int(_get("FP8_GEMV_MAX_M", "4") or 4)
 
 
+def int4_gemm() -> str:
+    """INT4 linears of more than 4 rows on the GPU: ``dense`` (default: dequantize the layer
+    in one Triton launch, then cuBLAS) or ``triton`` (the w4a16 tl.dot kernel)."""
+    v = _get("INT4_GEMM", "dense") or "dense"
+    if v not in ("dense", "triton"):
+        raise ValueError(f"INFLIGHT_INT4_GEMM must be 'dense' or 'triton', got {v!r}")
+    return v
+
+
 def tritonserver_path() -> str:
     """Explicit tritonserver binary; otherwise PATH, then the nvidia-pytriton wheel."""
     return _get("TRITONSERVER", "")

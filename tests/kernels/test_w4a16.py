@@ -75,3 +75,81 @@ def test_w4a16_gpu_llama_8b_shapes(m: int, n: int, k: int) -> None:
     x, qw, s, z = _case(m, n, k, 128, torch.bfloat16, torch.device("cuda"))
     torch.testing.assert_close(w4a16_matmul(x, qw, s, z, 128).float(),
                                w4a16_ref(x, qw, s, z, 128).float(), atol=1.5e-1, rtol=3e-2)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("n,k,g", [(24, 64, 32), (37, 96, 32), (13, 384, 128), (16, 72, 8),
+                                   (9, 1024, 64)])
+def test_w4a16_dense_is_the_reference_dequantization(dtype: torch.dtype, n: int, k: int, g: int,
+                                                     device: torch.device) -> None:
+    """One launch dequantizes the whole layer bit for bit as the torch reference (rows and
+    words not multiples of the tile: masked; zero codes 0..15; every nibble position)."""
+    from inflight.kernels import w4a16_dense, w4a16_dequantize
+
+    _, qw, s, z = _case(1, n, k, g, dtype, device)
+    z = torch.randint(0, 16, z.shape, generator=torch.Generator().manual_seed(n)).to(z)  # asymmetric
+    got = w4a16_dense(qw, s, z, g)
+    want = w4a16_dequantize(qw, s, z, g)
+    if dtype == torch.bfloat16 and device.type == "cpu":
+        # Triton's CPU interpreter truncates fp32 -> bf16 (the GPU rounds to nearest even):
+        # there the kernel must give the reference's fp32 values truncated
+        w32 = w4a16_dequantize(qw, s.float(), z, g)
+        want = (w32.view(torch.int32) & -65536).view(torch.float32).to(dtype)
+    assert got.dtype == dtype and got.shape == (n, k)
+    assert torch.equal(got, want)
+    out = torch.full((n, k), 7.0, dtype=dtype, device=device)
+    assert w4a16_dense(qw, s, z, g, out=out) is out and torch.equal(out, want)
+
+
+def test_w4a16_dense_rejects_bad_inputs(device: torch.device) -> None:
+    from inflight.kernels import w4a16_dense
+
+    _, qw, s, z = _case(1, 16, 64, 32, torch.float32, device)
+    with pytest.raises(ValueError, match="group_size must be a power of two"):
+        w4a16_dense(qw, s, z, 48)
+    with pytest.raises(ValueError, match="scales"):
+        w4a16_dense(qw, s[:, :1], z, 32)
+    with pytest.raises(ValueError, match="out"):
+        w4a16_dense(qw, s, z, 32, out=torch.empty(16, 63, device=device))
+
+
+def test_int4_linear_path_and_each_path_against_the_reference(monkeypatch: pytest.MonkeyPatch,
+                                                              device: torch.device) -> None:
+    """The INT4 dispatch: the GEMV up to 4 rows, the dense dequantization + GEMM above (or
+    the tl.dot kernel with INFLIGHT_INT4_GEMM=triton); each path runs its kernel and agrees
+    with dequantize + F.linear."""
+    import inflight.kernels as K
+    from inflight.model.quant.base import KernelGuard
+    from inflight.model.quant.int4 import int4_linear_cuda, int4_linear_path
+
+    assert [int4_linear_path(m) for m in (1, 4, 5, 16, 4096)] == ["gemv"] * 2 + ["dense"] * 3
+    assert int4_linear_path(5, "triton") == "triton" and int4_linear_path(3, "triton") == "gemv"
+    monkeypatch.setenv("INFLIGHT_INT4_GEMM", "triton")
+    assert int4_linear_path(8) == "triton"
+    monkeypatch.setenv("INFLIGHT_INT4_GEMM", "cutlass")
+    with pytest.raises(ValueError, match="INFLIGHT_INT4_GEMM must be"):
+        int4_linear_path(8)
+    monkeypatch.delenv("INFLIGHT_INT4_GEMM")
+
+    seen: list[str] = []
+    dense, matmul = K.w4a16_dense, K.w4a16_matmul
+    monkeypatch.setattr(K, "w4a16_dense", lambda *a, **kw: (seen.append("dense"), dense(*a, **kw))[1])
+    monkeypatch.setattr(K, "w4a16_matmul", lambda *a, **kw: (seen.append("matmul"), matmul(*a, **kw))[1])
+    monkeypatch.setattr(KernelGuard, "failed", {})
+    for m, path, kernel in [(2, None, "matmul"), (9, None, "dense"), (9, "triton", "matmul")]:
+        x, qw, s, z = _case(m, 24, 128, 32, torch.float32, device)
+        seen.clear()
+        out = int4_linear_cuda(x, qw, s, z, 32, path)
+        assert seen == [kernel] and out.shape == (m, 24)
+        torch.testing.assert_close(out, w4a16_ref(x, qw, s, z, 32), atol=1e-4, rtol=1e-4)
+    with pytest.raises(ValueError, match="unknown INT4 linear path"):
+        int4_linear_cuda(x, qw, s, z, 32, "marlin")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("n,k", [(6144, 4096), (28672, 4096), (4096, 14336)])
+def test_w4a16_dense_gpu_llama_8b_shapes(n: int, k: int) -> None:
+    from inflight.kernels import w4a16_dense, w4a16_dequantize
+
+    _, qw, s, z = _case(1, n, k, 128, torch.bfloat16, torch.device("cuda"))
+    assert torch.equal(w4a16_dense(qw, s, z, 128), w4a16_dequantize(qw, s, z, 128))

@@ -163,6 +163,17 @@ def test_fp8_kv_cache_halves_bytes_per_token() -> None:
     assert fp8.kv_cache.dtype == torch.float8_e4m3fn and bf16.kv_cache.dtype == torch.bfloat16
 
 
+def test_int4_keeps_room_for_one_dense_layer_out_of_the_kv_pool() -> None:
+    """INT4 GEMMs above 4 rows dequantize the layer to the activation dtype first: the
+    workspace kept out of the KV pool grows by the largest such layer, gate_up."""
+    d = tiny_model_dir("llama2")
+    bf16, awq = _runner(d, dtype="bfloat16"), _runner(d, dtype="bfloat16", quantization="awq")
+    c = ModelConfig.from_hf(d)
+    assert awq.workspace_bytes() - bf16.workspace_bytes() == 2 * c.intermediate_size * c.hidden_size * 2
+    assert _runner(d, dtype="bfloat16", quantization="fp8").workspace_bytes() == bf16.workspace_bytes()
+
+
+
 # --------------------------------------------------------------------------- bad input
 
 

@@ -135,13 +135,19 @@ class ModelRunner:
 
     def workspace_bytes(self) -> int:
         """GPU memory kept out of the KV pool: one step's activations at max_num_tokens,
-        fp32 logits of a full batch, and 1 GiB for CUDA graphs and the allocator."""
+        fp32 logits of a full batch, the dense copy of the largest INT4 layer (its GEMMs
+        above 4 rows dequantize first: model/quant/int4.py), and 1 GiB for CUDA graphs and
+        the allocator."""
         c = self.model_cfg
         s, d = self.shard, c.head_dim
         width = 4 * c.hidden_size + 3 * s.intermediate + (s.num_heads + 2 * s.num_kv_heads) * d
-        act = self.cfg.max_num_tokens * width * torch.finfo(self.dtype).bits // 8
+        itemsize = torch.finfo(self.dtype).bits // 8
+        act = self.cfg.max_num_tokens * width * itemsize
         logits = 3 * self.cfg.max_batch_size * c.vocab_size * 4
-        return act + logits + (1 << 30)
+        dense = 0
+        if self.quant is not None and self.quant.kind == "int4":
+            dense = 2 * s.intermediate * c.hidden_size * itemsize  # gate_up, the largest
+        return act + logits + dense + (1 << 30)
 
     def _num_kv_blocks(self) -> int:
         per_token = self.kv_bytes_per_token()

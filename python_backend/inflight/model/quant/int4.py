@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from inflight import env
 from inflight.errors import ConfigError
 from inflight.model.quant.base import KernelGuard, Parts, expect, part_sizes, set_buffer
 
@@ -83,6 +84,39 @@ def dequantize_int4(qweight: torch.Tensor, scales: torch.Tensor, qzeros: torch.T
     codes = unpack_nibbles(qweight).reshape(qweight.shape[0], -1, group)  # [N, K/G, G]
     w = (codes.to(scales.dtype) - qzeros.to(scales.dtype)[..., None]) * scales[..., None]
     return w.reshape(qweight.shape[0], -1)
+
+
+def int4_linear_path(m: int, gemm: str = "") -> str:
+    """The GPU implementation for an input of ``m`` rows: ``"gemv"`` (the Triton w4a16 GEMV,
+    dequantizing in registers) up to the kernel's GEMV rows (4), else ``"dense"`` (the layer
+    dequantized to bf16 by one Triton launch, then cuBLAS), or ``"triton"`` (the w4a16 tl.dot
+    kernel) when ``INFLIGHT_INT4_GEMM=triton``. Why dense: on the H200 the tl.dot kernel took
+    3x bf16's time at M = 16 and 5-10x at M >= 128 (97 TF/s); writing and re-reading the bf16
+    weights costs ~2x bf16's GEMM at worst (docs/quantization.md)."""
+    from inflight.kernels.w4a16 import GEMV_MAX_M
+
+    if m <= GEMV_MAX_M:
+        return "gemv"
+    return "triton" if (gemm or env.int4_gemm()) == "triton" else "dense"
+
+
+def int4_linear_cuda(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
+                     qzeros: torch.Tensor, group: int, path: str | None = None) -> torch.Tensor:
+    """x [M, K] -> [M, N] in x.dtype through the Triton kernels (and cuBLAS), by ``path``
+    (default :func:`int4_linear_path`); a kernel that fails on the device falls back to the
+    torch dequantization once and for all (``KernelGuard``)."""
+    from inflight import kernels as K
+
+    def eager() -> torch.Tensor:
+        return F.linear(x, dequantize_int4(qweight, scales, qzeros, group).to(x.dtype))
+
+    path = path or int4_linear_path(x.shape[0])
+    if path == "dense":
+        return KernelGuard.run("w4a16_dense", lambda: F.linear(
+            x, K.w4a16_dense(qweight, scales, qzeros, group).to(x.dtype)), eager)
+    if path not in ("gemv", "triton"):
+        raise ValueError(f"unknown INT4 linear path {path!r}")
+    return KernelGuard.run("w4a16", lambda: K.w4a16_matmul(x, qweight, scales, qzeros, group), eager)
 
 
 class Int4LinearMethod:
@@ -159,17 +193,11 @@ class Int4LinearMethod:
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
-        def dequant() -> torch.Tensor:
-            w = dequantize_int4(layer.qweight, layer.scales, layer.qzeros, self.group)
-            return F.linear(x2, w.to(x.dtype))
-
         if x.is_cuda:
-            from inflight.kernels import w4a16_matmul
-
-            out = KernelGuard.run("w4a16", lambda: w4a16_matmul(
-                x2, layer.qweight, layer.scales, layer.qzeros, self.group), dequant)
+            out = int4_linear_cuda(x2, layer.qweight, layer.scales, layer.qzeros, self.group)
         else:
-            out = dequant()
+            w = dequantize_int4(layer.qweight, layer.scales, layer.qzeros, self.group)
+            out = F.linear(x2, w.to(x.dtype))
         if bias is not None:
             out = out + bias
         return out.reshape(*shape[:-1], out.shape[-1])
