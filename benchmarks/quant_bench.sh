@@ -6,8 +6,9 @@
 #    with CUDA-graph capture, w4a16, FP8 KV cache)                          <= 150 s
 # 2. per-layer kernel times on the 8B shapes, M = 1..4096, and the M=1 GEMV config sweep
 #    (benchmarks/quant_kernel_bench.py; SWEEP=0 skips the sweep)           <= 150 + 120 s
-# 3. end to end, 8B dummy weights: fp8+fp8-KV batch-1 latency and 128/128 x1000 throughput,
-#    int4-awq batch-1 latency (bf16 references: docs/quantization.md)       <= 75 + 110 + 75 s
+# 3. end to end, 8B dummy weights: bf16 (the in-run baseline; BASELINE=0 skips it) and
+#    fp8+fp8-KV batch-1 latency and 128/128 x1000 throughput, int4-awq batch-1 latency
+#                                                                 <= 2 x (75 + 110) + 75 s
 # 4. optional, PERPLEXITY=1 (after the rest) or PERPLEXITY=only (alone: one device call):
 #    benchmarks/quant_perplexity.py trains a ~46M Llama on the stdlib source for PPL_MINUTES
 #    (default 4), then held-out perplexity bf16 / fp8 / fp8+FP8 KV / int4-awq    <= 480 s
@@ -42,12 +43,20 @@ run() {  # name, timeout, bench args...
   local q=$1 t=$2; shift 2
   local args
   case $q in
+    bf16) args="--dtype bfloat16" ;;
     fp8) args="--dtype bfloat16 --quantization fp8 --kv-cache-dtype fp8" ;;
     int4-awq) args="--dtype bfloat16 --quantization awq" ;;
   esac
   timeout "$t" $B "$@" $args --out "$OUT/quant-$q" 2>&1 \
     | grep -E "KV cache|quantization|Triton kernel|tok_s|req_s|ms_per|Error|error" | head -8
 }
+if [ "${BASELINE:-1}" != 0 ]; then  # issue 14 wants bf16 in the same run (BASELINE=0 skips)
+  echo "== bf16 latency 8B b1 (128 in / 256 out), the in-run baseline"
+  run bf16 75 latency --model llama-3.1-8b --isl 128 --osl 256
+  echo "== bf16 throughput 8B 128/128 x1000, the in-run baseline"
+  run bf16 110 throughput --model llama-3.1-8b --isl 128 --osl 128 --num-requests 1000 \
+      --max-batch-size 1024 --max-num-tokens 16384
+fi
 echo "== fp8 latency 8B b1 (128 in / 256 out)"
 run fp8 75 latency --model llama-3.1-8b --isl 128 --osl 256
 echo "== fp8 throughput 8B 128/128 x1000"
