@@ -187,7 +187,8 @@ def serve_layout(a: argparse.Namespace, layout: str, prompts: list[str], lens: l
             from inflight.tools.bench.serve import parse_rates
 
             rows = run_curve(url, layout, prompts[:a.curve_requests], lens[:a.curve_requests],
-                             parse_rates(a.rates), concurrency=a.curve_requests)
+                             parse_rates(a.rates), concurrency=a.curve_requests,
+                             metrics_url=f"http://127.0.0.1:{port + 2}/metrics")
             results["curve"] = rows
             plot_curve(rows, os.path.join(a.out, "load-curve.png"), f"{a.model} llm load curve")
     finally:
@@ -293,7 +294,9 @@ def print_summary(r: dict[str, Any]) -> None:
     for row in r.get("curve", []):
         print(f"  rate {row['rate']:>5}: {row['req_s']:7.2f} req/s  TTFT p50 {_ms(row['ttft_p50_ms'])} "
               f"p99 {_ms(row['ttft_p99_ms'])}  ITL p50 {_ms(row['itl_p50_ms'])} p99 {_ms(row['itl_p99_ms'])}"
-              f"  errors {row['errors']}")
+              f"  errors {row['errors']}"
+              + (f"  engine TTFT mean {_ms(row['engine_ttft_mean_ms'])} (queue {_ms(row['engine_queue_mean_ms'])})"
+                 if "engine_ttft_mean_ms" in row else ""))
     for tag, frames in r.get("pyspy", {}).items():
         print(f"  py-spy {tag}: " + "; ".join(f"{fr} {pc}%" for fr, pc in frames[:8]))
 

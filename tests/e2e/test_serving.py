@@ -10,7 +10,6 @@ import json
 import re
 import threading
 import time
-import urllib.request
 
 import numpy as np
 import pytest
@@ -22,6 +21,7 @@ from inflight import LLM, SamplingParams  # noqa: E402
 from inflight.client.grpc_stream import GrpcStream, StreamError, decode_text  # noqa: E402
 from inflight.client.http import generate as http_generate  # noqa: E402
 from inflight.client.http import generate_stream as http_generate_stream  # noqa: E402
+from inflight.testing import streams  # noqa: E402
 from inflight.testing.repos import add_parameter  # noqa: E402
 from inflight.testing.tiny import tiny_model_dir  # noqa: E402
 from inflight.tools.repo import build  # noqa: E402
@@ -93,12 +93,7 @@ def grpc_texts(server, model: str, inputs: dict[str, np.ndarray]) -> tuple[list[
 
 
 def metric(server, name: str, **labels: str) -> float:
-    body = urllib.request.urlopen(server.metrics_url, timeout=10).read().decode()
-    total = 0.0
-    for line in body.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+    return streams.metric(server.metrics_url, name, **labels)
 
 
 @pytest.mark.parametrize("model", ["ensemble", "bls", "llm"])
@@ -316,6 +311,24 @@ def test_bad_input_is_invalid_arg_and_server_keeps_serving(
     assert re.search(r"must|required|expects|allowed", str(e.value)), str(e.value)
     texts, finals = grpc_texts(server, "ensemble", ensemble_inputs(PROMPTS[0], False))
     assert "".join(texts) == reference[PROMPTS[0]] and finals == 1
+
+
+@pytest.mark.parametrize("model,engine", [("ensemble", "engine"), ("llm", "llm")])
+def test_load_curve_splits_ttft_into_engine_and_front_door(server, model: str, engine: str) -> None:
+    """The load curve with Triton's /metrics: per rate, the engine's own mean TTFT (from the
+    request's arrival in the engine), which no request's client-side TTFT can be below."""
+    from inflight.tools.bench.serve import run_curve
+
+    prompts = [f"{p} {i}" for i, p in enumerate(PROMPTS * 2)]
+    rows = run_curve(server.grpc_url, model, prompts, [4, 6, 3, 5, 4, 2], [100.0, float("inf")],
+                     metrics_url=server.metrics_url, metrics_model=engine, concurrency=3, streams=2)
+    assert [r["errors"] for r in rows] == [0, 0]
+    for r in rows:
+        assert r["engine_ttft_mean_ms"] is not None and r["engine_queue_mean_ms"] is not None, r
+        # per request the engine's TTFT is inside the client's, so its mean is below the
+        # client's mean, itself at most the client's p99
+        assert 0 < r["engine_ttft_mean_ms"] <= r["ttft_p99_ms"], r
+        assert 0 <= r["engine_queue_mean_ms"] <= r["engine_ttft_mean_ms"], r
 
 
 @pytest.mark.parametrize("model", ["ensemble", "llm"])

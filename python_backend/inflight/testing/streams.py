@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import queue
 import time
-import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -134,12 +133,9 @@ def _locally_cancelled(error: Any) -> bool:
 
 def metric(metrics_url: str, name: str, **labels: str) -> float:
     """Sum of a Prometheus metric's samples matching ``labels`` on Triton's /metrics."""
-    body = urllib.request.urlopen(metrics_url, timeout=10).read().decode()
-    total = 0.0
-    for line in body.splitlines():
-        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
-            total += float(line.rsplit(" ", 1)[1])
-    return total
+    from inflight.tools import prom_text
+
+    return prom_text.total(prom_text.scrape(metrics_url), name, **labels)
 
 
 def kv_used_and_active(metrics_url: str, model: str | None = None) -> tuple[float, float]:

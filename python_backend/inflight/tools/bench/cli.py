@@ -144,7 +144,8 @@ def _serve_curve(a: argparse.Namespace, url: str, prompts: list[str], output_len
     except ValueError as e:
         print(e, file=sys.stderr)
         return 2
-    rows = run_curve(url, a.served_model, prompts, output_lens, rates,
+    rows = run_curve(url, a.served_model, prompts, output_lens, rates, metrics_url=a.metrics_url,
+                     metrics_model="llm" if a.served_model == "llm" else "engine",
                      concurrency=a.concurrency, streams=a.streams, seed=a.seed,
                      endpoint=a.endpoint, api_key=os.environ.get("OPENAI_API_KEY", "none"))
     name = f"curve-{a.endpoint}-{a.served_model}-{a.dataset}-{a.num_requests}"
@@ -264,6 +265,10 @@ def add_bench_parser(sub: Any) -> argparse.ArgumentParser:
     s.add_argument("--request-rate", default=None, metavar="R1,R2,...",
                    help="a load curve: one run per Poisson rate (e.g. 2,10,20,30,40,inf), "
                         "req/s, TTFT and ITL p50/p99 per rate in one JSON and a plot")
+    s.add_argument("--metrics-url", default=None, metavar="URL",
+                   help="with --request-rate: Triton's /metrics (e.g. http://localhost:8002/metrics);"
+                        " each rate then also reports the engine's own mean TTFT and queue time, "
+                        "so the client's TTFT splits into engine and front door")
     s.add_argument("--concurrency", type=int, default=1000)
     s.add_argument("--streams", type=int, default=4, help="gRPC streams to spread requests over")
     s.add_argument("--tokenizer", default=None, help="tokenizer dir used to make prompt text")

@@ -189,17 +189,54 @@ def curve_row(res: dict[str, Any]) -> dict[str, Any]:
             "itl_p99_ms": ms(res["itl_s"], "p99")}
 
 
+ENGINE_HISTOGRAMS = {"engine_ttft_mean_ms": "inflight_time_to_first_token_seconds",
+                     "engine_queue_mean_ms": "inflight_request_queue_time_seconds"}
+
+
+def engine_means(before: str, after: str, model: str) -> dict[str, float | None]:
+    """The engine's own mean TTFT and queue time (ms) over the requests that finished between
+    two scrapes of Triton's /metrics: measured from the request's arrival in the engine, so
+    the client's TTFT minus this is the front door (gRPC, tritonserver, the stub, the IPC)."""
+    from inflight.tools import prom_text
+
+    out: dict[str, float | None] = {}
+    for key, name in ENGINE_HISTOGRAMS.items():
+        d = prom_text.histogram(after, name, model=model).since(prom_text.histogram(before, name, model=model))
+        out[key] = None if d.mean is None else round(d.mean * 1000, 3)
+    return out
+
+
 def run_curve(url: str, model: str, prompts: list[str], max_tokens: list[int], rates: list[float],
-              **kw: Any) -> list[dict[str, Any]]:
-    """``run_serve`` at each Poisson rate in turn (the same prompts): the load curve."""
+              metrics_url: str | None = None, metrics_model: str | None = None, **kw: Any
+              ) -> list[dict[str, Any]]:
+    """``run_serve`` at each Poisson rate in turn (the same prompts): the load curve. With
+    ``metrics_url`` (Triton's /metrics), each row also has the engine's own mean TTFT and
+    queue time over that rate's requests (:func:`engine_means`) for the model that runs the
+    engine, ``metrics_model`` (default ``model``; ``engine`` behind the ensemble or bls)."""
+    from inflight.tools import prom_text
+
     rows = []
     for rate in rates:
+        before = prom_text.scrape(metrics_url) if metrics_url else ""
         res = run_serve(url, model, prompts, max_tokens, rate=rate, **kw)
         rows.append(curve_row(res))
         r = rows[-1]
+        if metrics_url:  # the stub records a request's metrics after its final response:
+            # scrape until every completed request is counted (or 5 s)
+            name, done = ENGINE_HISTOGRAMS["engine_ttft_mean_ms"], res["requests"] - res["errors"]
+            first = prom_text.histogram(before, name, model=metrics_model or model)
+            deadline = time.monotonic() + 5.0
+            after = prom_text.scrape(metrics_url)
+            while (prom_text.histogram(after, name, model=metrics_model or model).since(first).count < done
+                   and time.monotonic() < deadline):
+                time.sleep(0.05)
+                after = prom_text.scrape(metrics_url)
+            r.update(engine_means(before, after, metrics_model or model))
+        engine = (f"  engine TTFT mean {r['engine_ttft_mean_ms']} ms (queue {r['engine_queue_mean_ms']} ms)"
+                  if metrics_url else "")
         print(f"rate {rate:>6}: {r['req_s']:8.2f} req/s  TTFT p50 {r['ttft_p50_ms']} ms "
               f"p99 {r['ttft_p99_ms']} ms  ITL p50 {r['itl_p50_ms']} ms p99 {r['itl_p99_ms']} ms"
-              f"  errors {r['errors']}", file=sys.stderr, flush=True)
+              f"  errors {r['errors']}{engine}", file=sys.stderr, flush=True)
     return rows
 
 
@@ -223,6 +260,9 @@ def plot_curve(rows: list[dict[str, Any]], path: str, title: str) -> str | None:
     for ax, key, name in ((axes[1], "ttft", "TTFT"), (axes[2], "itl", "ITL")):
         for p, style in (("p50", "o-"), ("p99", "s--")):
             ax.plot(xs, [r[f"{key}_{p}_ms"] or float("nan") for r in rows], style, label=f"{name} {p}")
+    if any(r.get("engine_ttft_mean_ms") is not None for r in rows):  # the engine's share
+        axes[1].plot(xs, [r.get("engine_ttft_mean_ms") or float("nan") for r in rows], "^:",
+                     label="TTFT mean, in the engine")
         ax.set_ylabel("ms")
         ax.set_yscale("log")
     for ax in axes:
