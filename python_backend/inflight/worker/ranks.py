@@ -343,7 +343,7 @@ class RankWorker(_Link):
             cmd, patched = _HEAD.unpack(head)
             if cmd == _STOP:
                 if self.device.type == "cuda":
-                    self.tp.abort(self.timeout)  # with rank 0 (TensorParallel.abort)
+                    self.tp.abort(10.0)  # with rank 0 (TensorParallel.abort), as its stop waits
                 return
             plan = StepPlan.from_bytes(data)
             inp = runner.prepare(plan if pinned is None else pinned.load(plan))
