@@ -53,7 +53,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 MINIMUMS: dict[str, int] = {
     "max_batch_size": 1, "max_num_tokens": 1, "max_num_return_sequences": 1, "max_seq_len": 2,
     "max_queue_size": 0, "max_logprobs": 0, "max_stop_words": 0, "max_bad_words": 0,
-    "tensor_parallel_size": 1,
+    "tensor_parallel_size": 1, "cuda_graph_max_tokens": 0,
 }
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
@@ -230,6 +230,10 @@ class EngineConfig:
     # runner
     attention_backend: str = "auto"  # auto | torch | triton
     enforce_eager: bool = False  # True: no CUDA graphs (GPU only)
+    # CUDA graphs also for steps with prefill tokens (mixed prefill + decode), up to this many
+    # tokens and MIXED_GRAPH_MAX_REQS requests: the first token of a short prompt without ~350
+    # kernel launches from Python. 0 = off (the default until it is measured on a GPU)
+    cuda_graph_max_tokens: int = 0
     # plan and launch step N+1 before step N's tokens reach the host: auto = on for CUDA
     overlap_scheduler: str = "auto"  # auto | on | off
     trust_remote_code: bool = False
@@ -262,6 +266,9 @@ class EngineConfig:
                 f"got {self.max_tokens_in_paged_kv_cache}"
             )
         self._check_minimums()
+        if self.cuda_graph_max_tokens and not 16 <= self.cuda_graph_max_tokens <= self.max_num_tokens:
+            raise ConfigError(f"cuda_graph_max_tokens must be 0 (off) or 16..max_num_tokens "
+                              f"({self.max_num_tokens}), got {self.cuda_graph_max_tokens}")
 
     def _check_minimums(self) -> None:
         for name, low in MINIMUMS.items():

@@ -20,7 +20,7 @@ from inflight.model import model_class
 from inflight.model.attention import AttentionMetadata, get_attention_backend
 from inflight.model.parallel import SINGLE, ShardShape
 from inflight.model.quant import QuantSpec, check_device, quantize_model, resolve
-from inflight.worker.cuda_graphs import DecodeGraphs
+from inflight.worker.cuda_graphs import MIXED_GRAPH_MAX_REQS, DecodeGraphs, MixedGraphs
 from inflight.worker.loader import init_dummy_quantized, init_dummy_weights, load_weights
 
 if TYPE_CHECKING:
@@ -101,6 +101,13 @@ class ModelRunner:
                                        min(cfg.max_batch_size, 256), self.max_blocks_per_seq,
                                        max_seq_len, c.vocab_size, self.device)
             self.graphs.capture()
+        self.mixed_graphs: MixedGraphs | None = None
+        if self.graphs is not None and cfg.cuda_graph_max_tokens:
+            self.mixed_graphs = MixedGraphs(
+                self.model, self.kv_cache, self.backend, cfg.cuda_graph_max_tokens,
+                min(cfg.max_batch_size, MIXED_GRAPH_MAX_REQS), self.max_blocks_per_seq,
+                max_seq_len, c.vocab_size, self.device)
+            self.mixed_graphs.capture()
         if ranks is not None:
             ranks.wait_ready()
 
@@ -247,6 +254,9 @@ class ModelRunner:
             if inp.num_logits == meta.num_reqs:  # every decode samples: rows in order
                 return logits
             return logits[inp.logits_indices]
+        mg = self.mixed_graphs
+        if mg is not None and mg.fits(meta, inp.num_logits):  # prefill tokens, few requests
+            return mg.run(inp.input_ids, inp.positions, meta, inp.logits_indices)
         self.backend.plan(meta)
         hidden = self.model(inp.input_ids, inp.positions, self.kv_cache, self.backend, meta)
         return self.model.compute_logits(hidden[inp.logits_indices])  # type: ignore[operator]
