@@ -15,6 +15,8 @@
 #                                          # llm and ensemble through tritonserver (1000 ShareGPT-like, batch 256),
 #                                          # load curve 2..inf req/s, py-spy of stub + engine process; summary
 #                                          # (SET="engine_process=off" for the in-stub engine thread)
+#   bash benchmarks/gpu_bench.sh graphs    # issue 13: mixed-step CUDA graphs, GPU test + b1 TTFT A/B
+#                                          # (served: SET="cuda_graph_max_tokens=512" ... serve13)
 #   bash benchmarks/gpu_bench.sh openai    # issue 16, after serve13-prep (carry .whl), carry .whl2: llm layout
 #                                          # over gRPC vs through the OpenAI front end, same server
 #                                          # (OPENAI_WORKERS=4: the front end's worker processes)
@@ -134,6 +136,15 @@ case "${1:-all}" in
       echo "== 8B TP=$1 ($2) throughput 128/128 x1000"
       CUDA_VISIBLE_DEVICES=$gpus INFLIGHT_TP_ALLREDUCE=$2 timeout 200 $B throughput $T8 --tp $1 --out "$OUT/tp$1-$2" 2>&1 | tail -1
       shift 2
+    done
+    ;;
+  graphs)  # issue 13: CUDA graphs for steps with prompt tokens (cuda_graph_max_tokens), A/B
+    timeout 150 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_mixed_graphs.py --tb=short 2>&1 \
+        | tee "$OUT/mixed-graphs-tests.log" | grep -E "^E  |^FAILED|passed|failed" | head -20
+    for g in 0 512 0 512; do  # alternating: batch-1 TTFT (128-token prompt) and decode
+      echo "== 8B b1 latency, cuda_graph_max_tokens=$g"
+      timeout 120 $B latency --model llama-3.1-8b --isl 128 --osl 256 --cuda-graph-max-tokens $g \
+          --out "$OUT/graphs-$g" 2>&1 | tail -1
     done
     ;;
   test)

@@ -38,6 +38,7 @@ def _engine_kwargs(a: argparse.Namespace, load_format: str) -> dict[str, Any]:
                           "kv_cache_free_gpu_mem_fraction": a.kv_fraction,
                           "attention_backend": a.attention_backend,
                           "enforce_eager": a.enforce_eager, "overlap_scheduler": a.overlap_scheduler,
+                          "cuda_graph_max_tokens": a.cuda_graph_max_tokens,
                           "quantization": a.quantization, "kv_cache_dtype": a.kv_cache_dtype,
                           "tensor_parallel_size": a.tensor_parallel_size}
     if a.kv_tokens:
@@ -199,6 +200,8 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-tokens", type=int, default=None, help="max_tokens_in_paged_kv_cache")
     p.add_argument("--attention-backend", default="auto", choices=["auto", "torch", "triton"])
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
+    p.add_argument("--cuda-graph-max-tokens", type=int, default=0, metavar="N",
+                   help="CUDA graphs also for steps with prompt tokens, up to N tokens (0: off)")
     p.add_argument("--overlap-scheduler", default="auto", choices=["auto", "on", "off"],
                    help="plan step N+1 while step N runs (auto: on for CUDA)")
     p.add_argument("--quantization", default="auto",
