@@ -24,7 +24,8 @@
 #                                          # symmetric-memory all-reduce, CUDA graphs, bf16 logits vs TP=1),
 #                                          # all-reduce latency (benchmarks/allreduce_bench.py)
 #   bash benchmarks/gpu_bench.sh tp        # issue 15: 8B batch-1 latency at TP=1 (GPU 0), TP=2 nccl, TP=2 symm;
-#                                          # 128/128 x1000 at TP=2 (TP_THROUGHPUT="1 nccl 2 symm": pairs)
+#                                          # 128/128 x1000 at TP=2 nccl and symm (TP_THROUGHPUT, TP_LATENCY: pairs);
+#                                          # needs serve13-prep first on a fresh machine (pyzmq)
 #   bash benchmarks/gpu_bench.sh tp70      # issue 15: the Llama-3.1-70B shape at TP=2 (b1, 128/128)
 #   bash benchmarks/gpu_bench.sh tp-debug  # issue 15: a hanging TP test, py-spy of every process after 45 s
 #   bash benchmarks/gpu_bench.sh tp-serve  # issue 15, after serve13-prep (carry .whl2): offline TP=2 vs the
@@ -130,7 +131,7 @@ case "${1:-all}" in
       CUDA_VISIBLE_DEVICES=$gpus INFLIGHT_TP_ALLREDUCE=$2 timeout 150 $B latency --model llama-3.1-8b --isl 128 --osl 256 --tp $1 --out "$OUT/tp$1-$2" 2>&1 | tail -1
       shift 2
     done
-    set -- ${TP_THROUGHPUT:-2 $AR}  # 128/128 x1000: (TP, all-reduce) pairs
+    set -- ${TP_THROUGHPUT:-2 nccl 2 symm}  # 128/128 x1000: (TP, all-reduce) pairs; symm halved it once: A/B
     while [ $# -ge 2 ]; do
       gpus=$([ $1 = 1 ] && echo 0 || echo 0,1)
       echo "== 8B TP=$1 ($2) throughput 128/128 x1000"
