@@ -25,7 +25,6 @@
 #                                          # all-reduce latency (benchmarks/allreduce_bench.py)
 #   bash benchmarks/gpu_bench.sh tp        # issue 15: 8B batch-1 latency at TP=1 (GPU 0), TP=2 nccl, TP=2 symm;
 #                                          # 128/128 x1000 at TP=2 nccl and symm (TP_THROUGHPUT, TP_LATENCY: pairs);
-#                                          # needs serve13-prep first on a fresh machine (pyzmq)
 #   bash benchmarks/gpu_bench.sh tp70      # issue 15: the Llama-3.1-70B shape at TP=2 (b1, 128/128)
 #   bash benchmarks/gpu_bench.sh tp-debug  # issue 15: a hanging TP test, py-spy of every process after 45 s
 #   bash benchmarks/gpu_bench.sh tp-serve  # issue 15, after serve13-prep (carry .whl2): offline TP=2 vs the
@@ -77,6 +76,11 @@ if [ ! -d /tmp/isite/pytriton ]; then
   tar xJf .whl/tritonserver-py312.tar.xz -C /tmp/isite
 fi
 export PYTHONPATH=/tmp/isite
+# the engine's IPC (pyzmq, msgspec: engine process, tensor-parallel ranks) on a fresh machine
+if ! python3 -c "import zmq, msgspec" 2>/dev/null && ls .whl/pyzmq-*.whl .whl/msgspec-*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --target /tmp/isite .whl/pyzmq-*.whl \
+      .whl/msgspec-*.whl 2>&1 | grep -v "^WARNING" | tail -2
+fi
 python3 -c "import inflight._core" 2>/dev/null || python3 -m pip install -q -e . --no-deps --no-build-isolation 2>&1 | tail -3
 nvidia-smi --query-gpu=name,memory.used,memory.total,driver_version --format=csv
 python3 -c "import torch, triton, transformers; print('torch', torch.__version__, 'triton', triton.__version__, 'transformers', transformers.__version__)"
