@@ -48,6 +48,10 @@ GROUP = 128
 # warps fastest on every layer, at the small-tile end: smaller tiles and more warps are here
 FP8_SWEEP = [(1, 2048, 4), (2, 1024, 2), (2, 2048, 4), (2, 4096, 8), (4, 512, 2),
              (4, 1024, 4), (4, 2048, 8), (8, 1024, 8), (16, 512, 8)]
+# (BLOCK_N, BLOCK_K, num_warps, SPLIT_K): split-K, so wider row blocks (x read fewer times)
+# still give every SM several programs with their loads in flight
+FP8_SPLIT_SWEEP = [(8, 1024, 4, 2), (16, 1024, 4, 4), (16, 512, 4, 4), (32, 512, 8, 4),
+                   (16, 1024, 8, 2)]
 INT4_SWEEP = [(4, 4096, 8), (4, 2048, 4), (8, 2048, 8), (8, 1024, 4), (16, 1024, 8),
               (32, 512, 8)]  # each with X_VEC False and True
 
@@ -169,7 +173,7 @@ def sweep(out: list[dict[str, Any]]) -> None:
         q4, sc4, z4 = pack_nibbles(codes), sc.bfloat16(), z
         x = torch.randn(1, k, device=DEV, dtype=torch.bfloat16)
         kernels = (
-            ("fp8_gemv", FP8_SWEEP, launch_config(1, n, k, sms, False, False), n * k,
+            ("fp8_gemv", FP8_SWEEP + FP8_SPLIT_SWEEP, launch_config(1, n, k, sms, False, False), n * k,
              partial(fp8_gemv, x, q8, s8)),
             ("w4a16_gemv", [c + (v,) for c in INT4_SWEEP for v in (False, True)],
              gemv_config(1, n, k, GROUP, sms, False), n * k / 2,
@@ -180,7 +184,7 @@ def sweep(out: list[dict[str, Any]]) -> None:
             for c in configs:
                 cfg = {"BLOCK_N": c[0], "BLOCK_K": c[1], "num_warps": c[2]}
                 if len(c) > 3:
-                    cfg["X_VEC"] = c[3]
+                    cfg["X_VEC" if kernel == "w4a16_gemv" else "SPLIT_K"] = c[3]
                 us, _ = try_us(partial(call, config=cfg))
                 if us is not None:
                     times.append((us, c))
@@ -192,7 +196,7 @@ def sweep(out: list[dict[str, Any]]) -> None:
             d = "FAILED " + d_err if d_us is None else f"{d_us:6.1f} us {nbytes / d_us / 1e3:5.0f} GB/s"
             b = ("none compiled" if best is None else
                  f"{best[0]:6.1f} us {nbytes / best[0] / 1e3:5.0f} GB/s with (BLOCK_N, BLOCK_K, warps"
-                 f"{', X_VEC' if len(best[1]) > 3 else ''})"
+                 f"{(', X_VEC' if kernel == 'w4a16_gemv' else ', SPLIT_K') if len(best[1]) > 3 else ''})"
                  f" = {best[1]}")
             dflt = (default["BLOCK_N"], default["BLOCK_K"], default["num_warps"]) + (
                 (default["X_VEC"],) if "X_VEC" in default else ())

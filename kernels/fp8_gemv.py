@@ -50,18 +50,21 @@ def _e4m3_to_f32_shifted(b):
 @triton.jit
 def _fp8_gemv_kernel(
     x_ptr, w_ptr, s_ptr, y_ptr,  # x [M, K]; w [N, K] uint8 (e4m3 bits); s [N] fp32; y [M, N]
-    M, N, K, stride_xm, stride_wn, stride_ym,
+    M, N, K, k_per, stride_xm, stride_wn, stride_ym, stride_ys,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     USE_DOT: tl.constexpr, UPCAST: tl.constexpr,
 ):
-    # grid (cdiv(N, BLOCK_N),): y[:, n0:n0 + BLOCK_N] over the whole of K
+    # grid (cdiv(N, BLOCK_N), SPLIT_K): y[:, n0:n0 + BLOCK_N] over K [k_per * s, k_per * (s + 1));
+    # split-K programs write fp32 partial sums to y's slice s (summed by the launcher)
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+    split = tl.program_id(1)
     offs_m = tl.arange(0, BLOCK_M)
     n_mask = offs_n < N
     m_mask = offs_m < M
     w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn  # int64: N * K may pass 2**31
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k0 in range(0, K, BLOCK_K):
+    k_lo = split * k_per
+    for k0 in range(k_lo, tl.minimum(k_lo + k_per, K), BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         k_mask = offs_k < K
         wb = tl.load(w_rows + offs_k[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0)
@@ -76,8 +79,8 @@ def _fp8_gemv_kernel(
             acc += tl.sum(xs[:, None, :] * w[None, :, :], axis=2)
     scale = tl.load(s_ptr + offs_n, mask=n_mask, other=0.0) * 72057594037927936.0  # * 2**56
     y = acc * scale[None, :]
-    tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], y.to(y_ptr.dtype.element_ty),
-             mask=m_mask[:, None] & n_mask[None, :])
+    tl.store(y_ptr + split * stride_ys + offs_m[:, None] * stride_ym + offs_n[None, :],
+             y.to(y_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
 
 
 def launch_config(m: int, n: int, k: int, sms: int, dot: bool, interpreted: bool
@@ -108,7 +111,9 @@ def fp8_gemv(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor,
     (unit stride in K); weight_scale: fp32 [N]. Returns out [M, N] of x.dtype
     (optionally preallocated) = x @ (qweight * weight_scale[:, None]).T. ``config``
     overrides launch settings (BLOCK_N, BLOCK_K: powers of two, >= 16 with tl.dot;
-    num_warps, num_stages): tests and the benchmark's sweep."""
+    num_warps, num_stages; SPLIT_K: K split over that many programs per row block, fp32
+    partials summed after, for more loads in flight on narrow layers): tests and the
+    benchmark's sweep."""
     check_tensor("x", x, (None, None))
     m, k = x.shape
     check(1 <= m <= MAX_M, f"fp8_gemv takes 1..{MAX_M} rows of x, got {m}; use a GEMM")
@@ -123,9 +128,18 @@ def fp8_gemv(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor,
     interp = is_interpreted(_fp8_gemv_kernel)
     dot = m > FMA_MAX_M and x.dtype == torch.bfloat16
     cfg = launch_config(m, n, k, num_sms(dev), dot, interp) | (config or {})
-    _fp8_gemv_kernel[(triton.cdiv(n, int(cfg["BLOCK_N"])),)](
-        x, qweight.view(torch.uint8), weight_scale, out, m, n, k, x.stride(0),
-        qweight.stride(0), out.stride(0), UPCAST=interp and dot, **cfg)
+    split = int(cfg.pop("SPLIT_K", 1))
+    check(split >= 1, f"config SPLIT_K must be >= 1, got {split}")
+    bk = int(cfg["BLOCK_K"])
+    k_per = triton.cdiv(triton.cdiv(k, split), bk) * bk  # whole K steps per split
+    split = triton.cdiv(k, k_per)
+    # split-K: deterministic fp32 partials [split, M, N], summed in order (no atomics)
+    y = out if split == 1 else torch.empty((split, m, n), dtype=torch.float32, device=x.device)
+    _fp8_gemv_kernel[(triton.cdiv(n, int(cfg["BLOCK_N"])), split)](
+        x, qweight.view(torch.uint8), weight_scale, y, m, n, k, k_per, x.stride(0),
+        qweight.stride(0), y.stride(-2), y.stride(0) if split > 1 else 0, UPCAST=interp and dot, **cfg)
+    if split > 1:
+        out.copy_(y.sum(dim=0))
     return out
 
 

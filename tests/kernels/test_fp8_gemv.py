@@ -60,6 +60,28 @@ def test_fp8_gemv_gpu_sized_tiles(m: int, cfg: dict[str, int], device: torch.dev
     assert_close(fp8_gemv(x, q, s, config=cfg), fp8_gemv_ref(x, q, s), TOL)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("m,split,cfg", [(1, 2, {"BLOCK_N": 8, "BLOCK_K": 32}),
+                                         (3, 3, {"BLOCK_N": 16, "BLOCK_K": 32}),
+                                         (2, 16, {"BLOCK_N": 4, "BLOCK_K": 64}),
+                                         (8, 2, {"BLOCK_N": 16, "BLOCK_K": 64})])
+def test_fp8_gemv_split_k(dtype: torch.dtype, m: int, split: int, cfg: dict[str, int],
+                          device: torch.device) -> None:
+    """K split over programs (the last split shorter; more splits than K steps: fewer run),
+    fp32 partials summed in order: the reference's result, deterministic, into a given out."""
+    q, s = _weights(37, 200, device)
+    x = torch.randn(m, 200, device=device).to(dtype)
+    got = fp8_gemv(x, q, s, config={**cfg, "SPLIT_K": split})
+    assert_close(got, fp8_gemv_ref(x, q, s), TOL)
+    if dtype == torch.float32:  # the same partial sums in the same order: bit for bit
+        assert torch.equal(got, fp8_gemv(x, q, s, config={**cfg, "SPLIT_K": split}))
+    out = torch.full((m, 37), 5.0, device=device, dtype=dtype)
+    assert fp8_gemv(x, q, s, out=out, config={**cfg, "SPLIT_K": split}) is out
+    assert_close(out, fp8_gemv_ref(x, q, s), TOL)
+    with pytest.raises(ValueError, match="SPLIT_K must be >= 1"):
+        fp8_gemv(x, q, s, config={**cfg, "SPLIT_K": 0})
+
+
 def test_fp8_gemv_out_and_row_strides(device: torch.device) -> None:
     q, s = _weights(40, 80, device)
     q = q[:, :64]  # row stride 80: a slice of a wider weight
