@@ -38,6 +38,17 @@ def _workload(a: argparse.Namespace, tok: Any) -> Any:
             else token_norm_dist(a.num_requests, a.isl, a.osl, vocab, seed=a.seed))
 
 
+def _engine_sets(sets: list[str], model: str) -> dict[str, Any]:
+    """The --set values that are engine settings (e.g. cuda_graph_max_tokens), parsed as a
+    repository's would be, so the offline engine runs with them too; serving-only keys
+    (engine_process, stream_interval, ...) are left to the servers."""
+    from inflight.frontends.triton.params import parse_parameters
+
+    eng, _ = parse_parameters({"model_path": model, **dict(kv.split("=", 1) for kv in sets)},
+                              source="--set")
+    return {k: v for k, v in eng.items() if k not in ("model", "tokenizer")}
+
+
 def offline(a: argparse.Namespace) -> None:
     """Child mode: the offline engine on the same prompts, re-tokenized as the server does."""
     from inflight.tools.bench.cli import resolve_bench_model
@@ -48,8 +59,9 @@ def offline(a: argparse.Namespace) -> None:
     tok = AutoTokenizer.from_pretrained(tokdir or model)
     wl = _workload(a, tok)
     wl = type(wl)([tok(tok.decode(p))["input_ids"] for p in wl.prompts], wl.output_lens)
-    eng = make_engine(model, tokdir, load_format=fmt, dtype=a.dtype, max_seq_len=a.max_seq_len,
-                      max_batch_size=a.max_batch_size, tensor_parallel_size=a.tensor_parallel_size)
+    kw = {"load_format": fmt, "dtype": a.dtype, "max_seq_len": a.max_seq_len,
+          "max_batch_size": a.max_batch_size, "tensor_parallel_size": a.tensor_parallel_size}
+    eng = make_engine(model, tokdir, **{**kw, **_engine_sets(a.set, model)})
     from inflight.engine.warmup import warm_up
 
     warm_up(eng)  # the same warm-up as a server's engine before it reports ready
