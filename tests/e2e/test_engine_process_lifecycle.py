@@ -58,5 +58,15 @@ def test_sigkill_of_tritonserver_ends_the_engine_process(llm_server) -> None:
     server = llm_server.server
     engines = _engines(server.pid)
     assert len(engines) == 1
+    stubs = list(children(server.pid))
     os.kill(server.pid, signal.SIGKILL)  # no finalize: the stub's and the engine's own checks
     wait_for(lambda: all(gone(e) for e in engines), "the engine process to die with its server")
+    # tritonserver is still an unreaped zombie here: gone for the engine process, alive for the
+    # stub's own check. The stub sees its engine gone (its health watcher used to ask the dead
+    # server to unload the model, a call that never returns, and the stub stayed for good), or
+    # the engine process already ended it (a stub left 2 s after its server: engine/process.py)
+    wait_for(lambda: all(gone(p) for p in stubs)
+             or "engine process exited unexpectedly" in server.logs(),
+             "the stub to see its engine process gone")
+    llm_server.stop()  # reaps the server: the stub must be gone within 5 s
+    assert server.reaped == [], "the stub outlived its SIGKILLed tritonserver"

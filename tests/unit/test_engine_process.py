@@ -401,3 +401,37 @@ def test_the_process_dies_with_a_watched_process() -> None:
     finally:
         server.kill()
         c.shutdown()
+
+
+# A python stub whose thread waits forever, GIL held, for a tritonserver that stopped answering
+# (2.51: a metrics update in flight when the server exited at its exit timeout): nothing inside
+# it can run again, its own parent check included.
+STUCK_STUB = """
+import ctypes, sys
+from inflight.config import EngineConfig
+from inflight.engine.client import EngineClient
+from inflight.testing.tiny import tiny_model_dir
+cfg = EngineConfig.from_kwargs(tiny_model_dir("llama"), max_seq_len=512)
+c = EngineClient(cfg, watch=[int(sys.argv[1])], parent_grace_s=float(sys.argv[2]))
+print(c.pid, flush=True)
+while True:
+    ctypes.PyDLL(None).pause()  # PyDLL: the GIL stays held
+"""
+
+
+def test_a_stub_stuck_after_its_server_ended_is_killed_by_its_engine() -> None:
+    server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    stub = subprocess.Popen([sys.executable, "-c", STUCK_STUB, str(server.pid), "0.5"],
+                            stdout=subprocess.PIPE)
+    try:
+        assert stub.stdout is not None
+        engine = int(stub.stdout.readline() or 0)
+        assert engine, "the stub did not start its engine process"
+        server.kill()
+        server.wait()
+        assert stub.wait(DEADLINE_S) == -signal.SIGKILL
+        wait_for(lambda: gone(engine), "the engine process to end with its stub")
+    finally:
+        for p in (server, stub):
+            p.kill()
+            p.wait()

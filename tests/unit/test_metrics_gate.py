@@ -131,3 +131,38 @@ def test_gate_serializes_the_reporter_with_the_last_final(monkeypatch) -> None:
         stop.set()
         t.join()
         m.close()
+
+
+class GoneSwitch:
+    """A ServerLink whose answer the test flips."""
+
+    def __init__(self) -> None:
+        self.up = True
+
+    def alive(self, fresh: bool = False) -> bool:
+        return self.up
+
+
+def test_the_reporter_stops_once_tritonserver_is_gone(monkeypatch) -> None:
+    """A gauge update to a server that is gone never returns and keeps the stub alive (it
+    holds the GIL and the mutex the stub's own exit needs): none once it is gone."""
+    monkeypatch.setattr(metrics_mod, "REPORT_INTERVAL_S", 0.01)
+    EVENTS.clear()
+    loop, server = FakeLoop(), GoneSwitch()
+    pb = SimpleNamespace(MetricFamily=FakeFamily, TRITONSERVER_RESPONSE_COMPLETE_FINAL=1)
+    m = Metrics(pb, "engine", "1", loop, server=server)  # type: ignore[arg-type]
+    try:
+        m.call_opened()  # a request in flight: the reporter refreshes on every change
+        loop.stats = stats(3)
+        deadline = time.monotonic() + 5
+        while 3 not in kv_used_sets():
+            assert time.monotonic() < deadline, "the reporter never showed the busy state"
+            time.sleep(0.005)
+        server.up = False
+        after = len(EVENTS)
+        loop.stats = stats(5)
+        m._thread.join(5)
+        assert not m._thread.is_alive(), "the reporter still runs with tritonserver gone"
+        assert EVENTS[after:] == [], "metric IPC after tritonserver was gone"
+    finally:
+        m.close()

@@ -239,3 +239,65 @@ def test_storm_of_finishes_refusals_and_cancels_never_touches_a_closed_sender() 
         assert [v for r in requests for v in r.sender.violations] == []
     finally:
         core.shutdown()
+
+
+class GoneSwitch:
+    """A ServerLink whose answer the test flips."""
+
+    def __init__(self) -> None:
+        self.up = True
+
+    def alive(self, fresh: bool = False) -> bool:
+        return self.up
+
+
+class HangingSender(FakeSender):
+    """Once the server is gone every call blocks for good, as in the 2.51 stub (no timeout)."""
+
+    def __init__(self, server: GoneSwitch) -> None:
+        super().__init__()
+        self.server = server
+        self.after_gone: list[str] = []
+        self.forever = threading.Event()
+
+    def send(self, response: Any = None, flags: int = 0) -> None:
+        if not self.server.up:
+            self.after_gone.append("send")
+            self.forever.wait()
+        super().send(response, flags)
+
+    def is_cancelled(self) -> bool:
+        if not self.server.up:
+            self.after_gone.append("is_cancelled")
+            self.forever.wait()
+        return super().is_cancelled()
+
+
+def test_sender_stops_without_touching_triton_once_the_server_is_gone() -> None:
+    """The engine process ends when tritonserver does and every live request gets a final
+    error; sending it (or polling, or the metrics of on_final) would wait forever for the
+    dead server. The sender thread stops instead, keeping the unfinished call referenced
+    (dropping a sender whose FINAL did not go out is itself a message to the server)."""
+    loop, server = FakeLoop(), GoneSwitch()
+    finals_seen: list[str] = []
+    core = ServingCore(loop, FakePb(), lambda s, m: [m.text], 1,  # type: ignore[arg-type]
+                       on_final=lambda s, m: finals_seen.append(s.engine_id),
+                       server=server)  # type: ignore[arg-type]
+    req = FakeRequest()
+    req.sender = HangingSender(server)
+    try:
+        submit(core, req, [item("p")])
+        (eid,) = loop.live()
+        loop.emit(eid, 0, finished=False)
+        wait_until(lambda: len(req.sender.responses) == 1)
+        core._poll_cancelled()
+        assert req.sender.polls == 1
+        server.up = False
+        loop.emit(eid, 0, finished=True, reason="error")  # what EngineClient._die delivers
+        core._thread.join(5)
+        assert not core._thread.is_alive(), "the sender thread is stuck or still running"
+        assert req.sender.after_gone == [] and finals_seen == []
+        assert list(core._live.values())[0].call.sender is req.sender  # still referenced
+    finally:
+        req.sender.forever.set()
+        core.shutdown()

@@ -91,9 +91,11 @@ class _Live:
 class EngineClient:
     def __init__(self, cfg: EngineConfig, *, warmup: str = "auto", fault_step: int = 0,
                  fault_delay_ms: int = 0, start_timeout: float | None = None,
-                 watch: list[int] | None = None) -> None:
+                 watch: list[int] | None = None, parent_grace_s: float | None = None) -> None:
         """``watch``: processes besides this one whose end ends the engine process (the Triton
-        models pass tritonserver's pid: engine/process.py)."""
+        models pass tritonserver's pid: engine/process.py); ``parent_grace_s``: then SIGKILL
+        this process if it is still alive that much later (the Triton models: a stub stuck in
+        a call to its dead server; never for a process that should outlive them)."""
         import zmq
 
         self.cfg = cfg
@@ -116,7 +118,8 @@ class EngineClient:
         self._to.bind(to_addr)
         self._from.bind(from_addr)
         self._spec = spec_for(cfg, to_addr, from_addr, warmup=warmup, fault_step=fault_step,
-                              fault_delay_ms=fault_delay_ms, watch=watch)
+                              fault_delay_ms=fault_delay_ms, watch=watch,
+                              parent_grace_s=parent_grace_s)
         self._hello: wire.Hello | None = None
         self._started = threading.Event()
         self._thread = threading.Thread(target=self._run, name="inflight-engine-client", daemon=True)

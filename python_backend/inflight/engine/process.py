@@ -17,6 +17,11 @@ No orphans: the process asks the kernel for SIGKILL when the thread that started
 (a parent that died before the prctl). SIGINT and SIGTERM are ignored: a terminal's Ctrl-C or a
 signal to the server's process group must not kill the engine under a draining server; the
 parent ends it with Shutdown, and SIGKILL always works.
+
+When a watched process (tritonserver) ends, the engine exits; with ``parent_grace_s`` set (the
+Triton models) it first gives its parent, the server's python stub, that long to exit and then
+SIGKILLs it (``EngineProcess._end_stuck_parent``): the one process of ours that can still act
+when a stub thread waits forever, GIL held, for a server that stopped answering.
 """
 
 from __future__ import annotations
@@ -38,14 +43,18 @@ BOOT = boot_script("'inflight-engine'", "inflight.engine.process:main")  # `pgre
 
 
 def spec_for(cfg: Any, inbox: str, outbox: str, *, warmup: str = "auto", fault_step: int = 0,
-             fault_delay_ms: int = 0, watch: list[int] | None = None) -> dict[str, Any]:
+             fault_delay_ms: int = 0, watch: list[int] | None = None,
+             parent_grace_s: float | None = None) -> dict[str, Any]:
     """What the child needs, as JSON (its argv): no pickle, nothing from the network.
     ``watch``: more processes whose end ends the engine (the Triton stub passes tritonserver:
-    a stub can outlive a SIGKILLed server, its engine must not)."""
+    a stub can outlive a SIGKILLed server, its engine must not). ``parent_grace_s``: once a
+    watched process ended, SIGKILL the parent if it is still there after that many seconds
+    (only for a parent that cannot outlive them usefully: a python-backend stub)."""
     return {"config": asdict(cfg), "inbox": inbox, "outbox": outbox, "parent": os.getpid(),
             "sys_path": list(sys.path), "warmup": warmup, "fault_step": fault_step,
             "fault_delay_ms": fault_delay_ms,
-            "watch": [[pid, start_time(pid)] for pid in (watch or []) if start_time(pid) is not None]}
+            "watch": [[pid, start_time(pid)] for pid in (watch or []) if start_time(pid) is not None],
+            "parent_grace_s": parent_grace_s}
 
 
 def start_time(pid: int) -> int | None:
@@ -71,7 +80,8 @@ class _LoopView:
 
 class EngineProcess:
     def __init__(self, engine: Any, inbox: Any, outbox: Any, parent: int,
-                 hook: Any = None, watch: list[list[int]] | None = None) -> None:
+                 hook: Any = None, watch: list[list[int]] | None = None,
+                 parent_grace_s: float | None = None) -> None:
         from inflight.engine import wire
 
         self.wire = wire
@@ -83,6 +93,7 @@ class EngineProcess:
         self.acked = 0
         self.watch = watch or []
         self._next_watch = 0.0
+        self.parent_grace_s = parent_grace_s
 
     def _orphaned(self) -> bool:
         """The parent is gone (PDEATHSIG normally got here first), or a watched process is."""
@@ -92,6 +103,30 @@ class EngineProcess:
             self._next_watch = time.monotonic() + WATCH_S
             return any(start_time(pid) != start for pid, start in self.watch)
         return False
+
+    def _end_stuck_parent(self) -> None:
+        """A watched process (tritonserver) ended while the parent (its python stub) lives.
+
+        A stub whose server is gone exits by itself within a second (its own parent check),
+        unless one of its threads is inside a Triton call made just before the server stopped
+        answering: the 2.51 stub waits for the reply forever holding the GIL and the mutex its
+        own exit needs (triton/health.py ServerLink; seen: a metrics gauge update in flight
+        when tritonserver exited at its exit timeout). Nothing in the stub can end it then, and
+        a plain tritonserver leaves it running. So: wait ``parent_grace_s`` for the parent to go
+        (when it exits, PDEATHSIG ends this process first), then SIGKILL it."""
+        if self.parent_grace_s is None or os.getppid() != self.parent:
+            return
+        deadline = time.monotonic() + self.parent_grace_s
+        while time.monotonic() < deadline:
+            if os.getppid() != self.parent:
+                return
+            time.sleep(0.05)
+        log.error("engine process: the python stub %d outlived its tritonserver by %.1f s; "
+                  "killing it", self.parent, self.parent_grace_s)
+        try:
+            os.kill(self.parent, signal.SIGKILL)
+        except OSError:  # gone meanwhile
+            pass
 
     def _cb(self, u: Any) -> None:
         self.updates.append(self.wire.wire_update(u))
@@ -148,6 +183,7 @@ class EngineProcess:
                     stop = True
             if self._orphaned():
                 log.error("engine process: its parent or server is gone; exiting")
+                self._end_stuck_parent()
                 return 2
             try:
                 if stop:
@@ -226,7 +262,8 @@ def main(spec: dict[str, Any]) -> None:
         outbox.send(wire.encode(wire.Hello(
             os.getpid(), engine.vocab_size, engine.max_seq_len, engine.kv.num_blocks,
             engine.kv.block_size, sorted(engine.eos_token_ids), took)))
-        code = EngineProcess(engine, inbox, outbox, spec["parent"], hook, spec.get("watch")).run()
+        code = EngineProcess(engine, inbox, outbox, spec["parent"], hook, spec.get("watch"),
+                             spec.get("parent_grace_s")).run()
     t0 = time.monotonic()
     inbox.close()
     outbox.close()  # LINGER: what is queued still goes out

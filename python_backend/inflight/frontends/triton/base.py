@@ -15,11 +15,19 @@ from inflight.engine.client import EngineClient
 from inflight.engine.loop import EngineLoop
 from inflight.errors import EngineDeadError, InvalidRequestError, QueueFullError
 from inflight.frontends.triton.convert import ItemRequest, client_error
-from inflight.frontends.triton.health import EngineWatcher, check_fault_injection, fault_hook
+from inflight.frontends.triton.health import (
+    EngineWatcher,
+    ServerLink,
+    check_fault_injection,
+    fault_hook,
+)
 from inflight.frontends.triton.params import ServingConfig, parse_parameters, raw_parameters
 from inflight.frontends.triton.serving import ServingCore
 
 log = logging.getLogger(__name__)
+# a stub still alive this long after its tritonserver ended is stuck in a call to it: the
+# engine process SIGKILLs it (engine/process.py); a healthy stub exits within ~0.3 s
+STUB_GRACE_S = 2.0
 
 
 def pb_module() -> Any:
@@ -57,9 +65,10 @@ def triton_error(pb: Any, e: Exception) -> Any:
     return pb.TritonError(f"{type(e).__name__}: {e}", pb.TritonError.INTERNAL)
 
 
-def start_engine(cfg: Any, srv: ServingConfig) -> EngineLoop | EngineClient:
+def start_engine(cfg: Any, srv: ServingConfig, server_pid: int | None = None) -> EngineLoop | EngineClient:
     """``engine_process`` auto/on: the engine core in its own process, fed over a local
-    channel (engine/client.py, issue 13); off: the engine thread inside this stub."""
+    channel (engine/client.py, issue 13); off: the engine thread inside this stub.
+    ``server_pid``: tritonserver's (default: this stub's parent)."""
     step, delay = srv.fault_injection_step, srv.fault_injection_step_delay_ms
     if step or delay:
         check_fault_injection(step, delay)
@@ -67,7 +76,8 @@ def start_engine(cfg: Any, srv: ServingConfig) -> EngineLoop | EngineClient:
         # the stub's parent is tritonserver: a stub may outlive a SIGKILLed server, the engine
         # process (and its device memory) must not
         return EngineClient(cfg, warmup=srv.warmup, fault_step=step, fault_delay_ms=delay,
-                            watch=[os.getppid()])
+                            watch=[os.getppid() if server_pid is None else server_pid],
+                            parent_grace_s=STUB_GRACE_S)
     loop = EngineLoop(cfg, warmup=srv.warmup)
     if step or delay:
         loop._fault_hook = fault_hook(loop, step, delay)
@@ -92,16 +102,19 @@ class EngineModel:
         from inflight.config import EngineConfig
 
         cfg = EngineConfig.from_kwargs(**engine_kwargs)
-        self.loop = start_engine(cfg, self.serving)
-        self.watcher = EngineWatcher(self.pb, self.model_name, self.loop)
+        # tritonserver: once it is gone, this model's threads must not call into Triton
+        self.server = ServerLink()
+        self.loop = start_engine(cfg, self.serving, self.server.pid)
+        self.watcher = EngineWatcher(self.pb, self.model_name, self.loop, self.server)
         self.tokenizer = self.loop.engine.tokenizer
         from inflight.frontends.triton.metric_families import metrics_options
 
         opts = metrics_options(raw_parameters(self.model_config), self.loop.engine.max_seq_len)
-        self.metrics = Metrics(self.pb, self.model_name, args.get("model_version", "1"), self.loop, opts)
+        self.metrics = Metrics(self.pb, self.model_name, args.get("model_version", "1"), self.loop,
+                               opts, server=self.server)
         self.core = ServingCore(self.loop, self.pb, self.build_outputs,
                                 self.serving.stream_interval, on_final=self.metrics.on_final,
-                                observer=self.metrics)
+                                observer=self.metrics, server=self.server)
 
     @property
     def serving_config(self) -> ServingConfig:

@@ -11,17 +11,24 @@ and the operator restarts the server (see docs/reliability.md).
 Fault injection (tests only, and only when the server runs with
 INFLIGHT_ALLOW_FAULT_INJECTION=1): ``fault_injection_step`` in config.pbtxt makes the engine
 raise at that step; ``fault_injection_step_delay_ms`` slows every step down.
+
+Whether tritonserver itself still runs (``ServerLink``): a call into Triton made after the
+server is gone never returns (python backend 2.51: no timeout on any stub -> server round
+trip), and some of them keep the stub from ever exiting (see ServerLink). The threads of the
+engine models ask it before they touch Triton.
 """
 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
 from inflight import env
+from inflight.engine.process import start_time
 from inflight.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -54,14 +61,62 @@ def fault_hook(loop: Any, step: int, delay_ms: int = 0) -> Callable[[], None]:
     return hook
 
 
-class EngineWatcher:
-    """Waits for the engine loop to stop; after a fault, unloads the model (see above)."""
+SERVER_CHECK_S = 0.1  # ServerLink.alive(): /proc read at most this often (getppid every call)
 
-    def __init__(self, pb: Any, model_name: str, loop: Any) -> None:
-        """``loop``: an EngineLoop or an EngineClient (the engine process)."""
+
+class ServerLink:
+    """Whether tritonserver, the parent of this python-backend stub, still runs.
+
+    Every call a model makes into Triton (a response, ``is_cancelled()``, a metric update,
+    ``unload_model``) is a round trip that the 2.51 stub waits for without a timeout, so once
+    tritonserver is gone it never returns. Worse, two kinds of them keep the stub from ever
+    exiting: ``unload_model`` and metric updates wait holding the GIL and the stub's
+    stub-to-parent mutex, and ``is_cancelled()`` waits inside the stub's stub-to-parent thread;
+    the stub's own "parent died" exit takes that mutex and joins that thread
+    (``TerminateStubToParentQueueMonitor``), so it blocks for good. Seen: after an exit timeout
+    the engine process saw the server gone and exited, the health watcher took that for an
+    engine fault and called ``unload_model``; the `engine` stub slept in a futex until the
+    launcher killed it. The engine models' own threads (health watcher, sender, metrics
+    reporter) therefore ask ``alive()`` before they touch Triton, and stop once it is False.
+
+    Gone means: the stub was re-parented (``getppid()`` changed: the server exited), or the
+    server's pid no longer names the process that started at its start time (a zombie counts
+    as gone: the engine process uses the same test, engine/process.py, so when it exits for
+    this reason ``alive()`` already says so). Once gone, always gone.
+    """
+
+    def __init__(self, pid: int | None = None) -> None:
+        self.pid = os.getppid() if pid is None else pid
+        self._parent = self.pid == os.getppid()  # the stub's case: getppid() changes with it
+        self.start = start_time(self.pid)  # None: no /proc to read, getppid() alone decides
+        self._gone = False
+        self._next_check = time.monotonic() + SERVER_CHECK_S
+
+    def alive(self, fresh: bool = False) -> bool:
+        """Cheap enough for every response: ``getppid()`` on each call, the /proc start time
+        at most every SERVER_CHECK_S (and now when ``fresh``)."""
+        if self._gone:
+            return False
+        if self._parent and os.getppid() != self.pid:
+            self._gone = True
+        elif self.start is not None and (fresh or time.monotonic() >= self._next_check):
+            self._next_check = time.monotonic() + SERVER_CHECK_S
+            self._gone = start_time(self.pid) != self.start
+        return not self._gone
+
+
+class EngineWatcher:
+    """Waits for the engine loop to stop; after a fault, unloads the model (see above). When
+    the engine ended because tritonserver is gone (the engine process watches it) there is
+    nothing to unload, and asking would hang the stub for good (ServerLink)."""
+
+    def __init__(self, pb: Any, model_name: str, loop: Any, server: ServerLink | None = None) -> None:
+        """``loop``: an EngineLoop or an EngineClient (the engine process); ``server``: the
+        stub's tritonserver (None: assumed alive, for tests)."""
         self.pb = pb
         self.model_name = model_name
         self.loop = loop
+        self.server = server
         self.closing = False
         self.unload_error: str | None = None
         self._thread = threading.Thread(target=self._run, name="inflight-health", daemon=True)
@@ -71,6 +126,10 @@ class EngineWatcher:
         self.loop.wait_stopped()
         if self.closing or self.loop.dead_reason is None:
             return  # a normal shutdown
+        if self.server is not None and not self.server.alive(fresh=True):
+            log.warning("model %s: %s; tritonserver is gone, nothing to unload", self.model_name,
+                        self.loop.dead_reason)
+            return
         log.error("model %s: %s; taking it out of service", self.model_name, self.loop.dead_reason)
         try:
             self.pb.unload_model(self.model_name)

@@ -14,7 +14,9 @@ stub is left orphaned (seen with 2.51: a SIGTERM half a second after the last re
 unloads a model only once no request is in flight, so metrics are touched only while one is:
 the reporter refreshes gauges only while a call is open (and the state changed), and the
 call whose FINAL leaves none open refreshes them to the idle state just before that FINAL,
-under the same lock (`call_closing`).
+under the same lock (`call_closing`). Once tritonserver itself is gone the reporter stops
+(``ServerLink``, triton/health.py: an update then never returns and keeps the stub from
+exiting); the sender thread, which makes the other updates, stops too (triton/serving.py).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from inflight.engine.loop import EngineLoop, EngineStats
+from inflight.frontends.triton.health import ServerLink
 from inflight.frontends.triton.metric_families import (
     TOKEN_LEN_BUCKETS,
     VLLM_E2E_BUCKETS,
@@ -52,8 +55,10 @@ log = logging.getLogger(__name__)
 
 class Metrics:
     def __init__(self, pb: Any, model: str, version: str, loop: EngineLoop,
-                 options: MetricsOptions | None = None) -> None:
+                 options: MetricsOptions | None = None, server: ServerLink | None = None) -> None:
+        """``server``: the stub's tritonserver (None: assumed alive, for tests)."""
         self.loop = loop
+        self.server = server
         self.opts = options or MetricsOptions()
         self.pb = pb
         mf = pb.MetricFamily
@@ -184,8 +189,12 @@ class Metrics:
     def _report(self) -> None:
         while not self._stop.wait(REPORT_INTERVAL_S):
             with self._gate:
-                if self._open_calls:  # idle: the gauges already show it (module doc)
-                    self._refresh(self.loop.stats)
+                if not self._open_calls:  # idle: the gauges already show it (module doc)
+                    continue
+                if self.server is not None and not self.server.alive():
+                    log.warning("tritonserver is gone: the metrics reporter stops")
+                    return
+                self._refresh(self.loop.stats)
 
     def close(self) -> None:
         self._stop.set()

@@ -5,7 +5,10 @@ The sender merges every update that piled up for a stream into one response (ada
 coalescing when IPC lags) and holds partial deltas until ``stream_interval`` tokens
 accumulated. It also polls client cancellation a few times a second, off the token path.
 One Triton request may carry B batch items x n sequences: the FINAL flag goes out once,
-after the last of them finished.
+after the last of them finished. Once tritonserver is gone the sender thread stops without
+touching Triton again (``ServerLink``, triton/health.py: such a call would never return and
+could keep the stub from exiting); what it holds stays referenced, since dropping a sender
+whose FINAL did not go out is itself a message to the server.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from typing import Any, Protocol
 from inflight.engine.loop import EngineLoop
 from inflight.frontends.triton.cancel_forward import StopSocket
 from inflight.frontends.triton.convert import ItemRequest
+from inflight.frontends.triton.health import ServerLink
 from inflight.outputs import SequenceUpdate
 
 log = logging.getLogger(__name__)
@@ -132,12 +136,19 @@ def merge(updates: list[SequenceUpdate]) -> SequenceUpdate:
         last.context_logits, last.generation_logits)
 
 
+class ServerGone(Exception):
+    """Raised in the sender thread when tritonserver is gone: it stops there."""
+
+
 class ServingCore:
     def __init__(self, loop: EngineLoop, pb: Any, build_outputs: OutputBuilder,
                  stream_interval: int = 1,
                  on_final: Callable[[ItemStream, SequenceUpdate], None] | None = None,
-                 observer: CallObserver | None = None) -> None:
+                 observer: CallObserver | None = None,
+                 server: ServerLink | None = None) -> None:
+        """``server``: the stub's tritonserver (None: assumed alive, for tests)."""
         self.loop = loop
+        self.server = server
         self.observer = observer or _NoObserver()
         self.stops: StopSocket | None = None  # the engine model's stop socket (quiet stops)
         self.pb = pb
@@ -224,7 +235,19 @@ class ServingCore:
             self._cv.notify()
 
     # ---- sender thread ---------------------------------------------------------------------
+    def _server_alive(self) -> None:
+        """Before each call into Triton from the sender thread (a getppid, ServerLink)."""
+        if self.server is not None and not self.server.alive():
+            raise ServerGone
+
     def _run(self) -> None:
+        try:
+            self._serve()
+        except ServerGone:  # nothing is dropped: _live keeps every unfinished call referenced
+            log.warning("tritonserver is gone: the sender stops (%d requests unanswered)",
+                        len(self._live))
+
+    def _serve(self) -> None:
         next_poll = time.monotonic() + CANCEL_POLL_S
         while True:
             with self._cv:
@@ -257,6 +280,7 @@ class ServingCore:
 
     def _flush(self, stream: ItemStream) -> None:
         for m in self._take(stream):
+            self._server_alive()  # on_final updates metrics, send() may too (call_closing)
             if m.finished and self.on_final is not None:
                 self.on_final(stream, m)
             try:
@@ -302,6 +326,7 @@ class ServingCore:
         groups = list(calls.values())
         for group in self._poll_share(groups):
             call = group[0].call
+            self._server_alive()
             was = call.cancelled
             if call.poll_cancelled() and not was:
                 for s in group:
