@@ -301,3 +301,17 @@ def test_symmetric_all_reduce_hands_the_op_a_buffer_window_shaped_like_the_input
         buf, _ = seen[-1]
         assert buf.shape == x.shape and buf.data_ptr() == ar.buf.data_ptr()  # the buffer's start
         torch.testing.assert_close(out, x * 2)
+
+
+def test_abort_that_raises_is_logged_not_raised(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from inflight.model.parallel import TensorParallel
+
+    class Broken:
+        def abort(self) -> None:
+            raise RuntimeError("NCCL error: unhandled system error")
+
+    with caplog.at_level(logging.WARNING):
+        assert TensorParallel(rank=0, size=2, device_group=Broken()).abort(5.0) is True
+    assert "aborting the NCCL group failed: NCCL error" in caplog.text

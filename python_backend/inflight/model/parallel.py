@@ -67,9 +67,17 @@ class TensorParallel:
         self.small = None
         if self.size == 1 or self.device_group is None:
             return True
+        import logging
         import threading
 
-        t = threading.Thread(target=self.device_group.abort, name="inflight-tp-abort", daemon=True)
+        def abort() -> None:
+            try:
+                self.device_group.abort()
+            except Exception as e:  # noqa: BLE001 - best effort at shutdown
+                logging.getLogger(__name__).warning("tensor parallel: aborting the NCCL group "
+                                                    "failed: %s", e)
+
+        t = threading.Thread(target=abort, name="inflight-tp-abort", daemon=True)
         t.start()
         t.join(timeout)
         return not t.is_alive()
