@@ -192,18 +192,82 @@ def _rank_slice(layer: nn.Module, shard: str | None, suffix: str, name: str, ten
     return tensor, dst
 
 
+_MASK32 = 0xFFFFFFFF
+_DUMMY_CHUNK = 1 << 24  # elements hashed at once (bounds the int64 temporaries)
+
+
+def _mix32(x: torch.Tensor) -> torch.Tensor:
+    """A 32-bit integer hash (two multiply-xorshift rounds) in int64 arithmetic that never
+    overflows: every product is below 2**59."""
+    for _ in range(2):
+        x = x ^ (x >> 16)
+        x = (x * 0x45D9F3B) & _MASK32
+    return x ^ (x >> 16)
+
+
+def dummy_values(key: int, rows: torch.Tensor, cols: torch.Tensor, std: float,
+                 dtype: torch.dtype) -> torch.Tensor:
+    """[len(rows), len(cols)] values in [-a, a] (a = std * sqrt(3): uniform, standard deviation
+    ``std``), each a hash of (key, its global row, its global column) alone: any slice of a
+    tensor can be made without the rest, so every tensor-parallel rank makes exactly its part
+    of the tensor TP=1 makes."""
+    h = _mix32((rows[:, None] * 0x9E3779B1 + cols[None, :] * 0x85EBCA77 + key) & _MASK32)
+    h = _mix32(h ^ (key * 0x27D4EB2F & _MASK32))
+    return ((h.to(torch.float64) * (2.0 / 2**32) - 1.0) * (std * 3**0.5)).to(dtype)
+
+
+def _dummy_fill(dst: torch.Tensor, key: int, row0: int, col0: int) -> None:
+    """dst [R, C] (or [R]) := dummy_values for global rows row0.., columns col0.., in chunks."""
+    view = dst if dst.dim() == 2 else dst[:, None]
+    r, c = view.shape
+    dev = dst.device
+    cols = torch.arange(col0, col0 + c, device=dev, dtype=torch.int64)
+    step = max(1, _DUMMY_CHUNK // max(c, 1))
+    for i in range(0, r, step):
+        n = min(step, r - i)
+        rows = torch.arange(row0 + i, row0 + i + n, device=dev, dtype=torch.int64)
+        view[i:i + n] = dummy_values(key, rows, cols, 0.02, dst.dtype)
+
+
+def _name_key(name: str, seed: int) -> int:
+    """A stable 32-bit key per (tensor, part, seed): the same in every process and TP size."""
+    import zlib
+
+    return zlib.crc32(f"{seed}:{name}".encode())
+
+
 @torch.no_grad()
 def init_dummy_weights(model: nn.Module, seed: int = 0) -> None:
-    """Random weights with a sane scale: norms at 1, matrices ~ N(0, 0.02)."""
+    """Random weights with a sane scale: norms at 1, biases 0, matrices uniform with standard
+    deviation 0.02. Each value is a hash of (seed, tensor, part, global row, global column),
+    so tensor-parallel ranks hold exactly the slices of the TP=1 model (same tokens at any
+    TP size, with the real 8B/70B shapes and no checkpoint); generated on the model's device."""
     named = list(model.named_parameters())
-    gen = torch.Generator(device=named[0][1].device).manual_seed(seed)
     for name, p in tqdm(named, desc="Dummy weights", unit="tensor", disable=env.disable_progress()):
+        module, _, suffix = name.rpartition(".")
         if "norm" in name:
             p.fill_(1.0)
-        elif name.endswith("bias"):
+            continue
+        if suffix == "bias":
             p.zero_()
-        else:
-            p.normal_(0.0, 0.02, generator=gen)  # on the model's device: fast for 8B shapes
+            continue
+        layer = model.get_submodule(module)
+        offsets: dict[str | None, tuple[int, int]] = {None: (0, p.shape[0])}
+        if module.rpartition(".")[2] in STACKED_PARAMS:  # fused: its parts, as the loader fills them
+            offsets = model.get_submodule(module.rpartition(".")[0]).shard_offsets()  # type: ignore[operator]
+        src: dict[str | None, tuple[int, int]] = getattr(layer, "tp_src", None) or {}
+        dim = getattr(layer, "tp_dim", 0)
+        for part, (at, rows) in offsets.items():
+            dst = p.data.narrow(0, at, rows)
+            start, size = src.get(part, (0, rows if dim == 0 else p.shape[-1]))
+            key = _name_key(f"{name}/{part}", seed)
+            if dim == 0:  # column-parallel or vocab-parallel: this rank's rows of the part
+                if size < rows:  # the vocabulary's padded tail stays zero
+                    dst[size:].zero_()
+                    dst = dst.narrow(0, 0, size)
+                _dummy_fill(dst, key, start, 0)
+            else:  # row-parallel: this rank's columns
+                _dummy_fill(dst, key, 0, start)
 
 
 @torch.no_grad()
