@@ -33,3 +33,23 @@ def test_plot_curve_writes_a_png(tmp_path) -> None:
     rows = [curve_row(_res(r)) for r in (2.0, 10.0, math.inf)]
     path = plot_curve(rows, str(tmp_path / "curve.png"), "t")
     assert path is not None and (tmp_path / "curve.png").stat().st_size > 1000
+
+
+def test_plot_curve_draws_both_latency_panels_and_the_engine_share(tmp_path, monkeypatch) -> None:
+    """TTFT and ITL panels on log scales with or without the engine columns; with them the
+    TTFT panel also shows the engine's mean TTFT."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.axes import Axes
+
+    scales: list[str] = []
+    labels: list[str] = []
+    set_yscale, plot = Axes.set_yscale, Axes.plot
+    monkeypatch.setattr(Axes, "set_yscale", lambda self, v, **kw: (scales.append(v), set_yscale(self, v, **kw))[1])
+    monkeypatch.setattr(Axes, "plot", lambda self, *a, **kw: (labels.append(kw.get("label", "")), plot(self, *a, **kw))[1])
+    rows = [curve_row(_res(r)) for r in (2.0, math.inf)]
+    plot_curve(rows, str(tmp_path / "a.png"), "t")
+    assert scales == ["log", "log"] and "TTFT mean, in the engine" not in labels
+    scales.clear()
+    rows = [{**row, "engine_ttft_mean_ms": 3.0, "engine_queue_mean_ms": 0.1} for row in rows]
+    plot_curve(rows, str(tmp_path / "b.png"), "t")
+    assert scales == ["log", "log"] and "TTFT mean, in the engine" in labels

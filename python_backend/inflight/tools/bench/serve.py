@@ -260,11 +260,11 @@ def plot_curve(rows: list[dict[str, Any]], path: str, title: str) -> str | None:
     for ax, key, name in ((axes[1], "ttft", "TTFT"), (axes[2], "itl", "ITL")):
         for p, style in (("p50", "o-"), ("p99", "s--")):
             ax.plot(xs, [r[f"{key}_{p}_ms"] or float("nan") for r in rows], style, label=f"{name} {p}")
+        ax.set_ylabel("ms")
+        ax.set_yscale("log")
     if any(r.get("engine_ttft_mean_ms") is not None for r in rows):  # the engine's share
         axes[1].plot(xs, [r.get("engine_ttft_mean_ms") or float("nan") for r in rows], "^:",
                      label="TTFT mean, in the engine")
-        ax.set_ylabel("ms")
-        ax.set_yscale("log")
     for ax in axes:
         ax.set_xticks(xs, labels)
         ax.set_xlabel("offered rate (requests/s, Poisson)")
