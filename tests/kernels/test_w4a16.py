@@ -120,16 +120,20 @@ def test_int4_linear_path_and_each_path_against_the_reference(monkeypatch: pytes
     with dequantize + F.linear."""
     import inflight.kernels as K
     from inflight.model.quant.base import KernelGuard
-    from inflight.model.quant.int4 import int4_linear_cuda, int4_linear_path
+    from inflight.model.quant.int4 import Int4LinearMethod, int4_linear_cuda, int4_linear_path
 
     assert [int4_linear_path(m) for m in (1, 4, 5, 16, 4096)] == ["gemv"] * 2 + ["dense"] * 3
     assert int4_linear_path(5, "triton") == "triton" and int4_linear_path(3, "triton") == "gemv"
     monkeypatch.setenv("INFLIGHT_INT4_GEMM", "triton")
     assert int4_linear_path(8) == "triton"
+    assert Int4LinearMethod("awq", "awq", 128, True).gemm == "triton"  # read at model load
     monkeypatch.setenv("INFLIGHT_INT4_GEMM", "cutlass")
+    with pytest.raises(ValueError, match="INFLIGHT_INT4_GEMM must be 'dense' or 'triton', got 'cutlass'"):
+        Int4LinearMethod("awq", "awq", 128, True)  # before any weight is loaded
     with pytest.raises(ValueError, match="INFLIGHT_INT4_GEMM must be"):
         int4_linear_path(8)
     monkeypatch.delenv("INFLIGHT_INT4_GEMM")
+    assert Int4LinearMethod("awq", "awq", 128, True).gemm == "dense"
 
     seen: list[str] = []
     dense, matmul = K.w4a16_dense, K.w4a16_matmul

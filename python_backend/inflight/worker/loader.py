@@ -10,6 +10,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import zlib
 from collections.abc import Iterator
 
 import torch
@@ -231,8 +232,6 @@ def _dummy_fill(dst: torch.Tensor, key: int, row0: int, col0: int) -> None:
 
 def _name_key(name: str, seed: int) -> int:
     """A stable 32-bit key per (tensor, part, seed): the same in every process and TP size."""
-    import zlib
-
     return zlib.crc32(f"{seed}:{name}".encode())
 
 

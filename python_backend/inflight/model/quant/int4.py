@@ -90,7 +90,7 @@ def int4_linear_path(m: int, gemm: str = "") -> str:
     """The GPU implementation for an input of ``m`` rows: ``"gemv"`` (the Triton w4a16 GEMV,
     dequantizing in registers) up to the kernel's GEMV rows (4), else ``"dense"`` (the layer
     dequantized to bf16 by one Triton launch, then cuBLAS), or ``"triton"`` (the w4a16 tl.dot
-    kernel) when ``INFLIGHT_INT4_GEMM=triton``. Why dense: on the H200 the tl.dot kernel took
+    kernel) when ``gemm`` (the layer's, read at model load; else ``INFLIGHT_INT4_GEMM``) says so. Why dense: on the H200 the tl.dot kernel took
     3x bf16's time at M = 16 and 5-10x at M >= 128 (97 TF/s); writing and re-reading the bf16
     weights costs ~2x bf16's GEMM at worst (docs/quantization.md)."""
     from inflight.kernels.w4a16 import GEMV_MAX_M
@@ -127,6 +127,7 @@ class Int4LinearMethod:
                  from_checkpoint: bool = True) -> None:
         self.name, self.fmt, self.group = name, fmt, group_size
         self.zero_point, self.from_checkpoint = zero_point, from_checkpoint
+        self.gemm = env.int4_gemm()  # at model load: a bad INFLIGHT_INT4_GEMM fails here, once
 
     def required(self) -> tuple[str, ...]:
         if not self.from_checkpoint:
@@ -194,7 +195,8 @@ class Int4LinearMethod:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
         if x.is_cuda:
-            out = int4_linear_cuda(x2, layer.qweight, layer.scales, layer.qzeros, self.group)
+            out = int4_linear_cuda(x2, layer.qweight, layer.scales, layer.qzeros, self.group,
+                                   int4_linear_path(x2.shape[0], self.gemm))
         else:
             w = dequantize_int4(layer.qweight, layer.scales, layer.qzeros, self.group)
             out = F.linear(x2, w.to(x.dtype))
