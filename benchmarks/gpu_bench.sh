@@ -14,7 +14,8 @@
 #   bash benchmarks/gpu_bench.sh serve13   # issue 13, device call 2 (carry .whl2), right after: offline engine,
 #                                          # llm and ensemble through tritonserver (1000 ShareGPT-like, batch 256),
 #                                          # load curve 2..inf req/s, py-spy of stub + engine process; summary
-#                                          # (SET="engine_process=off" for the in-stub engine thread)
+#                                          # (SET="engine_process=off" for the in-stub engine thread;
+#                                          # LAYOUTS=llm: the llm layout only)
 #   bash benchmarks/gpu_bench.sh graphs    # issue 13: mixed-step CUDA graphs, GPU test + b1 TTFT A/B
 #                                          # (served: SET="cuda_graph_max_tokens=512" ... serve13)
 #   bash benchmarks/gpu_bench.sh openai    # issue 16, after serve13-prep (carry .whl), carry .whl2: llm layout
@@ -222,8 +223,11 @@ print('repo ready', flush=True)"
     extra=(); for kv in ${SET:-}; do extra+=(--set "$kv"); done   # SET="engine_process=off": the old design
     timeout 555 python3 benchmarks/serve_ratio.py --model llama-3.1-8b --dtype bfloat16 --dataset sharegpt \
         --num-requests "${N:-1000}" --max-batch-size 256 --rates "${RATES:-2,10,20,30,40,inf}" \
-        --curve-requests "${CURVE_N:-100}" --pyspy --out "$OUT/serve13${SET:+-${SET//[^a-z0-9]/_}}" ${extra[@]+"${extra[@]}"} 2>&1 \
+        --curve-requests "${CURVE_N:-100}" --layouts "${LAYOUTS:-llm,ensemble}" --pyspy \
+        --out "$OUT/serve13${SET:+-${SET//[^a-z0-9]/_}}" ${extra[@]+"${extra[@]}"} 2>&1 \
         | grep -vE "^\s*$|it/s\]|Loading weights"
+    # the engine's warm-up, and any kernel it left to compile while serving (late_compiles.py)
+    grep -hE "warm-up:|after warm-up|captured CUDA graphs" "$OUT"/serve13*/tritonserver-*.log | cut -c1-400 | sort | uniq -c | head -20
     pkill -9 -x tritonserver; pkill -9 -f triton_python_backend_stub; pkill -9 -x inflight-engine
     ;;
   serve)

@@ -231,9 +231,10 @@ class EngineConfig:
     attention_backend: str = "auto"  # auto | torch | triton
     enforce_eager: bool = False  # True: no CUDA graphs (GPU only)
     # CUDA graphs also for steps with prefill tokens (mixed prefill + decode), up to this many
-    # tokens and MIXED_GRAPH_MAX_REQS requests: the first token of a short prompt without ~350
-    # kernel launches from Python. 0 = off (the default until it is measured on a GPU)
-    cuda_graph_max_tokens: int = 0
+    # tokens (at most max_num_tokens) and MIXED_GRAPH_MAX_REQS requests: the first token of a
+    # short prompt without ~350 kernel launches from Python (H200, 8B, 128-token prompt: TTFT
+    # 15.1 -> 5.8 ms). 0 = off
+    cuda_graph_max_tokens: int = 512
     # plan and launch step N+1 before step N's tokens reach the host: auto = on for CUDA
     overlap_scheduler: str = "auto"  # auto | on | off
     trust_remote_code: bool = False
@@ -266,9 +267,9 @@ class EngineConfig:
                 f"got {self.max_tokens_in_paged_kv_cache}"
             )
         self._check_minimums()
-        if self.cuda_graph_max_tokens and not 16 <= self.cuda_graph_max_tokens <= self.max_num_tokens:
-            raise ConfigError(f"cuda_graph_max_tokens must be 0 (off) or 16..max_num_tokens "
-                              f"({self.max_num_tokens}), got {self.cuda_graph_max_tokens}")
+        if 0 < self.cuda_graph_max_tokens < 16:
+            raise ConfigError(f"cuda_graph_max_tokens must be 0 (off) or >= 16 (used up to "
+                              f"max_num_tokens, {self.max_num_tokens}), got {self.cuda_graph_max_tokens}")
 
     def _check_minimums(self) -> None:
         for name, low in MINIMUMS.items():

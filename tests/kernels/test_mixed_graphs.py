@@ -18,8 +18,10 @@ from inflight.worker.cuda_graphs import MixedGraphs, token_buckets
 
 
 def test_token_buckets() -> None:
-    assert token_buckets(512) == [16, 32, 64, 128, 256, 512]
+    assert token_buckets(512) == [16, 32, 64, 128, 192, 256, 320, 384, 448, 512]
     assert token_buckets(100) == [16, 32, 64, 100] and token_buckets(16) == [16]
+    assert token_buckets(8192)[-7:] == [832, 896, 960, 1024, 2048, 4096, 8192]
+    assert token_buckets(1000)[-2:] == [960, 1000]
 
 
 def _engine(device: str, **kw: Any) -> LLMEngine:
@@ -60,7 +62,7 @@ def _drive(engine: LLMEngine, check: Any) -> list[tuple[int, int, int]]:
 
 
 def test_padded_mixed_forward_equals_the_eager_step() -> None:
-    engine = _engine("cpu")
+    engine = _engine("cuda" if torch.cuda.is_available() else "cpu")  # the kernels run where they can
     r = engine.runner
     mg = MixedGraphs(r.model, r.kv_cache, r.backend, 48, 4, r.max_blocks_per_seq, r.max_seq_len,
                      r.model_cfg.vocab_size, r.device)
@@ -93,10 +95,14 @@ def test_cuda_graph_max_tokens_is_checked() -> None:
     from inflight.errors import ConfigError
 
     d = tiny_model_dir("llama")
-    for bad in (8, 100):
-        with pytest.raises(ConfigError, match=r"cuda_graph_max_tokens must be 0 \(off\) or 16..max_num_tokens \(64\)"):
-            EngineConfig(model=d, max_num_tokens=64, cuda_graph_max_tokens=bad)
-    assert EngineConfig(model=d, max_num_tokens=64, cuda_graph_max_tokens=64).cuda_graph_max_tokens == 64
+    assert EngineConfig(model=d).cuda_graph_max_tokens == 512  # on by default
+    with pytest.raises(ConfigError, match=r"cuda_graph_max_tokens must be 0 \(off\) or >= 16 "
+                       r"\(used up to max_num_tokens, 64\), got 8"):
+        EngineConfig(model=d, max_num_tokens=64, cuda_graph_max_tokens=8)
+    with pytest.raises(ConfigError, match="cuda_graph_max_tokens must be >= 0, got -1"):
+        EngineConfig(model=d, cuda_graph_max_tokens=-1)
+    # above max_num_tokens: the graphs stop there (the default 512 with a small max_num_tokens)
+    assert EngineConfig(model=d, max_num_tokens=64, cuda_graph_max_tokens=100).cuda_graph_max_tokens == 100
 
 
 @pytest.mark.gpu
@@ -115,7 +121,7 @@ def test_mixed_graphs_replay_equals_eager_on_the_gpu() -> None:
         return False
 
     seen = _drive(engine, check)
-    ref_engine = _engine("cuda")
+    ref_engine = _engine("cuda", cuda_graph_max_tokens=0)  # eager mixed steps
     ref: list[torch.Tensor] = []
     _drive(ref_engine, lambda inp, out: (ref.append(out.clone()) or True)
            if inp.meta.num_decodes < inp.meta.num_reqs <= 8 and inp.meta.num_tokens <= 48 else False)

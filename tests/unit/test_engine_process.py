@@ -374,6 +374,27 @@ def test_warm_up_leaves_the_engine_idle_and_unchanged() -> None:
     assert outs[0] == outs[1]
 
 
+def test_warm_up_runs_single_prompts_past_the_mixed_graphs() -> None:
+    """Each "alone" length is a step of one request and that many tokens (the eager
+    single-request shapes a quiet server meets); with mixed-step graphs up to 32 tokens those
+    are 16, 35 (odd) and 48 (aligned) tokens."""
+    from types import SimpleNamespace
+
+    eng = LLMEngine(_cfg())
+    runner = eng.runner
+    runner.mixed_graphs = SimpleNamespace(sizes=[16, 32], fits=lambda meta, n: False)  # type: ignore[assignment]
+    eager, seen = runner.execute, []
+
+    def record(inp):  # type: ignore[no-untyped-def]
+        seen.append((inp.meta.num_reqs, inp.meta.num_tokens))
+        return eager(inp)
+
+    runner.execute = record  # type: ignore[method-assign]
+    warm_up(eng)
+    assert {(1, 16), (1, 35), (1, 48)} <= set(seen), seen
+    assert eng.kv.stats().used_blocks == 0 and not eng.has_unfinished()
+
+
 def test_cancellation_polls_are_bounded_and_reach_every_call() -> None:
     share = ServingCore._poll_share
     core = type("C", (), {"_poll_next": 0})()

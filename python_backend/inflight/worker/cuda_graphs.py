@@ -1,6 +1,6 @@
 """CUDA graphs of whole steps, captured at start-up: ``DecodeGraphs`` for pure-decode steps
 (one graph per padded batch size) and ``MixedGraphs`` for steps with prefill tokens (one per
-padded token count; opt-in, ``cuda_graph_max_tokens``).
+padded token count, up to ``cuda_graph_max_tokens``).
 
 A pure-decode step (every request has one new token) with B requests replays the graph of
 the smallest captured size >= B. The graph ends with the lm_head: it outputs fp32 logits
@@ -100,9 +100,11 @@ MIXED_GRAPH_MAX_REQS = 32  # requests a mixed-step graph holds (padded with empt
 
 
 def token_buckets(max_tokens: int) -> list[int]:
-    """Padded token counts of the mixed-step graphs: powers of two from 16, then max_tokens."""
-    sizes = [b for b in (16, 32, 64, 128, 256, 512, 1024, 2048, 4096, 8192) if b < max_tokens]
-    return sizes + [max_tokens]
+    """Padded token counts of the mixed-step graphs: 16, 32, 64, 128, then every 64 up to
+    1024 (a prompt pays at most 64 padded tokens there: powers of two made a 130-token
+    prompt compute 256), then powers of two, then max_tokens."""
+    steps = [16, 32, 64, *range(128, 1024, 64), 1024, 2048, 4096, 8192, 16384]
+    return [b for b in steps if b < max_tokens] + [max_tokens]
 
 
 class MixedGraphs:

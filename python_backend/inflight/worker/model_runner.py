@@ -104,7 +104,8 @@ class ModelRunner:
         self.mixed_graphs: MixedGraphs | None = None
         if self.graphs is not None and cfg.cuda_graph_max_tokens:
             self.mixed_graphs = MixedGraphs(
-                self.model, self.kv_cache, self.backend, cfg.cuda_graph_max_tokens,
+                self.model, self.kv_cache, self.backend,
+                min(cfg.cuda_graph_max_tokens, cfg.max_num_tokens),
                 min(cfg.max_batch_size, MIXED_GRAPH_MAX_REQS), self.max_blocks_per_seq,
                 max_seq_len, c.vocab_size, self.device)
             self.mixed_graphs.capture()

@@ -189,6 +189,8 @@ def _cmd_profile(a: argparse.Namespace) -> int:
 
 
 def _engine_args(p: argparse.ArgumentParser) -> None:
+    from inflight.config import EngineConfig  # light: no torch
+
     p.add_argument("--model", default="llama-3.1-8b",
                    help=f"shipped config ({', '.join(SHIPPED)}; dummy weights) or a checkpoint dir")
     p.add_argument("--dtype", default="auto")
@@ -200,8 +202,9 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--kv-tokens", type=int, default=None, help="max_tokens_in_paged_kv_cache")
     p.add_argument("--attention-backend", default="auto", choices=["auto", "torch", "triton"])
     p.add_argument("--enforce-eager", action="store_true", help="no CUDA graphs")
-    p.add_argument("--cuda-graph-max-tokens", type=int, default=0, metavar="N",
-                   help="CUDA graphs also for steps with prompt tokens, up to N tokens (0: off)")
+    p.add_argument("--cuda-graph-max-tokens", type=int, default=EngineConfig.cuda_graph_max_tokens,
+                   metavar="N", help="CUDA graphs also for steps with prompt tokens, up to N tokens "
+                   "(0: off; default %(default)s)")
     p.add_argument("--overlap-scheduler", default="auto", choices=["auto", "on", "off"],
                    help="plan step N+1 while step N runs (auto: on for CUDA)")
     p.add_argument("--quantization", default="auto",
