@@ -23,9 +23,7 @@ inside a CUDA-graph capture's warm-up):
 - M <= 4: each program owns BLOCK_N = 4 rows of W over the whole of K, BLOCK_M = M rounded
   up to a power of two, products reduced with tl.sum (no tensor-core tile wasted on 1 row);
   each K step loads a contiguous [4, 1024 / BLOCK_M] tile with 4 warps (the H200 sweep's
-  fastest; ``launch_config``). Where K % 4 == 0 the weights are read as int32 words of 4
-  bytes and decoded a word at a time (``_e4m3x4_to_f32_shifted``, ~3 integer ops per weight
-  instead of 6: the byte-wise kernel was bound by the SMs' integer rate at ~2 TB/s).
+  fastest; ``launch_config``).
 - 4 < M <= 16: tl.dot on [16, BLOCK_K] x [BLOCK_K, 16] tiles in bf16 (bf16 activations).
 """
 
@@ -85,70 +83,12 @@ def _fp8_gemv_kernel(
              y.to(y_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
 
 
-@triton.jit
-def _e4m3x4_to_f32_shifted(u):
-    """int32 words of 4 e4m3 bytes (K order, little endian) -> their 4 fp32 values * 2**-120,
-    each with 2 shifts and one masked merge of the whole word (the byte-wise decode spends 6
-    integer ops per weight; at ~2 TB/s of e4m3 that was the SMs' integer rate, not HBM)."""
-    u = u.to(tl.uint32, bitcast=True)
-    mag = 0x07F00000  # the 7 magnitude bits at 26..20
-    sign = tl.full((1,), 0x80000000, tl.uint32)
-    w0 = ((u << 20) & mag) | ((u << 24) & sign)
-    w1 = ((u << 12) & mag) | ((u << 16) & sign)
-    w2 = ((u << 4) & mag) | ((u << 8) & sign)
-    w3 = ((u >> 4) & mag) | (u & sign)
-    return (w0.to(tl.float32, bitcast=True), w1.to(tl.float32, bitcast=True),
-            w2.to(tl.float32, bitcast=True), w3.to(tl.float32, bitcast=True))
-
-
-@triton.jit
-def _fp8_gemv_packed_kernel(
-    x_ptr, w_ptr, s_ptr, y_ptr,  # x [M, K]; w [N, K / 4] int32 (4 e4m3 each); s [N]; y [M, N]
-    M, N, K4, k4_per, stride_xm, stride_wn, stride_ym, stride_ys,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K4: tl.constexpr,
-):
-    # the M <= 4 shape of _fp8_gemv_kernel on words: x[:, 4 i + j] meets byte j of word i
-    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    split = tl.program_id(1)
-    offs_m = tl.arange(0, BLOCK_M)
-    n_mask = offs_n < N
-    m_mask = offs_m < M
-    w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn
-    x_rows = x_ptr + offs_m[:, None] * stride_xm
-    acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    k_lo = split * k4_per
-    for k0 in range(k_lo, tl.minimum(k_lo + k4_per, K4), BLOCK_K4):
-        offs = k0 + tl.arange(0, BLOCK_K4)
-        k_mask = offs < K4
-        u = tl.load(w_rows + offs[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0)
-        w0, w1, w2, w3 = _e4m3x4_to_f32_shifted(u)  # [BLOCK_N, BLOCK_K4] each
-        xp = x_rows + 4 * offs[None, :]
-        xm = m_mask[:, None] & k_mask[None, :]
-        x0 = tl.load(xp, mask=xm, other=0.0).to(tl.float32) * 18446744073709551616.0  # * 2**64
-        x1 = tl.load(xp + 1, mask=xm, other=0.0).to(tl.float32) * 18446744073709551616.0
-        x2 = tl.load(xp + 2, mask=xm, other=0.0).to(tl.float32) * 18446744073709551616.0
-        x3 = tl.load(xp + 3, mask=xm, other=0.0).to(tl.float32) * 18446744073709551616.0
-        prod = (x0[:, None, :] * w0[None, :, :] + x1[:, None, :] * w1[None, :, :]
-                + x2[:, None, :] * w2[None, :, :] + x3[:, None, :] * w3[None, :, :])
-        acc += tl.sum(prod, axis=2)
-    scale = tl.load(s_ptr + offs_n, mask=n_mask, other=0.0) * 72057594037927936.0  # * 2**56
-    y = acc * scale[None, :]
-    tl.store(y_ptr + split * stride_ys + offs_m[:, None] * stride_ym + offs_n[None, :],
-             y.to(y_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
-
-
-def packable(qweight: torch.Tensor) -> bool:
-    """The weight can be read as int32 words: K a multiple of 4, rows 4-byte aligned."""
-    return (qweight.shape[1] % 4 == 0 and qweight.stride(1) == 1 and qweight.stride(0) % 4 == 0
-            and (qweight.data_ptr() % 4 == 0))
-
-
 def launch_config(m: int, n: int, k: int, sms: int, dot: bool, interpreted: bool
                   ) -> dict[str, int | bool]:
     """BLOCK_M/N/K and warps for one call (pure function of the shape: capture-safe)."""
     if interpreted:  # small tiles keep the numpy interpreter quick
         return {"BLOCK_M": 16 if dot else triton.next_power_of_2(m), "BLOCK_N": 16,
-                "BLOCK_K": 32, "USE_DOT": dot, "PACKED": not dot, "num_warps": 4}
+                "BLOCK_K": 32, "USE_DOT": dot, "num_warps": 4}
     if dot:
         return {"BLOCK_M": 16, "BLOCK_N": 16, "BLOCK_K": 256, "USE_DOT": True, "num_warps": 4,
                 "num_stages": 4}
@@ -160,7 +100,11 @@ def launch_config(m: int, n: int, k: int, sms: int, dot: bool, interpreted: bool
     # fp32 registers per thread)
     bn = 4
     bk = max(min(1024 // bm, triton.next_power_of_2(k)), 128)
-    return {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "USE_DOT": False, "PACKED": True,
+    if m == 1 and k >= 8192:  # long rows (down, K = 14336): 16 rows, K in 4 splits; H200
+        # sweep 2026-12-01: 34.0 -> 30.4 us, partial sums included
+        return {"BLOCK_M": 1, "BLOCK_N": 16, "BLOCK_K": 1024, "USE_DOT": False, "SPLIT_K": 4,
+                "num_warps": 4, "num_stages": 1}
+    return {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "USE_DOT": False,
             "num_warps": 4 if bm * bn * bk <= 32 * 32 * 4 else 8, "num_stages": 1}
 
 
@@ -172,9 +116,8 @@ def fp8_gemv(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor,
     (optionally preallocated) = x @ (qweight * weight_scale[:, None]).T. ``config``
     overrides launch settings (BLOCK_N, BLOCK_K: powers of two, >= 16 with tl.dot;
     num_warps, num_stages; SPLIT_K: K split over that many programs per row block, fp32
-    partials summed after, for more loads in flight on narrow layers; PACKED: M <= 4 reads
-    the weights as int32 words, the default where K % 4 == 0): tests and the benchmark's
-    sweep."""
+    partials summed after, for more loads in flight on narrow layers): tests and the
+    benchmark's sweep."""
     check_tensor("x", x, (None, None))
     m, k = x.shape
     check(1 <= m <= MAX_M, f"fp8_gemv takes 1..{MAX_M} rows of x, got {m}; use a GEMM")
@@ -191,24 +134,14 @@ def fp8_gemv(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor,
     cfg = launch_config(m, n, k, num_sms(dev), dot, interp) | (config or {})
     split = int(cfg.pop("SPLIT_K", 1))
     check(split >= 1, f"config SPLIT_K must be >= 1, got {split}")
-    packed = bool(cfg.pop("PACKED", False)) and not cfg["USE_DOT"] and packable(qweight)
     bk = int(cfg["BLOCK_K"])
-    check(not packed or bk % 4 == 0, f"config BLOCK_K must be a multiple of 4, got {bk}")
     k_per = triton.cdiv(triton.cdiv(k, split), bk) * bk  # whole K steps per split
     split = triton.cdiv(k, k_per)
     # split-K: deterministic fp32 partials [split, M, N], summed in order (no atomics)
     y = out if split == 1 else torch.empty((split, m, n), dtype=torch.float32, device=x.device)
-    grid = (triton.cdiv(n, int(cfg["BLOCK_N"])), split)
-    ys = y.stride(0) if split > 1 else 0
-    if packed:  # int32 words of 4 weights: the decode's integer ops per weight down ~2x
-        del cfg["BLOCK_K"], cfg["USE_DOT"]
-        _fp8_gemv_packed_kernel[grid](
-            x, qweight.view(torch.int32), weight_scale, y, m, n, k // 4, k_per // 4, x.stride(0),
-            qweight.stride(0) // 4, y.stride(-2), ys, BLOCK_K4=bk // 4, **cfg)
-    else:
-        _fp8_gemv_kernel[grid](
-            x, qweight.view(torch.uint8), weight_scale, y, m, n, k, k_per, x.stride(0),
-            qweight.stride(0), y.stride(-2), ys, UPCAST=interp and dot, **cfg)
+    _fp8_gemv_kernel[(triton.cdiv(n, int(cfg["BLOCK_N"])), split)](
+        x, qweight.view(torch.uint8), weight_scale, y, m, n, k, k_per, x.stride(0),
+        qweight.stride(0), y.stride(-2), y.stride(0) if split > 1 else 0, UPCAST=interp and dot, **cfg)
     if split > 1:
         out.copy_(y.sum(dim=0))
     return out

@@ -24,21 +24,27 @@ MAX_SPLITS = 64
 LAUNCH = {"block_n": 64, "num_warps": 4, "num_stages": 3}
 
 
-@triton.jit
+# Nothing that changes from step to step may pick a compiled variant: a new variant compiles
+# while serving and stalls that step (a TTFT p99 of 0.8 s on the H200, 2026-12-01). The
+# block table's row stride is its step-dependent width, the split count varies with the
+# batch and context (it is the grid's third axis here, never a constant), and a request
+# slice moves the metadata pointers off 16-byte alignment.
+@triton.jit(do_not_specialize=["stride_bt", "bt_ptr", "seq_lens_ptr"])  # pointers: alignment
 def _decode_split_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, bt_ptr, seq_lens_ptr,  # see paged_decode_attention
     out_ptr, mid_o_ptr, mid_lse_ptr,  # out: [B, Hq, D]; mid_o: [B, Hq, S, D]; mid_lse: [B, Hq, S]
     scale_log2, v_scale,  # scale_log2 includes k_scale (FP8 caches); v_scale scales the output
     stride_qb, stride_qh, stride_cb, stride_cs, stride_ch, stride_bt, stride_ob, stride_oh,
     num_q_heads, block_size, group, head_dim,
-    NUM_SPLITS: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
+    SPLIT: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
     kvh = tl.program_id(1)
     split = tl.program_id(2)
+    num_splits = tl.num_programs(2)  # SPLIT: num_splits > 1
     seq_len = tl.load(seq_lens_ptr + b)
-    per_split = tl.cdiv(tl.cdiv(seq_len, NUM_SPLITS), BLOCK_N) * BLOCK_N
+    per_split = tl.cdiv(tl.cdiv(seq_len, num_splits), BLOCK_N) * BLOCK_N
     start = split * per_split
     end = tl.minimum(start + per_split, seq_len)
 
@@ -71,32 +77,32 @@ def _decode_split_kernel(
         m_i = m_new
 
     acc = acc * (v_scale / tl.where(l_i > 0.0, l_i, 1.0))[:, None]  # empty split: acc = 0
-    if NUM_SPLITS == 1:
+    if not SPLIT:
         o_ptrs = out_ptr + b * stride_ob + heads[:, None] * stride_oh + d[None, :]
         tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=gd_mask)
     else:
-        row = (b * num_q_heads + heads) * NUM_SPLITS + split  # [BLOCK_G] int64
+        row = (b * num_q_heads + heads) * num_splits + split  # [BLOCK_G] int64
         tl.store(mid_o_ptr + row[:, None] * head_dim + d[None, :], acc, mask=gd_mask)
         lse = tl.where(l_i > 0.0, m_i + tl.log2(tl.where(l_i > 0.0, l_i, 1.0)), float("-inf"))
         tl.store(mid_lse_ptr + row, lse, mask=g < group)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=["num_splits"])
 def _decode_reduce_kernel(
     mid_o_ptr, mid_lse_ptr, out_ptr,  # mid_o: [B, Hq, S, D]; mid_lse: [B, Hq, S] (log2)
-    stride_ob, stride_oh, num_q_heads, head_dim,
-    NUM_SPLITS: tl.constexpr, BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,
+    stride_ob, stride_oh, num_q_heads, head_dim, num_splits,
+    BLOCK_S: tl.constexpr, BLOCK_D: tl.constexpr,  # BLOCK_S: MAX_SPLITS, one variant
 ):
     b = tl.program_id(0).to(tl.int64)
     h = tl.program_id(1)
     sp = tl.arange(0, BLOCK_S)
     d = tl.arange(0, BLOCK_D)
-    row = (b * num_q_heads + h) * NUM_SPLITS + sp  # [BLOCK_S]
-    lse = tl.load(mid_lse_ptr + row, mask=sp < NUM_SPLITS, other=float("-inf"))
+    row = (b * num_q_heads + h) * num_splits + sp  # [BLOCK_S]
+    lse = tl.load(mid_lse_ptr + row, mask=sp < num_splits, other=float("-inf"))
     m = tl.max(lse, 0)
     w = tl.exp2(lse - tl.where(m == float("-inf"), 0.0, m))  # [BLOCK_S], 0 for empty splits
     o = tl.load(mid_o_ptr + row[:, None] * head_dim + d[None, :],
-                mask=(sp < NUM_SPLITS)[:, None] & (d < head_dim)[None, :], other=0.0)
+                mask=(sp < num_splits)[:, None] & (d < head_dim)[None, :], other=0.0)
     denom = tl.sum(w, 0)
     res = tl.sum(o * w[:, None], 0) / tl.where(denom > 0.0, denom, 1.0)  # [BLOCK_D]
     tl.store(out_ptr + b * stride_ob + h * stride_oh + d, res.to(out_ptr.dtype.element_ty),
@@ -154,7 +160,7 @@ def paged_decode_attention(
     if nreq == 0:
         return out
     splits = num_splits or choose_num_splits(nreq, hkv, max_seq_len, dev)
-    check(splits >= 1, f"num_splits must be >= 1, got {splits}")
+    check(1 <= splits <= MAX_SPLITS, f"num_splits must be 1..{MAX_SPLITS}, got {splits}")
     block_n = block_n or int(LAUNCH["block_n"])
     hq = q.shape[1]
     if splits > 1:
@@ -168,14 +174,14 @@ def paged_decode_attention(
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0), out.stride(0), out.stride(1),
         hq, k_cache.shape[1], group, d,
-        NUM_SPLITS=splits, BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n,
+        SPLIT=splits > 1, BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n,
         BLOCK_D=triton.next_power_of_2(d), **dot_config(_decode_split_kernel, q.dtype),
         num_warps=LAUNCH["num_warps"], num_stages=LAUNCH["num_stages"],
     )
     if splits > 1:
         _decode_reduce_kernel[(nreq, hq)](
-            mid_o, mid_lse, out, out.stride(0), out.stride(1), hq, d,
-            NUM_SPLITS=splits, BLOCK_S=triton.next_power_of_2(splits),
+            mid_o, mid_lse, out, out.stride(0), out.stride(1), hq, d, splits,
+            BLOCK_S=MAX_SPLITS,
             BLOCK_D=triton.next_power_of_2(d), num_warps=1 if d <= 64 else 2,
         )
     return out

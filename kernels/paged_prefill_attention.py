@@ -48,7 +48,9 @@ def _attend(
     return m_i, l_i, acc
 
 
-@triton.jit
+# Variants fixed per model (see _decode_split_kernel): the block table's row stride is the
+# step's width, and the prefill requests' metadata starts num_decodes entries in.
+@triton.jit(do_not_specialize=["stride_bt", "qsl_ptr", "seq_lens_ptr", "bt_ptr"])  # pointers: alignment
 def _prefill_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, out_ptr,  # q, out: [T, Hq, D]; caches paged
     qsl_ptr, seq_lens_ptr, bt_ptr,  # [B+1], [B], [B, max_blocks] int32

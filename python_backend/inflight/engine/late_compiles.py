@@ -37,7 +37,7 @@ class LateCompiles:
         if first:
             log.warning("OpenAI-Triton compiled %s after warm-up: that step stalled while it "
                         "compiled. The warm-up (engine/warmup.py) does not cover this shape; "
-                        "please report it with this line: %s", name, str(repr)[:600])
+                        "please report it with this line: %s", name, " ".join(str(repr).split())[:2000])
         return False  # compile as usual
 
 
