@@ -344,5 +344,9 @@ def test_bench_serve_counts_tokens_and_errors(server, model: str, rate: float) -
     assert res["requests"] == 6 and res["errors"] == 1, res
     assert res["output_tokens"] == sum(n for n in lens if n != 900)
     assert len(res["_ttft"]) == 5 and all(t > 0 for t in res["_ttft"])
+    # the three slowest first tokens, by send index: never the refused request (#4)
+    slow = res["ttft_slowest"]
+    assert len(slow) == 3 and 4 not in [w["request"] for w in slow], slow
+    assert slow[0]["ttft_ms"] == round(max(res["_ttft"]) * 1000, 3) and slow[0]["ttft_ms"] >= slow[2]["ttft_ms"]
     # one response per token unless the sender coalesced tokens of a backed-up stream
     assert 0 < len(res["_itl"]) <= sum(n - 1 for n in lens if n != 900)

@@ -23,7 +23,9 @@ def _res(rate: float) -> dict:
 def test_curve_row_is_in_ms_and_keeps_missing_values_missing() -> None:
     row = curve_row(_res(2.0))
     assert row == {"rate": 2.0, "req_s": 1.5, "output_tok_s": 30.0, "errors": 0, "ttft_p50_ms": 20.0,
-                   "ttft_p99_ms": 50.0, "itl_p50_ms": 6.0, "itl_p99_ms": 10.0}
+                   "ttft_p99_ms": 50.0, "itl_p50_ms": 6.0, "itl_p99_ms": 10.0, "ttft_slowest": []}
+    worst = [{"request": 0, "sent_at_s": 0.0, "ttft_ms": 800.0}]
+    assert curve_row({**_res(2.0), "ttft_slowest": worst})["ttft_slowest"] == worst
     empty = curve_row({**_res(math.inf), "itl_s": {}})
     assert empty["itl_p50_ms"] is None and empty["rate"] == math.inf
 

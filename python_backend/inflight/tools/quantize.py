@@ -7,10 +7,12 @@ Formats (each loads with ``quantization=auto``, detected from the written config
                 input scales from a calibration text
   modelopt-fp8  NVIDIA ModelOpt export: hf_quant_config.json, per-tensor weight and input
                 scales, optional FP8 KV cache scales (--kv-cache-fp8)
-  int4-awq      AutoAWQ GEMM (4-bit, group 128, zero points), round-to-nearest
+  int4-awq      AutoAWQ GEMM (4-bit, group 128, zero points)
   int4-ct       compressed-tensors pack-quantized W4A16 (symmetric, group 128)
-lm_head and the embeddings stay in the checkpoint dtype. Calibration (static scales) runs
-the float model through transformers on a small built-in text (or --calib-file).
+The INT4 formats run AWQ's activation-aware scale search first (model/quant/awq_search.py;
+--rtn: plain round-to-nearest). lm_head and the embeddings stay in the checkpoint dtype.
+Calibration (static FP8 scales, the AWQ search) runs the float model through transformers
+on a small built-in text (or --calib-file).
 """
 
 from __future__ import annotations
@@ -73,8 +75,9 @@ def _fp8_tensor(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _quantize_one(fmt: str, module: str, w: torch.Tensor, group: int,
-                  stats: dict[str, float]) -> dict[str, torch.Tensor]:
-    """One float weight [N, K] -> the format's tensors, keyed by suffix."""
+                  stats: dict[str, float], dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """One float weight [N, K] -> the format's tensors, keyed by suffix (``dtype``: the
+    checkpoint's, for the scales that format stores in it; default w's)."""
     if fmt == "fp8":
         q, s = per_channel_fp8(w)
         return {"weight": q, "weight_scale": s[:, None].contiguous()}
@@ -90,7 +93,7 @@ def _quantize_one(fmt: str, module: str, w: torch.Tensor, group: int,
                 "qzeros": awq_pack(zeros.t().contiguous()),  # [K/G, N/8]
                 "scales": scales.t().contiguous().half()}  # [K/G, N]
     codes, scales, _ = rtn_int4(w, group, symmetric=True)  # int4-ct: signed values + 8
-    return {"weight_packed": pack_nibbles(codes), "weight_scale": scales.to(w.dtype),
+    return {"weight_packed": pack_nibbles(codes), "weight_scale": scales.to(dtype or w.dtype),
             "weight_shape": torch.tensor(list(w.shape), dtype=torch.int64)}
 
 
@@ -117,8 +120,10 @@ def _quant_config(fmt: str, group: int) -> dict[str, Any]:
 
 
 def quantize_checkpoint(src: str, out: str, fmt: str, group_size: int = 128,
-                        calib_text: str | None = None, kv_cache_fp8: bool = False) -> str:
-    """Write ``src`` quantized as ``fmt`` to ``out``; returns ``out``."""
+                        calib_text: str | None = None, kv_cache_fp8: bool = False,
+                        awq_search: bool = True) -> str:
+    """Write ``src`` quantized as ``fmt`` to ``out``; returns ``out``. INT4 formats search
+    AWQ scales first unless ``awq_search`` is False (round-to-nearest)."""
     from safetensors import safe_open
     from safetensors.torch import save_file
 
@@ -138,14 +143,24 @@ def quantize_checkpoint(src: str, out: str, fmt: str, group_size: int = 128,
     ks = [h.get_slice(n).get_shape()[1] for h, n in names if _LINEAR.match(n)]
     group = fit_group(group_size, ks) if fmt.startswith("int4") else group_size
     stats = calibrate(src, calib_text or CALIB_TEXT) if fmt in ("fp8-static", "modelopt-fp8") else {}
+    source: dict[str, torch.Tensor] | None = None
+    dtypes: dict[str, torch.dtype] = {}
+    if awq_search and fmt.startswith("int4"):  # the whole float model, scales folded in
+        from inflight.model.quant.awq_search import apply_awq_scales, capture_inputs
+
+        source = {name: h.get_tensor(name) for h, name in names}
+        dtypes.update((name, t.dtype) for name, t in source.items())  # scaled linears turn fp32
+        apply_awq_scales(source, capture_inputs(src, calib_text or CALIB_TEXT), group,
+                         symmetric=fmt == "int4-ct")
     tensors: dict[str, torch.Tensor] = {}
     for h, name in tqdm(names, desc=f"Quantizing ({fmt})", unit="tensor", disable=env.disable_progress()):
-        t = h.get_tensor(name)
+        t = h.get_tensor(name) if source is None else source.pop(name)
         m = _LINEAR.match(name)
         if m is None or "lm_head" in name:
             tensors[name] = t
             continue
-        for suffix, q in _quantize_one(fmt, m.group(1), t, group, stats).items():
+        dtype = t.dtype if source is None else dtypes[name]
+        for suffix, q in _quantize_one(fmt, m.group(1), t, group, stats, dtype).items():
             tensors[f"{m.group(1)}.{suffix}"] = q.contiguous()
         if kv_cache_fp8 and m.group(1).endswith(("k_proj", "v_proj")):
             which = "k" if m.group(1).endswith("k_proj") else "v"
@@ -179,7 +194,7 @@ def _cmd_quantize(a: argparse.Namespace) -> int:
         with open(a.calib_file, encoding="utf-8") as f:
             calib = f.read()
     out = quantize_checkpoint(resolve_model(a.model), a.out, a.format, a.group_size, calib,
-                              a.kv_cache_fp8)
+                              a.kv_cache_fp8, awq_search=not a.rtn)
     print(f"wrote {a.format} checkpoint to {out}", file=sys.stderr)
     return 0
 
@@ -191,7 +206,10 @@ def add_quantize_parser(sub: Any) -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output directory")
     p.add_argument("--format", default="fp8", choices=FORMATS)
     p.add_argument("--group-size", type=int, default=128, help="INT4 group size (default 128)")
-    p.add_argument("--calib-file", default=None, help="text for static scales (default: built in)")
+    p.add_argument("--calib-file", default=None,
+                   help="calibration text for static FP8 scales and the AWQ search (default: built in)")
+    p.add_argument("--rtn", action="store_true",
+                   help="INT4: plain round-to-nearest, without AWQ's activation-aware scale search")
     p.add_argument("--kv-cache-fp8", action="store_true",
                    help="modelopt-fp8: also write per-layer K/V cache scales (kv_cache_quant_algo FP8)")
     p.set_defaults(func=_cmd_quantize)

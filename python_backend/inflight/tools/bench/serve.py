@@ -149,6 +149,12 @@ def run_serve(url: str, model: str, prompts: list[str], max_tokens: list[int], *
     client_cpu = time.process_time() - cpu0
     ok = [t for t in traces if t.error is None and t.done and t.times]
     ttft = [t.times[0] - t.sent for t in ok]
+    start = min((t.sent for t in ok), default=0.0)
+    # the slowest first tokens, which request (send order) and when: an outlier that is the
+    # run's first request is a one-time cost, one in the middle a stall
+    ok_ids = {id(t) for t in ok}
+    slowest = sorted(((t.times[0] - t.sent, i, t.sent - start) for i, t in enumerate(traces)
+                      if id(t) in ok_ids), reverse=True)[:3]
     e2e = [t.times[-1] - t.sent for t in ok]
     itl = [b - a for t in ok for a, b in zip(t.times, t.times[1:])]
     tpot = [(t.times[-1] - t.times[0]) / (t.output_tokens - 1) for t in ok if t.output_tokens > 1]
@@ -161,7 +167,9 @@ def run_serve(url: str, model: str, prompts: list[str], max_tokens: list[int], *
             # the bottleneck
             "chunks": sum(len(t.times) for t in ok), "client_cpu_s": client_cpu,
             "ttft_s": percentiles(ttft), "itl_s": percentiles(itl), "tpot_s": percentiles(tpot),
-            "e2e_s": percentiles(e2e), "_ttft": ttft, "_itl": itl, "_tpot": tpot}
+            "e2e_s": percentiles(e2e), "_ttft": ttft, "_itl": itl, "_tpot": tpot,
+            "ttft_slowest": [{"request": i, "sent_at_s": round(at, 3), "ttft_ms": round(v * 1000, 3)}
+                             for v, i, at in slowest]}
 
 
 def parse_rates(text: str) -> list[float]:
@@ -186,7 +194,7 @@ def curve_row(res: dict[str, Any]) -> dict[str, Any]:
     return {"rate": res["rate"], "req_s": res["req_s"], "output_tok_s": res["output_tok_s"],
             "errors": res["errors"], "ttft_p50_ms": ms(res["ttft_s"], "p50"),
             "ttft_p99_ms": ms(res["ttft_s"], "p99"), "itl_p50_ms": ms(res["itl_s"], "p50"),
-            "itl_p99_ms": ms(res["itl_s"], "p99")}
+            "itl_p99_ms": ms(res["itl_s"], "p99"), "ttft_slowest": res.get("ttft_slowest", [])}
 
 
 ENGINE_HISTOGRAMS = {"engine_ttft_mean_ms": "inflight_time_to_first_token_seconds",
@@ -234,9 +242,12 @@ def run_curve(url: str, model: str, prompts: list[str], max_tokens: list[int], r
             r.update(engine_means(before, after, metrics_model or model))
         engine = (f"  engine TTFT mean {r['engine_ttft_mean_ms']} ms (queue {r['engine_queue_mean_ms']} ms)"
                   if metrics_url else "")
+        worst = ", ".join(f"#{w['request']} at {w['sent_at_s']} s: {w['ttft_ms']} ms"
+                          for w in r["ttft_slowest"])
         print(f"rate {rate:>6}: {r['req_s']:8.2f} req/s  TTFT p50 {r['ttft_p50_ms']} ms "
               f"p99 {r['ttft_p99_ms']} ms  ITL p50 {r['itl_p50_ms']} ms p99 {r['itl_p99_ms']} ms"
-              f"  errors {r['errors']}{engine}", file=sys.stderr, flush=True)
+              f"  errors {r['errors']}{engine}" + (f"\n    slowest TTFT: {worst}" if worst else ""),
+              file=sys.stderr, flush=True)
     return rows
 
 
