@@ -70,3 +70,35 @@ def test_sigkill_of_tritonserver_ends_the_engine_process(llm_server) -> None:
              "the stub to see its engine process gone")
     llm_server.stop()  # reaps the server: the stub must be gone within 5 s
     assert server.reaped == [], "the stub outlived its SIGKILLed tritonserver"
+
+
+@pytest.fixture
+def ensemble_inthread_server(triton_server_factory, tmp_path: Path):
+    """The ensemble layout (preprocessing, engine, postprocessing, bls, ensemble_unary) with
+    the engine thread inside its stub (engine_process=off): no stub has an engine process to
+    end it if it outlives the server, so each gets a reaper (frontends/triton/stub_reaper.py)."""
+    repo = tmp_path / "repo"
+    build(tiny_model_dir("llama"), str(repo), "ensemble", {"max_tokens_in_paged_kv_cache": "2048",
+                                                            "max_seq_len": "512", "engine_process": "off"})
+    running = triton_server_factory(repo, ready_timeout=240)
+    yield running
+    running.stop()
+
+
+def _reapers(server_pid: int) -> dict[int, list[int]]:
+    """stub pid -> its reaper children."""
+    return {stub: [r for r, p in children(stub).items() if p.comm == "inflight-reaper"]
+            for stub in children(server_pid)}
+
+
+def test_every_stub_without_an_engine_process_has_a_reaper_that_ends_with_it(ensemble_inthread_server) -> None:
+    server = ensemble_inthread_server.server
+    reapers = _reapers(server.pid)
+    assert len(reapers) == 5 and all(len(r) == 1 for r in reapers.values()), reapers
+    assert _engines(server.pid) == []  # engine_process=off
+    outcome = run_stream(ensemble_inthread_server.grpc_url, "bls", _request(4), timeout=60)
+    outcome.check()
+    os.kill(server.pid, signal.SIGKILL)
+    ensemble_inthread_server.stop()  # reaps the server: stubs and reapers gone within 5 s
+    assert server.reaped == [], "a stub or reaper outlived its SIGKILLed tritonserver"
+    assert all(gone(r) for rs in reapers.values() for r in rs)

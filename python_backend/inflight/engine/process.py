@@ -68,6 +68,33 @@ def start_time(pid: int) -> int | None:
     return None if rest[0] in ("Z", "X") else int(rest[19])
 
 
+def end_stuck_parent(parent: int, grace_s: float, who: str) -> bool:
+    """tritonserver ended and ``parent``, a python stub this process was started by, may
+    still live: wait ``grace_s`` for it to go, then SIGKILL it; True if it was killed.
+
+    A stub whose server is gone exits by itself within a second (its own parent check),
+    unless one of its threads is inside a Triton call made just before the server stopped
+    answering: the 2.51 stub waits for the reply forever holding the GIL and the mutex its own
+    exit needs (triton/health.py ServerLink; seen: a metrics gauge update in flight when
+    tritonserver exited at its exit timeout). Nothing in the stub can end it then, and a plain
+    tritonserver leaves it running. The engine process does this for its stub; the
+    stub reaper (frontends/triton/stub_reaper.py) for every other stub."""
+    if os.getppid() != parent:
+        return False
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline:
+        if os.getppid() != parent:
+            return False
+        time.sleep(0.05)
+    log.error("%s: the python stub %d outlived its tritonserver by %.1f s; killing it", who, parent,
+              grace_s)
+    try:
+        os.kill(parent, signal.SIGKILL)
+    except OSError:  # gone meanwhile
+        return False
+    return True
+
+
 WATCH_S = 0.5  # how often the watched processes are checked
 
 
@@ -105,28 +132,10 @@ class EngineProcess:
         return False
 
     def _end_stuck_parent(self) -> None:
-        """A watched process (tritonserver) ended while the parent (its python stub) lives.
-
-        A stub whose server is gone exits by itself within a second (its own parent check),
-        unless one of its threads is inside a Triton call made just before the server stopped
-        answering: the 2.51 stub waits for the reply forever holding the GIL and the mutex its
-        own exit needs (triton/health.py ServerLink; seen: a metrics gauge update in flight
-        when tritonserver exited at its exit timeout). Nothing in the stub can end it then, and
-        a plain tritonserver leaves it running. So: wait ``parent_grace_s`` for the parent to go
-        (when it exits, PDEATHSIG ends this process first), then SIGKILL it."""
-        if self.parent_grace_s is None or os.getppid() != self.parent:
-            return
-        deadline = time.monotonic() + self.parent_grace_s
-        while time.monotonic() < deadline:
-            if os.getppid() != self.parent:
-                return
-            time.sleep(0.05)
-        log.error("engine process: the python stub %d outlived its tritonserver by %.1f s; "
-                  "killing it", self.parent, self.parent_grace_s)
-        try:
-            os.kill(self.parent, signal.SIGKILL)
-        except OSError:  # gone meanwhile
-            pass
+        """A watched process (tritonserver) ended while the parent (its python stub) lives:
+        :func:`end_stuck_parent` (when the parent exits, PDEATHSIG ends this process first)."""
+        if self.parent_grace_s is not None:
+            end_stuck_parent(self.parent, self.parent_grace_s, "engine process")
 
     def _cb(self, u: Any) -> None:
         self.updates.append(self.wire.wire_update(u))

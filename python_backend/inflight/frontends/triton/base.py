@@ -23,11 +23,9 @@ from inflight.frontends.triton.health import (
 )
 from inflight.frontends.triton.params import ServingConfig, parse_parameters, raw_parameters
 from inflight.frontends.triton.serving import ServingCore
+from inflight.frontends.triton.stub_reaper import STUB_GRACE_S, reaper_for_this_stub
 
 log = logging.getLogger(__name__)
-# a stub still alive this long after its tritonserver ended is stuck in a call to it: the
-# engine process SIGKILLs it (engine/process.py); a healthy stub exits within ~0.3 s
-STUB_GRACE_S = 2.0
 
 
 def pb_module() -> Any:
@@ -105,6 +103,8 @@ class EngineModel:
         # tritonserver: once it is gone, this model's threads must not call into Triton
         self.server = ServerLink()
         self.loop = start_engine(cfg, self.serving, self.server.pid)
+        # the engine process ends this stub if it outlives tritonserver; without one, a reaper
+        self.reaper = reaper_for_this_stub() if self.serving.engine_process == "off" else None
         self.watcher = EngineWatcher(self.pb, self.model_name, self.loop, self.server)
         self.tokenizer = self.loop.engine.tokenizer
         from inflight.frontends.triton.metric_families import metrics_options
@@ -141,3 +141,5 @@ class EngineModel:
         self.metrics.close()
         self.loop.shutdown()
         self.core.shutdown()
+        if self.reaper is not None:
+            self.reaper.stop()

@@ -25,6 +25,7 @@ from inflight.frontends.triton.cancel_forward import POLL_S, send_stop
 from inflight.frontends.triton.convert import refuse_unsupported
 from inflight.frontends.triton.front import engine_inputs
 from inflight.frontends.triton.params import raw_parameters
+from inflight.frontends.triton.stub_reaper import reaper_for_this_stub
 from inflight.frontends.triton.text_models import postprocess_outputs
 
 _IDS = itertools.count()
@@ -33,6 +34,8 @@ _IDS = itertools.count()
 class TritonPythonModel:
     def initialize(self, args: dict[str, Any]) -> None:
         self.pb = pb_module()
+        # ends this stub if it outlives tritonserver (a thread stuck in a Triton call)
+        self.reaper = reaper_for_this_stub()
         self.model_config = json.loads(args["model_config"])
         self.inputs = input_names(self.model_config)
         params = raw_parameters(self.model_config)
@@ -151,7 +154,8 @@ class TritonPythonModel:
                 "num_output_tokens"]
 
     def finalize(self) -> None:
-        return None
+        if self.reaper is not None:
+            self.reaper.stop()
 
 
 class _Forward(Exception):

@@ -19,6 +19,7 @@ from inflight.frontends.triton.base import input_names, pb_module, read_inputs, 
 from inflight.frontends.triton.cancel_forward import CancelForwarder
 from inflight.frontends.triton.convert import batch_size, prompt_text
 from inflight.frontends.triton.params import raw_parameters, trust_remote_code
+from inflight.frontends.triton.stub_reaper import reaper_for_this_stub
 
 # engine outputs postprocessing forwards when the engine produced them
 PASSTHROUGH_ALWAYS = ("batch_index", "sequence_index", "finish_reason", "cum_log_probs",
@@ -32,6 +33,8 @@ OPTIONAL_PASSTHROUGH = ("output_log_probs", "context_logits", "generation_logits
 class _TokenizerModel:
     def initialize(self, args: dict[str, Any]) -> None:
         self.pb = pb_module()
+        # ends this stub if it outlives tritonserver (a thread stuck in a Triton call)
+        self.reaper = reaper_for_this_stub()
         self.model_config = json.loads(args["model_config"])
         self.inputs = input_names(self.model_config)
         params = raw_parameters(self.model_config)
@@ -61,7 +64,8 @@ class _TokenizerModel:
         return False
 
     def finalize(self) -> None:
-        return None
+        if self.reaper is not None:
+            self.reaper.stop()
 
 
 def tokenize_batch(tokenizer: Any, texts: list[str], pad_id: int) -> tuple[np.ndarray, np.ndarray]:

@@ -36,6 +36,7 @@ from inflight.frontends.triton.convert import refuse_unsupported
 from inflight.frontends.triton.front import engine_inputs, front_error_text
 from inflight.frontends.triton.gather import stack_parts
 from inflight.frontends.triton.params import param_bool, raw_parameters, trust_remote_code
+from inflight.frontends.triton.stub_reaper import reaper_for_this_stub
 
 _IDS = itertools.count()
 # engine outputs this model folds into text_output / does not return
@@ -156,6 +157,8 @@ class CancelWatch:
 class TritonPythonModel:
     def initialize(self, args: dict[str, Any]) -> None:
         self.pb = pb_module()
+        # ends this stub if it outlives tritonserver (a thread stuck in a Triton call)
+        self.reaper = reaper_for_this_stub()
         self.model_config = json.loads(args["model_config"])
         self.inputs = input_names(self.model_config)
         self.outputs = [o["name"] for o in self.model_config.get("output", [])]
@@ -241,3 +244,5 @@ class TritonPythonModel:
         self.watch.close()
         for th in list(self._threads):
             th.join(timeout=5)
+        if self.reaper is not None:
+            self.reaper.stop()

@@ -1,0 +1,102 @@
+"""frontends/triton/stub_reaper.py: a stub without an engine process (bls, unary, the
+pre/postprocessing models, engine_process=off) that outlives tritonserver, stuck in a call
+that holds the GIL, is SIGKILLed by its reaper; a stub that exits by itself is left alone;
+the reaper never outlives its stub."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+from inflight.frontends.triton.stub_reaper import StubReaper, reaper_for_this_stub
+from inflight.testing.procs import DEADLINE_S, gone, wait_for
+
+# a "stub": starts its reaper for the given server, prints the reaper's pid, then either
+# blocks holding the GIL (stuck) or exits once the server is gone (healthy)
+STUB = """
+import ctypes, os, sys, time
+from inflight.frontends.triton.stub_reaper import StubReaper
+r = StubReaper(int(sys.argv[1]), grace_s=float(sys.argv[2]))
+print(r.proc.pid, flush=True)
+if sys.argv[3] == "stuck":
+    while True:
+        ctypes.PyDLL(None).pause()  # PyDLL: the GIL stays held, no Python thread can run
+while os.path.exists(f"/proc/{sys.argv[1]}") and open(f"/proc/{sys.argv[1]}/stat").read().split(")")[-1].split()[0] != "Z":
+    time.sleep(0.05)
+sys.exit(0)
+"""
+
+
+def _start(kind: str, grace: str = "0.5") -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes], int]:
+    server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    stub = subprocess.Popen([sys.executable, "-c", STUB, str(server.pid), grace, kind],
+                            stdout=subprocess.PIPE)
+    assert stub.stdout is not None
+    reaper = int(stub.stdout.readline() or 0)
+    assert reaper, "the stub did not start its reaper"
+    return server, stub, reaper
+
+
+def test_a_stuck_stub_is_killed_once_its_server_is_gone() -> None:
+    server, stub, reaper = _start("stuck")
+    try:
+        assert stub.poll() is None and not gone(reaper)
+        server.kill()
+        server.wait()
+        assert stub.wait(DEADLINE_S) == -signal.SIGKILL
+        wait_for(lambda: gone(reaper), "the reaper to end with its stub")
+    finally:
+        for p in (server, stub):
+            p.kill()
+            p.wait()
+
+
+def test_a_stub_that_exits_by_itself_is_left_alone_and_takes_its_reaper() -> None:
+    server, stub, reaper = _start("healthy", grace="30")
+    try:
+        server.kill()
+        server.wait()
+        assert stub.wait(DEADLINE_S) == 0  # exited by itself, not killed
+        wait_for(lambda: gone(reaper), "the reaper to end with its stub")
+    finally:
+        for p in (server, stub):
+            p.kill()
+            p.wait()
+
+
+def test_stop_ends_the_reaper_and_no_reaper_outside_a_stub() -> None:
+    server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
+    try:
+        r = StubReaper(server.pid)
+        assert r.proc is not None and r.proc.poll() is None
+        pid = r.proc.pid
+
+        def named() -> bool:  # it names itself first thing (child_boot)
+            with open(f"/proc/{pid}/comm") as f:
+                return f.read().strip() == "inflight-reaper"
+
+        wait_for(named, "the reaper to name itself")
+        r.stop()
+        assert r.proc.poll() is not None
+    finally:
+        server.kill()
+        server.wait()
+    assert reaper_for_this_stub() is None  # pytest's parent is not tritonserver
+    if os.path.isdir("/proc/self"):
+        assert StubReaper(2**22 + 12345).proc is None  # no such server: nothing to watch
+
+
+@pytest.mark.parametrize("module,cls", [("bls_model", "TritonPythonModel"),
+                                        ("unary_model", "TritonPythonModel"),
+                                        ("text_models", "_TokenizerModel")])
+def test_models_without_an_engine_process_start_and_stop_a_reaper(module: str, cls: str) -> None:
+    """The models' code paths: a reaper is made in initialize and stopped in finalize."""
+    import importlib
+    import inspect
+
+    klass = getattr(importlib.import_module(f"inflight.frontends.triton.{module}"), cls)
+    init, fin = inspect.getsource(klass.initialize), inspect.getsource(klass.finalize)
+    assert "self.reaper = reaper_for_this_stub()" in init and "self.reaper.stop()" in fin
