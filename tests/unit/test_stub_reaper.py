@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 
-import pytest
 from inflight.frontends.triton.stub_reaper import StubReaper, reaper_for_this_stub
 from inflight.testing.procs import DEADLINE_S, gone, wait_for
 
@@ -87,16 +86,3 @@ def test_stop_ends_the_reaper_and_no_reaper_outside_a_stub() -> None:
     assert reaper_for_this_stub() is None  # pytest's parent is not tritonserver
     if os.path.isdir("/proc/self"):
         assert StubReaper(2**22 + 12345).proc is None  # no such server: nothing to watch
-
-
-@pytest.mark.parametrize("module,cls", [("bls_model", "TritonPythonModel"),
-                                        ("unary_model", "TritonPythonModel"),
-                                        ("text_models", "_TokenizerModel")])
-def test_models_without_an_engine_process_start_and_stop_a_reaper(module: str, cls: str) -> None:
-    """The models' code paths: a reaper is made in initialize and stopped in finalize."""
-    import importlib
-    import inspect
-
-    klass = getattr(importlib.import_module(f"inflight.frontends.triton.{module}"), cls)
-    init, fin = inspect.getsource(klass.initialize), inspect.getsource(klass.finalize)
-    assert "self.reaper = reaper_for_this_stub()" in init and "self.reaper.stop()" in fin
