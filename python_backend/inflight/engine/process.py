@@ -20,8 +20,9 @@ parent ends it with Shutdown, and SIGKILL always works.
 
 When a watched process (tritonserver) ends, the engine exits; with ``parent_grace_s`` set (the
 Triton models) it first gives its parent, the server's python stub, that long to exit and then
-SIGKILLs it (``EngineProcess._end_stuck_parent``): the one process of ours that can still act
-when a stub thread waits forever, GIL held, for a server that stopped answering.
+SIGKILLs it (``end_stuck_parent``): a process outside the stub can still act when a stub
+thread waits forever, GIL held, for a server that stopped answering (stubs without an engine
+process have a small reaper child for this: frontends/triton/stub_reaper.py).
 """
 
 from __future__ import annotations

@@ -8,8 +8,8 @@ so the float model is unchanged:
 
     y = x @ W.T = (x / s) @ (W * s).T          s[k] > 0 per input channel k
 
-For each group of linears that share an input, ``s = mean|x|^alpha`` (normalized to a
-geometric mean of 1) over a grid of alpha in [0, 1), and the alpha whose quantized output
+For each group of linears that share an input, ``s = mean|x|^alpha`` (normalized so that
+max(s) * min(s) = 1) over a grid of alpha in [0, 1), and the alpha whose quantized output
 ``(x / s) @ Q(W * s).T`` is closest to the float one on calibration activations wins
 (alpha = 0 is plain round-to-nearest, so the chosen scales never do worse on those
 activations). The 1 / s goes into:
@@ -20,8 +20,9 @@ activations). The 1 / s goes into:
 - o_proj (input: attention over v): the rows of v_proj, only when each v channel feeds one
   o_proj input (as many KV heads as query heads); grouped-query models leave o_proj to RTN.
 
-Calibration activations come from one float forward of Hugging Face transformers over the
-calibration text (the scalings are exact in float, so one pass serves every layer).
+Calibration activations come from one forward of Hugging Face transformers over the
+calibration text (the scalings are exact in float, so one pass serves every layer); the
+search runs on the GPU when there is one.
 Weight clipping (AWQ's second search) is not done.
 """
 
@@ -56,15 +57,16 @@ def search_scales(x: torch.Tensor, weights: list[torch.Tensor], group: int,
                   symmetric: bool = False, grid: int = GRID) -> tuple[torch.Tensor, float, float]:
     """x [T, K] calibration inputs of linears ``weights`` ([N_i, K] each) -> (s [K], the
     output MSE with s, the output MSE of plain RTN)."""
-    x = x.float()
-    ws = [w.float() for w in weights]
+    dev = torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+    x = x.to(dev, torch.float32)
+    ws = [w.to(dev, torch.float32) for w in weights]
     ref = torch.cat([x @ w.t() for w in ws], dim=1)
     mag = x.abs().mean(0).clamp(min=1e-8)
     best: tuple[float, torch.Tensor] | None = None
     rtn_err = 0.0
     for i in range(grid):
         s = mag.pow(i / grid)
-        s = s / (s.max() * s.min()).sqrt()  # centred: the largest and smallest about 1/x apart
+        s = s / (s.max() * s.min()).sqrt()  # max(s) * min(s) = 1: around 1 on a log scale
         out = torch.cat([(x / s) @ fake_int4(w * s, group, symmetric).t() for w in ws], dim=1)
         err = float((out - ref).pow(2).mean())
         if i == 0:
@@ -72,7 +74,7 @@ def search_scales(x: torch.Tensor, weights: list[torch.Tensor], group: int,
         if best is None or err < best[0]:
             best = (err, s)
     assert best is not None
-    return best[1], best[0], rtn_err
+    return best[1].cpu(), best[0], rtn_err
 
 
 @dataclass
@@ -89,16 +91,17 @@ class SearchReport:
 
 def capture_inputs(model_dir: str, text: str, max_tokens: int = 2048) -> dict[str, torch.Tensor]:
     """Inputs [T, K] of every decoder layer's q_proj, o_proj, gate_proj and down_proj over one
-    float32 forward of ``text`` (its first ``max_tokens`` tokens) through transformers."""
+    forward of ``text`` (its first ``max_tokens`` tokens) through transformers, in the
+    checkpoint's dtype (an 8B bf16 model needs its 16 GB of host memory), on the CPU."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(model_dir)
-    model = AutoModelForCausalLM.from_pretrained(model_dir, torch_dtype=torch.float32).eval()
+    model = AutoModelForCausalLM.from_pretrained(model_dir, dtype="auto").eval()
     got: dict[str, torch.Tensor] = {}
 
     def hook(name: str) -> Callable[..., None]:
         def fn(_mod: Any, inputs: tuple[torch.Tensor, ...]) -> None:
-            got[name] = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).clone()
+            got[name] = inputs[0].detach().reshape(-1, inputs[0].shape[-1]).to(torch.float32, copy=True)
         return fn
 
     handles = [m.register_forward_pre_hook(hook(n)) for n, m in model.named_modules()
