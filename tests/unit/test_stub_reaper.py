@@ -9,7 +9,10 @@ import os
 import signal
 import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 
+import pytest
 from inflight.frontends.triton.stub_reaper import StubReaper, reaper_for_this_stub
 from inflight.testing.procs import DEADLINE_S, gone, wait_for
 
@@ -29,41 +32,33 @@ sys.exit(0)
 """
 
 
-def _start(kind: str, grace: str = "0.5") -> tuple[subprocess.Popen[bytes], subprocess.Popen[bytes], int]:
+@contextmanager
+def _running(kind: str, grace: str = "0.5") -> Iterator[tuple[subprocess.Popen[bytes], subprocess.Popen[bytes], int]]:
+    """(server, stub, reaper pid); both processes killed at the end whatever happened."""
     server = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"])
     stub = subprocess.Popen([sys.executable, "-c", STUB, str(server.pid), grace, kind],
                             stdout=subprocess.PIPE)
-    assert stub.stdout is not None
-    reaper = int(stub.stdout.readline() or 0)
-    assert reaper, "the stub did not start its reaper"
-    return server, stub, reaper
-
-
-def test_a_stuck_stub_is_killed_once_its_server_is_gone() -> None:
-    server, stub, reaper = _start("stuck")
     try:
+        assert stub.stdout is not None
+        reaper = int(stub.stdout.readline() or 0)
+        assert reaper, "the stub did not start its reaper"
+        yield server, stub, reaper
+    finally:
+        for p in (server, stub):
+            p.kill()
+            p.wait()
+
+
+@pytest.mark.parametrize("kind,grace,code", [("stuck", "0.5", -signal.SIGKILL), ("healthy", "30", 0)])
+def test_a_stuck_stub_is_killed_and_a_healthy_one_left_alone(kind: str, grace: str, code: int) -> None:
+    """Stuck (GIL held): SIGKILLed once the server is gone; healthy: exits by itself (code 0)
+    within the grace. Either way the reaper ends with its stub."""
+    with _running(kind, grace) as (server, stub, reaper):
         assert stub.poll() is None and not gone(reaper)
         server.kill()
         server.wait()
-        assert stub.wait(DEADLINE_S) == -signal.SIGKILL
+        assert stub.wait(DEADLINE_S) == code
         wait_for(lambda: gone(reaper), "the reaper to end with its stub")
-    finally:
-        for p in (server, stub):
-            p.kill()
-            p.wait()
-
-
-def test_a_stub_that_exits_by_itself_is_left_alone_and_takes_its_reaper() -> None:
-    server, stub, reaper = _start("healthy", grace="30")
-    try:
-        server.kill()
-        server.wait()
-        assert stub.wait(DEADLINE_S) == 0  # exited by itself, not killed
-        wait_for(lambda: gone(reaper), "the reaper to end with its stub")
-    finally:
-        for p in (server, stub):
-            p.kill()
-            p.wait()
 
 
 def test_stop_ends_the_reaper_and_no_reaper_outside_a_stub() -> None:
