@@ -61,9 +61,9 @@ def warm_up(engine: LLMEngine, max_steps: int = 64) -> float:
         engine.step()
         steps += 1
     # prompts alone, each with its decodes: 16 tokens (every size a multiple of 16), and just
-    # past the mixed-step graphs an odd and an aligned length (one request, eager: the
-    # single-request specializations a quiet server meets; H200 2026-12-01, TTFT p99 at 2 req/s
-    # went from 132 to 819 ms when the mixed graphs took the shorter prompts off this path)
+    # past the mixed-step graphs an odd and an aligned length: the eager single-request steps
+    # a quiet server meets (the graphs take the shorter prompts; cuBLAS shapes and sampler
+    # paths of one request warm here)
     alone = _alone_lengths(engine)
     for n in alone:
         engine.add_request(f"{WARMUP_PREFIX}-alone-{n}", [(13 * i + 5) % vocab for i in range(n)],
