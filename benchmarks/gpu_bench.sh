@@ -9,6 +9,8 @@
 #   bash benchmarks/gpu_bench.sh reuse     # TTFT of a repeated 4k prompt with prefix reuse
 #   bash benchmarks/gpu_bench.sh quant     # issue 14: quantized kernel tests, per-layer error, bf16 vs
 #                                          # fp8+fp8-KV vs int4-awq latency b1 and throughput 128/128 (quant_bench.sh)
+#   bash benchmarks/gpu_bench.sh quant-e2e # issue 14: 2048/128 and 1000/1000, bf16 vs FP8 + FP8 KV, and a
+#                                          # batch-256 decode profile each way
 #   bash benchmarks/gpu_bench.sh serve13-prep  # device call 1 of the serving modes (carry .whl): server bundle
 #                                          # and every wheel of .whl (pyzmq, msgspec, py-spy, the OpenAI stack), build
 #   bash benchmarks/gpu_bench.sh serve13   # issue 13, device call 2 (carry .whl2), right after: offline engine,
@@ -89,6 +91,22 @@ B="python3 -m inflight.tools.cli bench"
 case "${1:-all}" in
   quant)
     bash benchmarks/quant_bench.sh
+    ;;
+  quant-e2e)  # issue 14's other workloads, bf16 and FP8 + FP8 KV alternating, then a profile
+    # of one decode step at batch 256 each way (where the FP8 step's time goes); < 10 min
+    T=(--model llama-3.1-8b --max-num-tokens 16384)
+    for q in bf16 fp8; do
+      a=(--dtype bfloat16); [ $q = fp8 ] && a+=(--quantization fp8 --kv-cache-dtype fp8)
+      echo "== $q 2048/128 x200"
+      timeout 100 $B throughput "${T[@]}" --isl 2048 --osl 128 --num-requests 200 "${a[@]}" --out "$OUT/q-$q" 2>&1 | tail -1
+      echo "== $q 1000/1000 x384"
+      timeout 150 $B throughput "${T[@]}" --isl 1000 --osl 1000 --num-requests 384 --max-batch-size 512 "${a[@]}" --out "$OUT/q-$q" 2>&1 | tail -1
+    done
+    for q in bf16 fp8; do
+      a=(--dtype bfloat16); [ $q = fp8 ] && a+=(--quantization fp8 --kv-cache-dtype fp8)
+      echo "== $q profile, batch 256"
+      timeout 60 $B profile --model llama-3.1-8b --batch 256 "${a[@]}" --out "$OUT/q-$q" 2>&1 | tail -25
+    done
     ;;
   tp-test|tp-debug|tp|tp70|tp-serve)  # issue 15: never enable NVLink multicast on the shared machines
     export NCCL_NVLS_ENABLE=0 TORCH_SYMM_MEM_DISABLE_MULTICAST=1 NVSHMEM_DISABLE_NVLS=1
