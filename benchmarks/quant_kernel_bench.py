@@ -52,6 +52,10 @@ FP8_SWEEP = [(1, 2048, 4), (2, 1024, 2), (2, 2048, 4), (2, 4096, 8), (4, 512, 2)
 # still give every SM several programs with their loads in flight
 FP8_SPLIT_SWEEP = [(8, 1024, 4, 2), (16, 1024, 4, 4), (16, 512, 4, 4), (32, 512, 8, 4),
                    (16, 1024, 8, 2)]
+# (BLOCK_N, BLOCK_K, num_warps, SPLIT_K) with ACC_K: per-lane partial sums over K, one
+# reduction after the loop instead of a cross-warp one per K step (not yet measured)
+FP8_ACC_SWEEP = [(4, 1024, 4, 1), (2, 2048, 4, 1), (4, 2048, 8, 1), (8, 1024, 8, 1),
+                 (8, 512, 4, 1), (8, 1024, 8, 2), (16, 512, 8, 4), (8, 1024, 8, 4)]
 INT4_SWEEP = [(4, 4096, 8), (4, 2048, 4), (8, 2048, 8), (8, 1024, 4), (16, 1024, 8),
               (32, 512, 8)]  # each with X_VEC False and True
 
@@ -173,8 +177,9 @@ def sweep(out: list[dict[str, Any]]) -> None:
         q4, sc4, z4 = pack_nibbles(codes), sc.bfloat16(), z
         x = torch.randn(1, k, device=DEV, dtype=torch.bfloat16)
         kernels = (
-            ("fp8_gemv", FP8_SWEEP + FP8_SPLIT_SWEEP, launch_config(1, n, k, sms, False, False), n * k,
-             partial(fp8_gemv, x, q8, s8)),
+            ("fp8_gemv", [c + (1, False) for c in FP8_SWEEP] + [c + (False,) for c in FP8_SPLIT_SWEEP]
+             + [c + (True,) for c in FP8_ACC_SWEEP], launch_config(1, n, k, sms, False, False),
+             n * k, partial(fp8_gemv, x, q8, s8)),
             ("w4a16_gemv", [c + (v,) for c in INT4_SWEEP for v in (False, True)],
              gemv_config(1, n, k, GROUP, sms, False), n * k / 2,
              partial(w4a16_matmul, x, q4, sc4, z4, GROUP)),
@@ -183,8 +188,10 @@ def sweep(out: list[dict[str, Any]]) -> None:
             times = []
             for c in configs:
                 cfg = {"BLOCK_N": c[0], "BLOCK_K": c[1], "num_warps": c[2]}
-                if len(c) > 3:
-                    cfg["X_VEC" if kernel == "w4a16_gemv" else "SPLIT_K"] = c[3]
+                if kernel == "w4a16_gemv":
+                    cfg["X_VEC"] = c[3]
+                else:
+                    cfg["SPLIT_K"], cfg["ACC_K"] = c[3], c[4]
                 us, _ = try_us(partial(call, config=cfg))
                 if us is not None:
                     times.append((us, c))
@@ -196,10 +203,10 @@ def sweep(out: list[dict[str, Any]]) -> None:
             d = "FAILED " + d_err if d_us is None else f"{d_us:6.1f} us {nbytes / d_us / 1e3:5.0f} GB/s"
             b = ("none compiled" if best is None else
                  f"{best[0]:6.1f} us {nbytes / best[0] / 1e3:5.0f} GB/s with (BLOCK_N, BLOCK_K, warps"
-                 f"{(', X_VEC' if kernel == 'w4a16_gemv' else ', SPLIT_K') if len(best[1]) > 3 else ''})"
-                 f" = {best[1]}")
+                 f"{', X_VEC' if kernel == 'w4a16_gemv' else ', SPLIT_K, ACC_K'}) = {best[1]}")
             dflt = (default["BLOCK_N"], default["BLOCK_K"], default["num_warps"]) + (
-                (default["X_VEC"],) if "X_VEC" in default else (default.get("SPLIT_K", 1),))
+                (default["X_VEC"],) if "X_VEC" in default
+                else (default.get("SPLIT_K", 1), default.get("ACC_K", False)))
             print(f"sweep {kernel:10} {name:8} M=1 default {dflt} {d} | best {b}", flush=True)
 
 

@@ -52,8 +52,11 @@ def _fp8_gemv_kernel(
     x_ptr, w_ptr, s_ptr, y_ptr,  # x [M, K]; w [N, K] uint8 (e4m3 bits); s [N] fp32; y [M, N]
     M, N, K, k_per, stride_xm, stride_wn, stride_ym, stride_ys,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    USE_DOT: tl.constexpr, UPCAST: tl.constexpr,
+    USE_DOT: tl.constexpr, UPCAST: tl.constexpr, KACC: tl.constexpr,
 ):
+    # KACC (tl.sum path): 1 reduces the products over K every step (a cross-warp reduction,
+    # shared memory and a barrier per step); BLOCK_K keeps per-lane partial sums in
+    # registers and reduces once after the loop (ACC_K; offered to the sweep, not measured yet)
     # grid (cdiv(N, BLOCK_N), SPLIT_K): y[:, n0:n0 + BLOCK_N] over K [k_per * s, k_per * (s + 1));
     # split-K programs write fp32 partial sums to y's slice s (summed by the launcher)
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -63,6 +66,7 @@ def _fp8_gemv_kernel(
     m_mask = offs_m < M
     w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn  # int64: N * K may pass 2**31
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    acc3 = tl.zeros((BLOCK_M, BLOCK_N, KACC), dtype=tl.float32)
     k_lo = split * k_per
     for k0 in range(k_lo, tl.minimum(k_lo + k_per, K), BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
@@ -76,7 +80,13 @@ def _fp8_gemv_kernel(
             acc += mma(x, tl.trans(w16), "tf32", UPCAST)
         else:
             xs = x.to(tl.float32) * 18446744073709551616.0  # * 2**64, exact
-            acc += tl.sum(xs[:, None, :] * w[None, :, :], axis=2)
+            prod = xs[:, None, :] * w[None, :, :]
+            if KACC == 1:
+                acc += tl.sum(prod, axis=2)
+            else:
+                acc3 += prod
+    if KACC > 1:
+        acc += tl.sum(acc3, axis=2)
     scale = tl.load(s_ptr + offs_n, mask=n_mask, other=0.0) * 72057594037927936.0  # * 2**56
     y = acc * scale[None, :]
     tl.store(y_ptr + split * stride_ys + offs_m[:, None] * stride_ym + offs_n[None, :],
@@ -116,8 +126,8 @@ def fp8_gemv(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor,
     (optionally preallocated) = x @ (qweight * weight_scale[:, None]).T. ``config``
     overrides launch settings (BLOCK_N, BLOCK_K: powers of two, >= 16 with tl.dot;
     num_warps, num_stages; SPLIT_K: K split over that many programs per row block, fp32
-    partials summed after, for more loads in flight on narrow layers): tests and the
-    benchmark's sweep."""
+    partials summed after, for more loads in flight on narrow layers; ACC_K: M <= 4 keeps
+    per-lane partial sums over K and reduces once): tests and the benchmark's sweep."""
     check_tensor("x", x, (None, None))
     m, k = x.shape
     check(1 <= m <= MAX_M, f"fp8_gemv takes 1..{MAX_M} rows of x, got {m}; use a GEMM")
@@ -134,6 +144,7 @@ def fp8_gemv(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor,
     cfg = launch_config(m, n, k, num_sms(dev), dot, interp) | (config or {})
     split = int(cfg.pop("SPLIT_K", 1))
     check(split >= 1, f"config SPLIT_K must be >= 1, got {split}")
+    kacc = int(cfg["BLOCK_K"]) if cfg.pop("ACC_K", False) and not cfg["USE_DOT"] else 1
     bk = int(cfg["BLOCK_K"])
     k_per = triton.cdiv(triton.cdiv(k, split), bk) * bk  # whole K steps per split
     split = triton.cdiv(k, k_per)
@@ -141,7 +152,8 @@ def fp8_gemv(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor,
     y = out if split == 1 else torch.empty((split, m, n), dtype=torch.float32, device=x.device)
     _fp8_gemv_kernel[(triton.cdiv(n, int(cfg["BLOCK_N"])), split)](
         x, qweight.view(torch.uint8), weight_scale, y, m, n, k, k_per, x.stride(0),
-        qweight.stride(0), y.stride(-2), y.stride(0) if split > 1 else 0, UPCAST=interp and dot, **cfg)
+        qweight.stride(0), y.stride(-2), y.stride(0) if split > 1 else 0, UPCAST=interp and dot,
+        KACC=kacc, **cfg)
     if split > 1:
         out.copy_(y.sum(dim=0))
     return out

@@ -61,6 +61,22 @@ def test_fp8_gemv_gpu_sized_tiles(m: int, cfg: dict[str, int], device: torch.dev
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("m,cfg", [(1, {"BLOCK_N": 4, "BLOCK_K": 64}), (3, {"BLOCK_N": 8, "BLOCK_K": 32}),
+                                   (2, {"BLOCK_N": 4, "BLOCK_K": 32, "SPLIT_K": 3})])
+def test_fp8_gemv_acc_k(dtype: torch.dtype, m: int, cfg: dict[str, int], device: torch.device) -> None:
+    """ACC_K: per-lane partial sums over K, reduced once after the loop (with split K too):
+    the reference's result on odd N and K, every e4m3 code decoded."""
+    q, s = _weights(37, 200, device)
+    x = torch.randn(m, 200, device=device).to(dtype)
+    assert_close(fp8_gemv(x, q, s, config={**cfg, "ACC_K": True}), fp8_gemv_ref(x, q, s), TOL)
+    codes = torch.cat([torch.arange(0, 0x7F), torch.arange(0x80, 0xFF)])  # [254], no NaN
+    qc = codes.to(torch.uint8).view(FP8).reshape(254, 1).to(device)
+    sc = torch.linspace(0.5, 3.0, 254).to(device)
+    got = fp8_gemv(torch.ones(1, 1, device=device), qc, sc, config={**cfg, "ACC_K": True})
+    assert torch.equal(got, (qc.float() * sc[:, None]).t())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("m,split,cfg", [(1, 2, {"BLOCK_N": 8, "BLOCK_K": 32}),
                                          (3, 3, {"BLOCK_N": 16, "BLOCK_K": 32}),
                                          (2, 16, {"BLOCK_N": 4, "BLOCK_K": 64}),
