@@ -57,7 +57,7 @@ FP8_SPLIT_SWEEP = [(8, 1024, 4, 2), (16, 1024, 4, 4), (16, 512, 4, 4), (32, 512,
 FP8_ACC_SWEEP = [(4, 1024, 4, 1), (2, 2048, 4, 1), (4, 2048, 8, 1), (8, 1024, 8, 1),
                  (8, 512, 4, 1), (8, 1024, 8, 2), (16, 512, 8, 4), (8, 1024, 8, 4)]
 INT4_SWEEP = [(4, 4096, 8), (4, 2048, 4), (8, 2048, 8), (8, 1024, 4), (16, 1024, 8),
-              (32, 512, 8)]  # each with X_VEC False and True
+              (32, 512, 8)]  # each with X_VEC False and True, and with ACC_K (x as vectors)
 
 
 DEV = "cuda"
@@ -180,7 +180,8 @@ def sweep(out: list[dict[str, Any]]) -> None:
             ("fp8_gemv", [c + (1, False) for c in FP8_SWEEP] + [c + (False,) for c in FP8_SPLIT_SWEEP]
              + [c + (True,) for c in FP8_ACC_SWEEP], launch_config(1, n, k, sms, False, False),
              n * k, partial(fp8_gemv, x, q8, s8)),
-            ("w4a16_gemv", [c + (v,) for c in INT4_SWEEP for v in (False, True)],
+            ("w4a16_gemv", [c + (v, False) for c in INT4_SWEEP for v in (False, True)]
+             + [c + (True, True) for c in INT4_SWEEP],
              gemv_config(1, n, k, GROUP, sms, False), n * k / 2,
              partial(w4a16_matmul, x, q4, sc4, z4, GROUP)),
         )
@@ -189,7 +190,7 @@ def sweep(out: list[dict[str, Any]]) -> None:
             for c in configs:
                 cfg = {"BLOCK_N": c[0], "BLOCK_K": c[1], "num_warps": c[2]}
                 if kernel == "w4a16_gemv":
-                    cfg["X_VEC"] = c[3]
+                    cfg["X_VEC"], cfg["ACC_K"] = c[3], c[4]
                 else:
                     cfg["SPLIT_K"], cfg["ACC_K"] = c[3], c[4]
                 us, _ = try_us(partial(call, config=cfg))
@@ -203,9 +204,9 @@ def sweep(out: list[dict[str, Any]]) -> None:
             d = "FAILED " + d_err if d_us is None else f"{d_us:6.1f} us {nbytes / d_us / 1e3:5.0f} GB/s"
             b = ("none compiled" if best is None else
                  f"{best[0]:6.1f} us {nbytes / best[0] / 1e3:5.0f} GB/s with (BLOCK_N, BLOCK_K, warps"
-                 f"{', X_VEC' if kernel == 'w4a16_gemv' else ', SPLIT_K, ACC_K'}) = {best[1]}")
+                 f"{', X_VEC, ACC_K' if kernel == 'w4a16_gemv' else ', SPLIT_K, ACC_K'}) = {best[1]}")
             dflt = (default["BLOCK_N"], default["BLOCK_K"], default["num_warps"]) + (
-                (default["X_VEC"],) if "X_VEC" in default
+                (default["X_VEC"], default.get("ACC_K", False)) if "X_VEC" in default
                 else (default.get("SPLIT_K", 1), default.get("ACC_K", False)))
             print(f"sweep {kernel:10} {name:8} M=1 default {dflt} {d} | best {b}", flush=True)
 

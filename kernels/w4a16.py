@@ -84,8 +84,11 @@ def _w4a16_gemv_kernel(
     x_ptr, qw_ptr, s_ptr, z_ptr, y_ptr,  # x [M, K]; qw [N, K/8] int32; s, z [N, K/G]; y [M, N]
     M, N, K, stride_xm, stride_qn, stride_sn, stride_zn, stride_ym,
     GROUP: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    X_VEC: tl.constexpr,
+    X_VEC: tl.constexpr, ACC_K: tl.constexpr,
 ):
+    # ACC_K (BLOCK_M == 1): the scaled per-word sums stay per lane across K steps and are
+    # reduced once after the loop (the default reduces across lanes every step); offered to
+    # the sweep, not measured yet.
     # grid (cdiv(N, BLOCK_N),). A K step covers NG whole groups (or part of one group when
     # BLOCK_K < GROUP); GROUP divides K, so tiles are masked by whole groups only. The words
     # stay [BLOCK_N, NG, WPG] and each nibble position j is its own tensor of that layout
@@ -99,6 +102,10 @@ def _w4a16_gemv_kernel(
     offs_g = tl.arange(0, NG)
     offs_w = offs_g[:, None] * WPG + tl.arange(0, WPG)[None, :]  # [NG, WPG] word in the tile
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+    AN: tl.constexpr = BLOCK_N if ACC_K else 1
+    AG: tl.constexpr = NG if ACC_K else 1
+    AW: tl.constexpr = WPG if ACC_K else 1
+    acc3 = tl.zeros((AN, AG, AW), dtype=tl.float32)
     for k0 in range(0, K, BLOCK_K):
         g_mask = k0 + offs_g * (WPG * 8) < K  # [NG]
         words = tl.load(qw_ptr + n64[:, None, None] * stride_qn + (k0 // 8 + offs_w)[None, :, :],
@@ -133,8 +140,13 @@ def _w4a16_gemv_kernel(
                 t += w5 * tl.load(xp + 5, mask=xm, other=0.0).to(tl.float32)[None, :, :]
                 t += w6 * tl.load(xp + 6, mask=xm, other=0.0).to(tl.float32)[None, :, :]
                 t += w7 * tl.load(xp + 7, mask=xm, other=0.0).to(tl.float32)[None, :, :]
-            row = tl.sum(tl.sum(t, axis=2) * scale, axis=1)  # group sums, then scales: [BN]
-            acc = tl.where(offs_m[:, None] == r, acc + row[None, :], acc)
+            if ACC_K:  # one row: per-lane sums, reduced after the loop
+                acc3 += t * scale[:, :, None]
+            else:
+                row = tl.sum(tl.sum(t, axis=2) * scale, axis=1)  # group sums, then scales: [BN]
+                acc = tl.where(offs_m[:, None] == r, acc + row[None, :], acc)
+    if ACC_K:
+        acc += tl.sum(tl.sum(acc3, axis=2), axis=1)[None, :]
     tl.store(y_ptr + offs_m[:, None] * stride_ym + offs_n[None, :], acc.to(y_ptr.dtype.element_ty),
              mask=(offs_m < M)[:, None] & n_mask[None, :])
 
@@ -145,15 +157,15 @@ def gemv_config(m: int, n: int, k: int, group: int, sms: int, interpreted: bool
     bm = triton.next_power_of_2(m)
     if interpreted:  # small tiles keep the numpy interpreter quick; 2 groups per step
         return {"BLOCK_M": bm, "BLOCK_N": 8, "BLOCK_K": min(2 * group, 64), "X_VEC": False,
-                "num_warps": 4}
+                "ACC_K": False, "num_warps": 4}
     # 8 rows of W per program, 2048 K (8 KiB of packed weights) per step, x as one vector
     # load per word: the fastest of the sweep (benchmarks/quant_kernel_bench.py --sweep) or
     # within 3% of it on all four Llama-3.1-8B layers on the H200 at M=1 (down 74.5 -> 22.4
     # us, o 22.3 -> 7.3 against the earlier 4 rows x 4096, per-nibble x loads)
     bn = 8
     bk = max(min(16384 // bn, triton.next_power_of_2(k)), min(group, 128))
-    return {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "X_VEC": True, "num_warps": 8,
-            "num_stages": 2}
+    return {"BLOCK_M": bm, "BLOCK_N": bn, "BLOCK_K": bk, "X_VEC": True, "ACC_K": False,
+            "num_warps": 8, "num_stages": 2}
 
 
 def _launch_config(m: int, group: int, interpreted: bool) -> dict[str, int | bool]:
@@ -198,6 +210,7 @@ def w4a16_matmul(x: torch.Tensor, qweight: torch.Tensor, scales: torch.Tensor,
               f"{GEMV_MAX_M} rows), got {bk}")
     if m <= GEMV_MAX_M:
         gcfg = gemv_config(m, n, k, group_size, num_sms(x.device), interp) | (config or {})
+        gcfg["ACC_K"] = bool(gcfg.get("ACC_K")) and m == 1  # per-lane sums: one row only
         _w4a16_gemv_kernel[(triton.cdiv(n, gcfg["BLOCK_N"]),)](
             x, qweight, scales, qzeros, out, m, n, k, x.stride(0), qweight.stride(0),
             scales.stride(0), qzeros.stride(0), out.stride(0), GROUP=group_size, **gcfg)

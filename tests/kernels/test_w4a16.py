@@ -32,16 +32,18 @@ def test_w4a16(dtype: torch.dtype, m: int, n: int, k: int, g: int, device: torch
     torch.testing.assert_close(out.float(), ref.float(), atol=atol, rtol=rtol)
 
 
-@pytest.mark.parametrize("x_vec", [False, True])
+@pytest.mark.parametrize("x_vec,acc_k", [(False, False), (True, False), (False, True), (True, True)])
 @pytest.mark.parametrize("m", [1, 3])
 @pytest.mark.parametrize("bn,bk", [(4, 512), (16, 256), (8, 32)])
-def test_w4a16_gemv_gpu_sized_tiles(x_vec: bool, m: int, bn: int, bk: int,
+def test_w4a16_gemv_gpu_sized_tiles(x_vec: bool, acc_k: bool, m: int, bn: int, bk: int,
                                     device: torch.device) -> None:
     """The decode kernel with the GPU's tile shapes on a small layer: K steps of several
     groups, a last step past K (masked by whole groups), steps within one group, N not a
-    multiple of BLOCK_N; x loaded per nibble or as one vector per word."""
+    multiple of BLOCK_N; x loaded per nibble or as one vector per word; sums reduced every
+    step or, ACC_K (one row only; 3 rows ignore it), once after the loop."""
     x, qw, s, z = _case(m, 21, 384, 64, torch.float32, device)
-    out = w4a16_matmul(x, qw, s, z, 64, config={"BLOCK_N": bn, "BLOCK_K": bk, "X_VEC": x_vec})
+    cfg = {"BLOCK_N": bn, "BLOCK_K": bk, "X_VEC": x_vec, "ACC_K": acc_k}
+    out = w4a16_matmul(x, qw, s, z, 64, config=cfg)
     torch.testing.assert_close(out, w4a16_ref(x, qw, s, z, 64), atol=1e-4, rtol=1e-4)
 
 
