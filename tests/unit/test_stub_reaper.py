@@ -81,3 +81,29 @@ def test_stop_ends_the_reaper_and_no_reaper_outside_a_stub() -> None:
     assert reaper_for_this_stub() is None  # pytest's parent is not tritonserver
     if os.path.isdir("/proc/self"):
         assert StubReaper(2**22 + 12345).proc is None  # no such server: nothing to watch
+
+
+def test_a_reaper_that_cannot_start_does_not_fail_the_model(monkeypatch: pytest.MonkeyPatch,
+                                                            caplog: pytest.LogCaptureFixture) -> None:
+    """Inside a stub (parent named tritonserver) with no python executable to start it: a
+    warning, no reaper, no exception (the model still loads)."""
+    import builtins
+
+    from inflight.engine import client
+    from inflight.engine.client import EngineStartError
+
+    real_open = builtins.open
+
+    def fake_open(path, *a, **kw):  # type: ignore[no-untyped-def]
+        if path == f"/proc/{os.getppid()}/comm":
+            import io
+            return io.StringIO("tritonserver\n")
+        return real_open(path, *a, **kw)
+
+    def no_python() -> str:
+        raise EngineStartError("no python3.11 executable found near /x")
+
+    monkeypatch.setattr(builtins, "open", fake_open)
+    monkeypatch.setattr(client, "python_executable", no_python)
+    assert reaper_for_this_stub() is None
+    assert "stub reaper not started (EngineStartError" in caplog.text

@@ -71,7 +71,14 @@ def reaper_for_this_stub() -> StubReaper | None:
             parent = f.read().strip()
     except OSError:
         return None
-    return StubReaper() if parent == "tritonserver" else None
+    if parent != "tritonserver":
+        return None
+    try:
+        return StubReaper()
+    except Exception as e:  # noqa: BLE001 - a safety net must not fail the model's load
+        log.warning("stub reaper not started (%s: %s): a stub stuck after its server ends "
+                    "will not be ended", type(e).__name__, e)
+        return None
 
 
 def main(spec: dict[str, Any]) -> None:
