@@ -20,7 +20,7 @@ def test_each_kernel_is_logged_once_and_every_compile_counted(caplog: pytest.Log
     for name, rep in calls:
         assert watch(key=(), repr=rep, fn=SimpleNamespace(name=name), compile={},
                      is_manual_warmup=False, already_compiled=False) is False  # compile as usual
-    assert watch.count == 3 and watch.kernels == {"_fp8_gemv_kernel": 2, "_prefill_kernel": 1}
+    assert watch.kernels == {"_fp8_gemv_kernel": 2, "_prefill_kernel": 1}
     warned = [r.getMessage() for r in caplog.records]
     assert len(warned) == 2
     assert "compiled _fp8_gemv_kernel after warm-up" in warned[0] and "M: i32, K: i32" in warned[0]

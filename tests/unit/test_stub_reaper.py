@@ -19,14 +19,15 @@ from inflight.testing.procs import DEADLINE_S, gone, wait_for
 # a "stub": starts its reaper for the given server, prints the reaper's pid, then either
 # blocks holding the GIL (stuck) or exits once the server is gone (healthy)
 STUB = """
-import ctypes, os, sys, time
+import ctypes, sys, time
+from inflight.engine.process import start_time
 from inflight.frontends.triton.stub_reaper import StubReaper
 r = StubReaper(int(sys.argv[1]), grace_s=float(sys.argv[2]))
 print(r.proc.pid, flush=True)
 if sys.argv[3] == "stuck":
     while True:
         ctypes.PyDLL(None).pause()  # PyDLL: the GIL stays held, no Python thread can run
-while os.path.exists(f"/proc/{sys.argv[1]}") and open(f"/proc/{sys.argv[1]}/stat").read().split(")")[-1].split()[0] != "Z":
+while start_time(int(sys.argv[1])) is not None:  # None: gone or a zombie
     time.sleep(0.05)
 sys.exit(0)
 """

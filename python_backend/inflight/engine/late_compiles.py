@@ -21,17 +21,15 @@ log = logging.getLogger(__name__)
 
 
 class LateCompiles:
-    """Counts specializations compiled while serving; logs the first of each kernel."""
+    """Counts specializations compiled while serving, per kernel; logs the first of each."""
 
     def __init__(self) -> None:
-        self.count = 0
         self.kernels: dict[str, int] = {}  # kernel name -> late compiles
         self._lock = threading.Lock()  # Triton may compile from several threads
 
     def __call__(self, *, repr: str, fn: Any, **_: Any) -> bool:  # noqa: A002 (Triton's name)
         name = getattr(fn, "name", None) or str(repr).split("[", 1)[0]
         with self._lock:
-            self.count += 1
             first = name not in self.kernels
             self.kernels[name] = self.kernels.get(name, 0) + 1
         if first:
