@@ -9,6 +9,8 @@
 #   bash benchmarks/gpu_bench.sh reuse     # TTFT of a repeated 4k prompt with prefix reuse
 #   bash benchmarks/gpu_bench.sh quant     # issue 14: quantized kernel tests, per-layer error, bf16 vs
 #                                          # fp8+fp8-KV vs int4-awq latency b1 and throughput 128/128 (quant_bench.sh)
+#   bash benchmarks/gpu_bench.sh fp8-tc    # issue 14: the tensor-core FP8 decode kernel: tests, per-layer
+#                                          # times, config sweep, b1 decode per INFLIGHT_FP8_DECODE_KERNEL
 #   bash benchmarks/gpu_bench.sh quant-e2e # issue 14: 2048/128 and 1000/1000, bf16 vs FP8 + FP8 KV, and a
 #                                          # batch-256 decode profile each way
 #   bash benchmarks/gpu_bench.sh serve13-prep  # device call 1 of the serving modes (carry .whl): server bundle
@@ -91,6 +93,23 @@ B="python3 -m inflight.tools.cli bench"
 case "${1:-all}" in
   quant)
     bash benchmarks/quant_bench.sh
+    ;;
+  fp8-tc)  # issue 14: the tensor-core FP8 decode kernel (kernels/fp8_skinny_mm.py): GPU tests,
+    # per-layer times at M = 1, 4, 16, its launch-config sweep, then FP8 batch-1 decode end to
+    # end with each INFLIGHT_FP8_DECODE_KERNEL (and bf16, the in-run baseline); < 10 min
+    timeout 120 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_fp8_skinny_mm.py \
+        tests/kernels/test_fp8_linear.py tests/kernels/test_fp8_gemv.py --tb=short 2>&1 \
+        | tee "$OUT/tc-tests.log" | grep -E "^E  |^FAILED|passed|failed" | head -30
+    timeout 100 python3 benchmarks/quant_kernel_bench.py --m 1,4,16 --json "$OUT/tc-kernels.json" 2>&1 | tail -13
+    timeout 220 python3 benchmarks/quant_kernel_bench.py --m "" --sweep-skinny --json "$OUT/tc-sweep.json" 2>&1 | tail -16
+    L=(latency --model llama-3.1-8b --isl 128 --osl 256 --dtype bfloat16)
+    echo "== bf16 b1 latency"
+    timeout 60 $B "${L[@]}" --out "$OUT/tc-bf16" 2>&1 | grep -E "tok_s|ms_per|rror" | head -4
+    for kern in ${KERNELS:-gemv tc-w8a16 tc-w8a8}; do
+      echo "== fp8 + fp8 KV b1 latency, INFLIGHT_FP8_DECODE_KERNEL=$kern"
+      INFLIGHT_FP8_DECODE_KERNEL=$kern timeout 60 $B "${L[@]}" --quantization fp8 --kv-cache-dtype fp8 \
+          --out "$OUT/tc-$kern" 2>&1 | grep -E "tok_s|ms_per|rror|Triton kernel" | head -4
+    done
     ;;
   quant-e2e)  # issue 14's other workloads, bf16 and FP8 + FP8 KV alternating, then a profile
     # of one decode step at batch 256 each way (where the FP8 step's time goes); < 10 min

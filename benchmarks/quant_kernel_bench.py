@@ -9,6 +9,8 @@ For each decoder linear (qkv 4096->6144, o 4096->4096, gate_up 4096->28672, down
   fp8     the model's dispatch (``fp8_linear_cuda``; the path it took in brackets)
   gemv    the W8A16 Triton GEMV alone (M <= 16)
   q+mm    fused per-token quantization + torch._scaled_mm (W8A8)
+  tc16    the tensor-core kernel fp8_skinny_mm, W8A16 (M <= 16)
+  tc8     fused per-token quantization + fp8_skinny_mm W8A8 (M <= 16)
   quant   the quantization kernel alone
   int4    w4a16_matmul (group 128)
 with achieved GB/s (weights + x + y bytes, each once) for M <= 16 and TFLOP/s (2MNK) above,
@@ -21,7 +23,8 @@ check the script itself; its times mean nothing.
 
 --sweep times the M=1 GEMV kernels (FP8 and INT4) over a few launch configs per shape and
 prints the fastest next to the default (kernels/fp8_gemv.py ``launch_config``,
-kernels/w4a16.py ``gemv_config``).
+kernels/w4a16.py ``gemv_config``); --sweep-skinny does the same for the tensor-core kernel
+(kernels/fp8_skinny_mm.py) at M = 1 and 16, W8A16 and W8A8.
 """
 
 from __future__ import annotations
@@ -56,6 +59,12 @@ FP8_SPLIT_SWEEP = [(8, 1024, 4, 2), (16, 1024, 4, 4), (16, 512, 4, 4), (32, 512,
 # reduction after the loop instead of a cross-warp one per K step (not yet measured)
 FP8_ACC_SWEEP = [(4, 1024, 4, 1), (2, 2048, 4, 1), (4, 2048, 8, 1), (8, 1024, 8, 1),
                  (8, 512, 4, 1), (8, 1024, 8, 2), (16, 512, 8, 4), (8, 1024, 8, 4)]
+# tensor-core kernel (kernels/fp8_skinny_mm.py), M = 1 and 16, W8A16 and W8A8 (x quantized
+# beforehand: the kernel's own time): (BLOCK_N, BLOCK_K, num_warps, num_stages, SPLIT_K)
+SKINNY_SWEEP = [(16, 256, 4, 4, 1), (16, 512, 4, 3, 1), (16, 1024, 4, 2, 1), (16, 256, 2, 4, 1),
+                (32, 256, 4, 4, 1), (32, 512, 4, 3, 1), (64, 128, 4, 4, 1), (64, 256, 4, 4, 1),
+                (64, 256, 4, 3, 1), (64, 512, 4, 3, 1), (128, 128, 4, 4, 1), (128, 256, 8, 3, 1),
+                (16, 256, 4, 4, 2), (32, 256, 4, 4, 2), (64, 256, 4, 4, 2), (64, 256, 4, 4, 4)]
 INT4_SWEEP = [(4, 4096, 8), (4, 2048, 4), (8, 2048, 8), (8, 1024, 4), (16, 1024, 8),
               (32, 512, 8)]  # each with X_VEC False and True, and with ACC_K (x as vectors)
 
@@ -124,13 +133,15 @@ def layer_rows(name: str, n: int, k: int, ms: list[int], out: list[dict[str, Any
             "fp8": (partial(fp8_linear_cuda, x, q8, s8, None), "fp8"),
             "gemv": (partial(fp8_gemv, x, q8, s8), "fp8"),
             "q+mm": (partial(fp8_linear_scaled_mm, x, q8, s8, None), "fp8"),
+            "tc16": (partial(fp8_linear_cuda, x, q8, s8, None, "tc16"), "fp8"),  # tensor cores, W8A16
+            "tc8": (partial(fp8_linear_cuda, x, q8, s8, None, "tc8"), "fp8"),  # quant + W8A8
             "quant": (partial(per_token_quant_fp8, x), "fp8"),
             "int4": (partial(int4_linear_cuda, x, q4, sc4, z4, GROUP), "int4"),  # the dispatch
             "int4dot": (partial(w4a16_matmul, x, q4, sc4, z4, GROUP), "int4"),  # tl.dot kernel
             "deq": (partial(w4a16_dense, q4, sc4, z4, GROUP), "int4"),  # dequantization alone
         }
         if m > 16:
-            del fns["gemv"]
+            del fns["gemv"], fns["tc16"], fns["tc8"]
         if m <= 4:  # the dispatch is the GEMV itself there
             del fns["int4dot"], fns["deq"]
         row: dict[str, Any] = {"layer": name, "n": n, "k": k, "m": m, "fp8_path": path,
@@ -158,6 +169,40 @@ def layer_rows(name: str, n: int, k: int, ms: list[int], out: list[dict[str, Any
               f"{row['int4_rel_err'] or float('nan'):.3f}" + (f"\n    {errs}" if errs else ""),
               flush=True)
         del x, ref
+
+
+def sweep_skinny(out: list[dict[str, Any]], ms: tuple[int, ...] = (1, 16)) -> None:
+    """The tensor-core kernel over SKINNY_SWEEP per shape, M and mode (W8A16, W8A8)."""
+    from inflight.kernels import fp8_skinny_mm, per_token_quant_fp8
+    from inflight.kernels.fp8_skinny_mm import launch_config
+    from inflight.model.quant.fp8 import per_channel_fp8
+
+    for name, n, k in shapes():
+        q8, s8 = per_channel_fp8((torch.randn(n, k, device=DEV) * 0.02).bfloat16())
+        for m in ms:
+            x = torch.randn(m, k, device=DEV, dtype=torch.bfloat16)
+            xq, sx = per_token_quant_fp8(x)
+            for mode, call in (("w8a16", partial(fp8_skinny_mm, x, q8, s8)),
+                               ("w8a8", partial(fp8_skinny_mm, xq, q8, s8, sx))):
+                times = []
+                for c in SKINNY_SWEEP:
+                    cfg = {"BLOCK_N": c[0], "BLOCK_K": c[1], "num_warps": c[2],
+                           "num_stages": c[3], "SPLIT_K": c[4]}
+                    us, _ = try_us(partial(call, config=cfg))
+                    if us is not None:
+                        times.append((us, c))
+                d_us, d_err = try_us(call)
+                best = min(times) if times else None
+                out.append({"sweep": f"skinny_{mode}", "layer": name, "m": m,
+                            "default": launch_config(m, n, k, mode == "w8a8", False),
+                            "default_us": d_us, "best": best[1] if best else None,
+                            "best_us": best[0] if best else None, "all": times,
+                            "error": d_err})
+                d = "FAILED " + d_err if d_us is None else f"{d_us:6.1f} us {n * k / d_us / 1e3:5.0f} GB/s"
+                b = ("none compiled" if best is None else
+                     f"{best[0]:6.1f} us {n * k / best[0] / 1e3:5.0f} GB/s with (BLOCK_N, BLOCK_K, "
+                     f"warps, stages, SPLIT_K) = {best[1]}")
+                print(f"sweep skinny_{mode:5} {name:8} M={m:<2d} default {d} | best {b}", flush=True)
 
 
 def sweep(out: list[dict[str, Any]]) -> None:
@@ -222,6 +267,8 @@ def main() -> None:
     ap.add_argument("--m", default="1,16,128,1024,4096", help="comma-separated batch rows")
     ap.add_argument("--layers", default=",".join(s[0] for s in SHAPES))
     ap.add_argument("--sweep", action="store_true", help="also sweep the M=1 GEMV configs")
+    ap.add_argument("--sweep-skinny", action="store_true",
+                    help="also sweep the tensor-core kernel's configs (M = 1 and 16)")
     ap.add_argument("--json", default="", help="write the rows here")
     ap.add_argument("--dry-run", action="store_true", help="tiny shapes on the CPU (interpreter)")
     args = ap.parse_args()
@@ -244,6 +291,9 @@ def main() -> None:
         if ms and name in args.layers.split(","):
             layer_rows(name, n, k, ms, rows)
             save()
+    if args.sweep_skinny:
+        sweep_skinny(rows)
+        save()
     if args.sweep:
         sweep(rows)
         save()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .fp8_gemv import fp8_gemv, fp8_gemv_ref
 from .fp8_quant import per_token_quant_fp8, per_token_quant_fp8_ref
+from .fp8_skinny_mm import fp8_skinny_mm, fp8_skinny_mm_ref
 from .gemv import gemv, gemv_ref
 from .kv_cache_write import kv_cache_write, kv_cache_write_ref
 from .paged_decode_attention import paged_decode_attention, paged_decode_attention_ref
@@ -24,6 +25,8 @@ __all__ = [
     "attention_ref",
     "fp8_gemv",
     "fp8_gemv_ref",
+    "fp8_skinny_mm",
+    "fp8_skinny_mm_ref",
     "gemv",
     "gemv_ref",
     "kv_cache_write",

@@ -35,6 +35,19 @@ def fp8_gemv_max_m() -> int:
     return int(_get("FP8_GEMV_MAX_M", "4") or 4)
 
 
+FP8_DECODE_KERNELS = ("gemv", "tc-w8a16", "tc-w8a8")
+
+
+def fp8_decode_kernel() -> str:
+    """The FP8 linear kernel for at most ``INFLIGHT_FP8_GEMV_MAX_M`` input rows: ``gemv`` (the
+    W8A16 register GEMV, kernels/fp8_gemv.py), ``tc-w8a16`` or ``tc-w8a8`` (the tensor-core
+    kernel of kernels/fp8_skinny_mm.py without / with per-token activation quantization)."""
+    v = _get("FP8_DECODE_KERNEL", "gemv") or "gemv"
+    if v not in FP8_DECODE_KERNELS:
+        raise ValueError(f"INFLIGHT_FP8_DECODE_KERNEL must be one of {FP8_DECODE_KERNELS}, got {v!r}")
+    return v
+
+
 def int4_gemm() -> str:
     """INT4 linears of more than 4 rows on the GPU: ``dense`` (default: dequantize the layer
     in one Triton launch, then cuBLAS) or ``triton`` (the w4a16 tl.dot kernel)."""

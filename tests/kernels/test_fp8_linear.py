@@ -39,6 +39,15 @@ def test_fp8_linear_path_by_rows_and_shape() -> None:
     assert fp8_linear_path(8, True, 4, 33, 96) == "gemv" == fp8_linear_path(16, True, 4, 32, 40)
     assert fp8_linear_path(17, True, 4, 33, 96) == "emulate" == fp8_linear_path(0, True, 4, 32, 40)
     assert fp8_linear_path(17, True, 4, 32, 96) == "scaled_mm"
+    # INFLIGHT_FP8_DECODE_KERNEL=tc-w8a16 / tc-w8a8: the tensor-core kernel for every decode
+    # shape (no weight-size limit), never past its 16 rows
+    for kernel, p in (("tc-w8a16", "tc16"), ("tc-w8a8", "tc8")):
+        assert {name: fp8_linear_path(1, True, 4, n, k, kernel) for name, (n, k) in shapes.items()
+                } == dict.fromkeys(shapes, p)
+        assert fp8_linear_path(16, True, 64, 33, 96, kernel) == p
+        assert fp8_linear_path(17, True, 64, 32, 96, kernel) == "scaled_mm"
+        assert fp8_linear_path(5, True, 4, 32, 96, kernel) == "scaled_mm"
+        assert fp8_linear_path(1, False, 4, 32, 96, kernel) == "emulate"
 
 
 def _layer(n: int, k: int, device: torch.device, seed: int = 0):  # type: ignore[no-untyped-def]
@@ -52,7 +61,7 @@ def _want(path: str, x: torch.Tensor, q: torch.Tensor, s: torch.Tensor
           ) -> tuple[torch.Tensor, float]:
     """Each branch's reference and tolerance: the GEMV is W8A16 (unquantized activations
     times the dequantized weight), _scaled_mm W8A8 (the emulation quantizes x the same way)."""
-    if path == "gemv":
+    if path in ("gemv", "tc16"):
         return (x.float() @ (q.float() * s[:, None]).t()).to(x.dtype), 2e-2
     return fp8_linear_ref(x, q, s, None), 3e-2  # scaled_mm, or the emulation itself
 
@@ -61,8 +70,10 @@ def _want(path: str, x: torch.Tensor, q: torch.Tensor, s: torch.Tensor
 def calls(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Records which kernel each call reached (the real kernels still run)."""
     seen: list[str] = []
-    gemv, quant = K.fp8_gemv, K.per_token_quant_fp8
+    gemv, quant, skinny = K.fp8_gemv, K.per_token_quant_fp8, K.fp8_skinny_mm
     monkeypatch.setattr(K, "fp8_gemv", lambda *a, **kw: (seen.append("gemv"), gemv(*a, **kw))[1])
+    monkeypatch.setattr(K, "fp8_skinny_mm",
+                        lambda *a, **kw: (seen.append("skinny"), skinny(*a, **kw))[1])
     monkeypatch.setattr(K, "per_token_quant_fp8",
                         lambda *a, **kw: (seen.append("quant"), quant(*a, **kw))[1])
     monkeypatch.setattr(KernelGuard, "failed", {})
@@ -85,14 +96,15 @@ def test_dispatch_runs_the_chosen_branch(m: int, n: int, k: int, calls: list[str
     assert rel < 0.06
 
 
-@pytest.mark.parametrize("path", ["gemv", "scaled_mm"])
+@pytest.mark.parametrize("path", ["gemv", "scaled_mm", "tc16", "tc8"])
 @pytest.mark.parametrize("m", [1, 5])
-def test_both_branches_at_one_m(path: str, m: int, calls: list[str], device: torch.device) -> None:
-    """An explicit path overrides the default (the benchmark times both at every M)."""
+def test_every_branch_at_one_m(path: str, m: int, calls: list[str], device: torch.device) -> None:
+    """An explicit path overrides the default (the benchmark times each at every M)."""
     _, q, s = _layer(32, 48, device, 7)  # N, K multiples of 16: cuBLASLt runs it on a GPU
     x = torch.randn(m, 48, device=device, dtype=torch.bfloat16)
     a = fp8_linear_cuda(x, q, s, None, path)
-    assert calls == (["gemv"] if path == "gemv" else ["quant"])
+    assert calls == {"gemv": ["gemv"], "scaled_mm": ["quant"], "tc16": ["skinny"],
+                     "tc8": ["quant", "skinny"]}[path]
     want, tol = _want(path, x, q, s)
     torch.testing.assert_close(a.float(), want.float(), atol=tol, rtol=tol)
     with pytest.raises(ValueError, match="unknown FP8 linear path"):

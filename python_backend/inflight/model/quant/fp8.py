@@ -9,9 +9,12 @@ activation is shared.
 
 GPU, chosen per call by :func:`fp8_linear_path` from the number of input rows M and the
 weight's shape:
-- M <= ``INFLIGHT_FP8_GEMV_MAX_M`` (4; decode) on weights up to 64 Mi elements: the Triton
-  GEMV ``fp8_gemv`` reads the e4m3 weights and the unquantized activations (W8A16 there;
-  no activation quantization);
+- M <= ``INFLIGHT_FP8_GEMV_MAX_M`` (4; decode): ``INFLIGHT_FP8_DECODE_KERNEL`` picks the
+  kernel: ``gemv``, the Triton register GEMV ``fp8_gemv`` (on weights up to 64 Mi elements;
+  reads the e4m3 weights and the unquantized activations: W8A16, no activation
+  quantization), or the tensor-core kernel ``fp8_skinny_mm`` (any weight size), as W8A16
+  (``tc-w8a16``: activations in fp16) or W8A8 (``tc-w8a8``: the fused per-token
+  quantization first);
 - otherwise: the fused per-token quantization kernel (one launch) feeds ``torch._scaled_mm``
   (cuBLASLt FP8 GEMM, row-wise scales: per-token x per-channel, bf16 out); shapes cuBLASLt
   cannot run (N or K not a multiple of 16: tiny test models) take the GEMV up to 16 rows,
@@ -73,13 +76,16 @@ def fp8_linear_ref(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.T
 
 
 GEMV_MAX_M = env.fp8_gemv_max_m()
+DECODE_KERNEL = env.fp8_decode_kernel()
+# path names of the tensor-core decode kernels (kernels/fp8_skinny_mm.py)
+_TC_PATHS = {"tc-w8a16": "tc16", "tc-w8a8": "tc8"}
 # The W8A16 GEMV streams the weights at ~1.7-2.0 TB/s on the H200; per-token quantization +
 # cuBLASLt pays ~6 us of fixed cost but streams large layers faster (2.4 TB/s): at M = 1 the
 # GEMV won on Llama-3.1-8B's qkv (14.2 vs 20.8 us), o (10.3 vs 14.7) and down (34.0 vs 50.8)
 # and lost on gate_up, 28672 x 4096 (58.8 vs 48.3): benchmarks/quant_kernel_bench.py,
 # benchmarks/results/2026-12-01-h200-quant. Weights above this many elements take _scaled_mm.
 GEMV_MAX_WEIGHT = 64 << 20
-_GEMV_ROWS = 16  # the most rows kernels/fp8_gemv.py takes (its MAX_M)
+_GEMV_ROWS = 16  # the most rows kernels/fp8_gemv.py and fp8_skinny_mm.py take (MAX_M)
 
 
 def scaled_mm_fits(n: int, k: int) -> bool:
@@ -87,18 +93,23 @@ def scaled_mm_fits(n: int, k: int) -> bool:
     return n % 16 == 0 and k % 16 == 0
 
 
-def fp8_linear_path(m: int, on_gpu: bool, gemv_max_m: int = GEMV_MAX_M, n: int = 0, k: int = 0
-                    ) -> str:
+def fp8_linear_path(m: int, on_gpu: bool, gemv_max_m: int = GEMV_MAX_M, n: int = 0, k: int = 0,
+                    decode_kernel: str = DECODE_KERNEL) -> str:
     """The FP8 linear implementation for an input of ``m`` rows and an ``n`` x ``k`` weight:
-    ``"emulate"`` off the GPU (:func:`fp8_linear_ref`); ``"gemv"`` (the W8A16 Triton GEMV:
-    a decode step streams the weights once, with no activation quantization) for
-    1 <= m <= gemv_max_m on weights up to ``GEMV_MAX_WEIGHT`` elements, and for any m the
-    GEMV takes (<= 16) when cuBLASLt cannot run the shape; else ``"scaled_mm"`` (fused
-    quantization + cuBLASLt), or ``"emulate"`` for a shape neither kernel takes."""
+    ``"emulate"`` off the GPU (:func:`fp8_linear_ref`); for 1 <= m <= gemv_max_m the decode
+    kernel: ``"tc16"`` / ``"tc8"`` (``decode_kernel`` ``tc-w8a16`` / ``tc-w8a8``: the
+    tensor-core kernel, any weight) or ``"gemv"`` (the W8A16 Triton GEMV: a decode step
+    streams the weights once, with no activation quantization) on weights up to
+    ``GEMV_MAX_WEIGHT`` elements; the GEMV also for any m it takes (<= 16) when cuBLASLt
+    cannot run the shape; else ``"scaled_mm"`` (fused quantization + cuBLASLt), or
+    ``"emulate"`` for a shape neither kernel takes."""
     if not on_gpu:
         return "emulate"
+    if decode_kernel in _TC_PATHS and 1 <= m <= min(gemv_max_m, _GEMV_ROWS):
+        return _TC_PATHS[decode_kernel]
     fits = scaled_mm_fits(n, k)
-    if 1 <= m <= gemv_max_m and n * k <= GEMV_MAX_WEIGHT or not fits and 1 <= m <= _GEMV_ROWS:
+    small = 1 <= m <= _GEMV_ROWS
+    if small and m <= gemv_max_m and n * k <= GEMV_MAX_WEIGHT or not fits and small:
         return "gemv"
     return "scaled_mm" if fits else "emulate"
 
@@ -121,6 +132,23 @@ def fp8_linear_scaled_mm(x: torch.Tensor, qweight: torch.Tensor, weight_scale: t
     return out if x.dtype == torch.bfloat16 else out.to(x.dtype)
 
 
+def fp8_linear_tensor_cores(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor,
+                            input_scale: torch.Tensor | None, a8: bool) -> torch.Tensor:
+    """M <= 16 rows of 16-bit x through ``fp8_skinny_mm``: W8A8 (``a8``: x quantized per token,
+    or with the static ``input_scale``, by the fused quantization kernel) or W8A16 (x as it
+    is; ``input_scale`` unused); falls back to the emulation if a kernel fails."""
+    from inflight import kernels as K
+
+    def run() -> torch.Tensor:
+        if not a8:
+            return K.fp8_skinny_mm(x, qweight, weight_scale)
+        xq, sx = K.per_token_quant_fp8(x, input_scale)
+        return K.fp8_skinny_mm(xq, qweight, weight_scale, x_scale=sx, out_dtype=x.dtype)
+
+    return KernelGuard.run("fp8_skinny_mm", run,
+                           lambda: fp8_linear_ref(x, qweight, weight_scale, input_scale))
+
+
 def fp8_linear_cuda(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor,
                     input_scale: torch.Tensor | None, path: str | None = None) -> torch.Tensor:
     """x [M, K] -> [M, N] in x.dtype through the Triton kernels and cuBLASLt, by ``path``
@@ -128,7 +156,9 @@ def fp8_linear_cuda(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.
     activations stay unquantized."""
     n, k = qweight.shape
     path = path or fp8_linear_path(x.shape[0], True, n=n, k=k)
-    if path == "gemv":
+    if path in ("tc16", "tc8") and x.dtype != torch.float32:
+        return fp8_linear_tensor_cores(x, qweight, weight_scale, input_scale, path == "tc8")
+    if path in ("gemv", "tc16", "tc8"):  # fp32 activations: the tensor-core kernel takes 16-bit
         from inflight.kernels import fp8_gemv
 
         def fallback() -> torch.Tensor:
