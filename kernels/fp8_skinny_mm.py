@@ -73,6 +73,10 @@ def _fp8_skinny_kernel(
         k_mask = offs_k < K
         w = tl.load(w_rows + offs_k[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0)
         x = tl.load(x_rows + offs_k[None, :], mask=m_mask[:, None] & k_mask[None, :], other=0)
+        if not SOFT:  # e4m3 arrives as uint8 bits (masked lanes 0: fp8 has no `other`)
+            w = w.to(tl.float8e4nv, bitcast=True)
+            if A8:
+                x = x.to(tl.float8e4nv, bitcast=True)
         if SOFT:
             if A8:
                 xf = _e4m3_value(x)
@@ -97,9 +101,23 @@ def launch_config(m: int, n: int, k: int, a8: bool, interpreted: bool) -> dict[s
     """BLOCK_N/K, SPLIT_K, warps and stages for one call (pure function of the shape)."""
     if interpreted:  # small tiles keep the numpy interpreter quick
         return {"BLOCK_N": 16, "BLOCK_K": 32, "num_warps": 4}
-    # not yet measured on the GPU: 64 rows (one warpgroup's wgmma tile) x 256 of K, 4 stages;
-    # benchmarks/quant_kernel_bench.py --sweep times the alternatives
-    return {"BLOCK_N": 64, "BLOCK_K": 256, "SPLIT_K": 1, "num_warps": 4, "num_stages": 4}
+    # The H200 sweep (benchmarks/quant_kernel_bench.py --sweep-skinny, 2026-12-01,
+    # benchmarks/results/2026-12-01c-h200-fp8tc), Llama-3.1-8B layers, M = 1 and 16 alike:
+    # W8A8: 64 rows x 256 of K, 4 stages where N / 64 gives the 132 SMs enough programs (qkv
+    # 7.9 us, 3.2 TB/s), 128 of K on the widest layer (gate_up 37.2 -> 30.2 us); a narrow
+    # layer with long rows splits K in 4 (down 23.5 -> 20.1), a narrow short one takes 16 rows
+    # with 2 warps (o 7.7 -> 7.3). W8A16 (fp16 operands converted in registers): 32 rows x 256
+    # everywhere (K split in 2 on down).
+    long_rows = k >= 8192
+    if not a8:
+        return {"BLOCK_N": 32, "BLOCK_K": 256, "SPLIT_K": 2 if long_rows else 1, "num_warps": 4,
+                "num_stages": 4}
+    if n >= 80 * 64:
+        return {"BLOCK_N": 64, "BLOCK_K": 128 if n >= 16384 else 256, "SPLIT_K": 1,
+                "num_warps": 4, "num_stages": 4}
+    if long_rows:
+        return {"BLOCK_N": 64, "BLOCK_K": 256, "SPLIT_K": 4, "num_warps": 4, "num_stages": 4}
+    return {"BLOCK_N": 16, "BLOCK_K": 256, "SPLIT_K": 1, "num_warps": 2, "num_stages": 4}
 
 
 def fp8_skinny_mm(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor,
@@ -149,8 +167,8 @@ def fp8_skinny_mm(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Te
     # split-K: deterministic fp32 partials [split, M, N], summed in order (no atomics)
     y = out if split == 1 else torch.empty((split, m, n), dtype=torch.float32, device=x.device)
     _fp8_skinny_kernel[(triton.cdiv(n, int(cfg["BLOCK_N"])), split)](
-        x.view(torch.uint8) if soft and a8 else x, x_scale if a8 else weight_scale,
-        qweight.view(torch.uint8) if soft else qweight, weight_scale, y, m, n, k, k_per,
+        x.view(torch.uint8) if a8 else x, x_scale if a8 else weight_scale,
+        qweight.view(torch.uint8), weight_scale, y, m, n, k, k_per,
         x.stride(0), qweight.stride(0), y.stride(-2), y.stride(0) if split > 1 else 0,
         BLOCK_M=MAX_M, A8=a8, SOFT=soft, **cfg)
     if split > 1:

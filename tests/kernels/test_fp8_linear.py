@@ -21,24 +21,30 @@ from inflight.model.quant.fp8 import (
 
 
 def test_fp8_linear_path_by_rows_and_shape() -> None:
-    assert [fp8_linear_path(m, True, 16) for m in (1, 2, 4, 8, 16)] == ["gemv"] * 5
-    assert [fp8_linear_path(m, True, 16) for m in (0, 17, 128, 4096)] == ["scaled_mm"] * 4
-    assert fp8_linear_path(8, True, 4) == "scaled_mm" and fp8_linear_path(4, True, 4) == "gemv"
-    assert fp8_linear_path(1, True, 0) == "scaled_mm"  # INFLIGHT_FP8_GEMV_MAX_M=0: off
+    def gemv(m: int, max_m: int, n: int = 0, k: int = 0) -> str:  # decode kernel "gemv"
+        return fp8_linear_path(m, True, max_m, n, k, "gemv")
+
+    assert [gemv(m, 16) for m in (1, 2, 4, 8, 16)] == ["gemv"] * 5
+    assert [gemv(m, 16) for m in (0, 17, 128, 4096)] == ["scaled_mm"] * 4
+    assert gemv(8, 4) == "scaled_mm" and gemv(4, 4) == "gemv"
+    assert gemv(1, 0) == "scaled_mm"  # INFLIGHT_FP8_GEMV_MAX_M=0: off
+    assert gemv(17, 64) == "scaled_mm"  # never past the kernels' 16 rows
     assert fp8_linear_path(1, False, 16) == "emulate" == fp8_linear_path(512, False, 16)
-    # the default threshold: INFLIGHT_FP8_GEMV_MAX_M, 4 when unset
-    assert fp8mod.GEMV_MAX_M == int(os.environ.get("INFLIGHT_FP8_GEMV_MAX_M", "4"))
-    assert fp8_linear_path(fp8mod.GEMV_MAX_M + 1, True) == "scaled_mm"
-    # Llama-3.1-8B at M=1: the GEMV for qkv, o, down; gate_up (117 MB of e4m3) streams
-    # faster through cuBLASLt (the H200 measurements in model/quant/fp8.py)
+    # the defaults: INFLIGHT_FP8_GEMV_MAX_M, 16 when unset; INFLIGHT_FP8_DECODE_KERNEL,
+    # tc-w8a8 (the tensor-core kernel on quantized activations) when unset
+    assert fp8mod.GEMV_MAX_M == int(os.environ.get("INFLIGHT_FP8_GEMV_MAX_M", "16"))
+    assert fp8mod.DECODE_KERNEL == os.environ.get("INFLIGHT_FP8_DECODE_KERNEL", "tc-w8a8")
+    assert fp8_linear_path(min(fp8mod.GEMV_MAX_M, 16) + 1, True, n=32, k=32) == "scaled_mm"
+    # Llama-3.1-8B at M=1 with the register GEMV: qkv, o, down; gate_up (117 MB of e4m3)
+    # streams faster through cuBLASLt (the H200 measurements in model/quant/fp8.py)
     shapes = {"qkv": (6144, 4096), "o": (4096, 4096), "gate_up": (28672, 4096), "down": (4096, 14336)}
-    assert {name: fp8_linear_path(1, True, 4, n, k) for name, (n, k) in shapes.items()} == {
+    assert {name: gemv(1, 4, n, k) for name, (n, k) in shapes.items()} == {
         "qkv": "gemv", "o": "gemv", "gate_up": "scaled_mm", "down": "gemv"}
     # cuBLASLt needs N and K multiples of 16: other shapes take the GEMV up to its 16 rows,
     # the emulation beyond, never _scaled_mm
-    assert fp8_linear_path(8, True, 4, 33, 96) == "gemv" == fp8_linear_path(16, True, 4, 32, 40)
-    assert fp8_linear_path(17, True, 4, 33, 96) == "emulate" == fp8_linear_path(0, True, 4, 32, 40)
-    assert fp8_linear_path(17, True, 4, 32, 96) == "scaled_mm"
+    assert gemv(8, 4, 33, 96) == "gemv" == gemv(16, 4, 32, 40)
+    assert gemv(17, 4, 33, 96) == "emulate" == gemv(0, 4, 32, 40)
+    assert gemv(17, 4, 32, 96) == "scaled_mm"
     # INFLIGHT_FP8_DECODE_KERNEL=tc-w8a16 / tc-w8a8: the tensor-core kernel for every decode
     # shape (no weight-size limit), never past its 16 rows
     for kernel, p in (("tc-w8a16", "tc16"), ("tc-w8a8", "tc8")):
@@ -88,7 +94,8 @@ def test_dispatch_runs_the_chosen_branch(m: int, n: int, k: int, calls: list[str
     x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
     out = fp8_linear_cuda(x, q, s, None)  # the default path for a GPU input of m rows
     path = fp8_linear_path(m, True, n=n, k=k)
-    assert calls == {"gemv": ["gemv"], "scaled_mm": ["quant"], "emulate": []}[path]
+    assert calls == {"gemv": ["gemv"], "scaled_mm": ["quant"], "emulate": [], "tc16": ["skinny"],
+                     "tc8": ["quant", "skinny"]}[path]
     assert out.shape == (m, n) and out.dtype == torch.bfloat16
     want, tol = _want(path, x, q, s)
     torch.testing.assert_close(out.float(), want.float(), atol=tol, rtol=tol)
