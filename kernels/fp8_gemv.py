@@ -33,8 +33,10 @@ import torch
 import triton
 import triton.language as tl
 
+from . import _split_k as split_k
 from ._common import check, check_devices, check_tensor, is_interpreted, num_sms
 from ._paged import mma
+from ._split_k import program_tile
 
 MAX_M = 16
 FMA_MAX_M = 4
@@ -57,17 +59,11 @@ def _fp8_gemv_kernel(
     # KACC (tl.sum path): 1 reduces the products over K every step (a cross-warp reduction,
     # shared memory and a barrier per step); BLOCK_K keeps per-lane partial sums in
     # registers and reduces once after the loop (ACC_K; offered to the sweep, not measured yet)
-    # grid (cdiv(N, BLOCK_N), SPLIT_K): y[:, n0:n0 + BLOCK_N] over K [k_per * s, k_per * (s + 1));
-    # split-K programs write fp32 partial sums to y's slice s (summed by the launcher)
-    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    split = tl.program_id(1)
-    offs_m = tl.arange(0, BLOCK_M)
-    n_mask = offs_n < N
-    m_mask = offs_m < M
+    # grid and split-K partials: kernels/_split_k.py
+    offs_n, offs_m, n_mask, m_mask, split, k_lo = program_tile(M, N, k_per, BLOCK_M, BLOCK_N)
     w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn  # int64: N * K may pass 2**31
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
     acc3 = tl.zeros((BLOCK_M, BLOCK_N, KACC), dtype=tl.float32)
-    k_lo = split * k_per
     for k0 in range(k_lo, tl.minimum(k_lo + k_per, K), BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         k_mask = offs_k < K
@@ -142,21 +138,13 @@ def fp8_gemv(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor,
     interp = is_interpreted(_fp8_gemv_kernel)
     dot = m > FMA_MAX_M and x.dtype == torch.bfloat16
     cfg = launch_config(m, n, k, num_sms(dev), dot, interp) | (config or {})
-    split = int(cfg.pop("SPLIT_K", 1))
-    check(split >= 1, f"config SPLIT_K must be >= 1, got {split}")
     kacc = int(cfg["BLOCK_K"]) if cfg.pop("ACC_K", False) and not cfg["USE_DOT"] else 1
-    bk = int(cfg["BLOCK_K"])
-    k_per = triton.cdiv(triton.cdiv(k, split), bk) * bk  # whole K steps per split
-    split = triton.cdiv(k, k_per)
-    # split-K: deterministic fp32 partials [split, M, N], summed in order (no atomics)
-    y = out if split == 1 else torch.empty((split, m, n), dtype=torch.float32, device=x.device)
+    y, k_per, split, stride_ys = split_k.plan(out, k, int(cfg["BLOCK_K"]), int(cfg.pop("SPLIT_K", 1)))
     _fp8_gemv_kernel[(triton.cdiv(n, int(cfg["BLOCK_N"])), split)](
         x, qweight.view(torch.uint8), weight_scale, y, m, n, k, k_per, x.stride(0),
-        qweight.stride(0), y.stride(-2), y.stride(0) if split > 1 else 0, UPCAST=interp and dot,
+        qweight.stride(0), y.stride(-2), stride_ys, UPCAST=interp and dot,
         KACC=kacc, **cfg)
-    if split > 1:
-        out.copy_(y.sum(dim=0))
-    return out
+    return split_k.finish(out, y)
 
 
 def fp8_gemv_ref(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor

@@ -45,6 +45,17 @@ def _e4m3_rne_bits(v):
 
 
 @triton.jit
+def _store_e4m3(ptrs, x, scale, mask, SOFT_CAST: tl.constexpr):
+    """x / scale, clamped to +-448, rounded to e4m3 and stored."""
+    v = tl.minimum(tl.maximum(tl.div_rn(x, scale), -448.0), 448.0)
+    if SOFT_CAST:
+        q = _e4m3_rne_bits(v)
+    else:
+        q = v.to(tl.float8e4nv)
+    tl.store(ptrs, q, mask=mask)
+
+
+@triton.jit
 def _fp8_quant_kernel(
     x_ptr, q_ptr, s_ptr, static_ptr,  # x [M, K]; q [M, K] e4m3 (uint8 view if SOFT_CAST); s [M]
     K, stride_xm, stride_qm,
@@ -55,42 +66,30 @@ def _fp8_quant_kernel(
     # kept in registers; else the second pass re-reads the row (L1/L2 resident)
     row = tl.program_id(0).to(tl.int64)
     x_row = x_ptr + row * stride_xm
+    q_row = q_ptr + row * stride_qm
+    offs0 = tl.arange(0, BLOCK_K)
     if ONE_PASS:
-        offs = tl.arange(0, BLOCK_K)
-        mask = offs < K
-        x = tl.load(x_row + offs, mask=mask, other=0.0).to(tl.float32)
-        if STATIC:
-            scale = tl.load(static_ptr).to(tl.float32)
-        else:
-            scale = tl.maximum(tl.div_rn(tl.max(tl.abs(x), axis=0), 448.0), 1e-12)
-        tl.store(s_ptr + row, scale)
-        v = tl.minimum(tl.maximum(tl.div_rn(x, scale), -448.0), 448.0)
-        if SOFT_CAST:
-            q = _e4m3_rne_bits(v)
-        else:
-            q = v.to(tl.float8e4nv)
-        tl.store(q_ptr + row * stride_qm + offs, q, mask=mask)
-        return
+        x1 = tl.load(x_row + offs0, mask=offs0 < K, other=0.0).to(tl.float32)
     if STATIC:
         scale = tl.load(static_ptr).to(tl.float32)
+    elif ONE_PASS:
+        scale = tl.maximum(tl.div_rn(tl.max(tl.abs(x1), axis=0), 448.0), 1e-12)
     else:
         amax = tl.zeros((BLOCK_K,), dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
-            offs = k0 + tl.arange(0, BLOCK_K)
+            offs = k0 + offs0
             x = tl.load(x_row + offs, mask=offs < K, other=0.0).to(tl.float32)
             amax = tl.maximum(amax, tl.abs(x))
         scale = tl.maximum(tl.div_rn(tl.max(amax, axis=0), 448.0), 1e-12)
     tl.store(s_ptr + row, scale)
-    for k0 in range(0, K, BLOCK_K):
-        offs = k0 + tl.arange(0, BLOCK_K)
-        mask = offs < K
-        x = tl.load(x_row + offs, mask=mask, other=0.0).to(tl.float32)
-        v = tl.minimum(tl.maximum(tl.div_rn(x, scale), -448.0), 448.0)
-        if SOFT_CAST:
-            q = _e4m3_rne_bits(v)
-        else:
-            q = v.to(tl.float8e4nv)
-        tl.store(q_ptr + row * stride_qm + offs, q, mask=mask)
+    if ONE_PASS:
+        _store_e4m3(q_row + offs0, x1, scale, offs0 < K, SOFT_CAST)
+    else:
+        for k0 in range(0, K, BLOCK_K):
+            offs = k0 + offs0
+            mask = offs < K
+            x = tl.load(x_row + offs, mask=mask, other=0.0).to(tl.float32)
+            _store_e4m3(q_row + offs, x, scale, mask, SOFT_CAST)
 
 
 def per_token_quant_fp8(x: torch.Tensor, static_scale: torch.Tensor | None = None

@@ -21,8 +21,7 @@ memory to the tensor cores as they are, so the kernel is a stream of weight byte
   below 2**-6 lose relative precision as fp16 subnormals, a contribution under 2**-17 of the
   unit per element), fp16 x fp16 on the tensor cores, fp32 accumulation; no extra launch.
 
-``SPLIT_K`` > 1 splits K over programs for narrow layers (fp32 partial sums, added in order:
-deterministic). Launch settings are a pure function of the shape (capture-safe, no
+``SPLIT_K`` > 1 splits K over programs for narrow layers (kernels/_split_k.py). Launch settings are a pure function of the shape (capture-safe, no
 autotuning); ``config`` overrides them (tests, the benchmark's sweep).
 
 Under Triton's CPU interpreter (``SOFT``) e4m3 is decoded exactly to fp32 in integer
@@ -36,7 +35,9 @@ import torch
 import triton
 import triton.language as tl
 
+from . import _split_k as split_k
 from ._common import check, check_devices, check_tensor, is_interpreted
+from ._split_k import program_tile
 
 MAX_M = 16
 _X_SHIFT = 0.00390625  # 2**-8: x in fp16 (W8A16 path), undone on the output
@@ -57,17 +58,11 @@ def _fp8_skinny_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
     A8: tl.constexpr, SOFT: tl.constexpr,
 ):
-    # grid (cdiv(N, BLOCK_N), SPLIT_K): y[:, n0:n0 + BLOCK_N] over K [k_per * s, k_per * (s + 1));
-    # split-K programs write fp32 partial sums to y's slice s (summed by the launcher)
-    offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
-    split = tl.program_id(1)
-    offs_m = tl.arange(0, BLOCK_M)
-    n_mask = offs_n < N
-    m_mask = offs_m < M
+    # grid and split-K partials: kernels/_split_k.py
+    offs_n, offs_m, n_mask, m_mask, split, k_lo = program_tile(M, N, k_per, BLOCK_M, BLOCK_N)
     w_rows = w_ptr + offs_n.to(tl.int64)[:, None] * stride_wn  # int64: N * K may pass 2**31
     x_rows = x_ptr + offs_m[:, None] * stride_xm
     acc = tl.zeros((BLOCK_N, BLOCK_M), dtype=tl.float32)
-    k_lo = split * k_per
     for k0 in range(k_lo, tl.minimum(k_lo + k_per, K), BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         k_mask = offs_k < K
@@ -157,23 +152,15 @@ def fp8_skinny_mm(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Te
     check_devices(dev_kernel, **tensors)
     soft = is_interpreted(dev_kernel)
     cfg = launch_config(m, n, k, a8, soft) | (config or {})
-    split = int(cfg.pop("SPLIT_K", 1))
-    check(split >= 1, f"config SPLIT_K must be >= 1, got {split}")
-    bk = int(cfg["BLOCK_K"])
-    check(int(cfg["BLOCK_N"]) >= 16 and bk >= 32,
+    check(int(cfg["BLOCK_N"]) >= 16 and int(cfg["BLOCK_K"]) >= 32,
           f"config BLOCK_N must be >= 16 and BLOCK_K >= 32 (tensor-core tiles), got {cfg}")
-    k_per = triton.cdiv(triton.cdiv(k, split), bk) * bk  # whole K steps per split
-    split = triton.cdiv(k, k_per)
-    # split-K: deterministic fp32 partials [split, M, N], summed in order (no atomics)
-    y = out if split == 1 else torch.empty((split, m, n), dtype=torch.float32, device=x.device)
+    y, k_per, split, stride_ys = split_k.plan(out, k, int(cfg["BLOCK_K"]), int(cfg.pop("SPLIT_K", 1)))
     _fp8_skinny_kernel[(triton.cdiv(n, int(cfg["BLOCK_N"])), split)](
         x.view(torch.uint8) if a8 else x, x_scale if a8 else weight_scale,
         qweight.view(torch.uint8), weight_scale, y, m, n, k, k_per,
-        x.stride(0), qweight.stride(0), y.stride(-2), y.stride(0) if split > 1 else 0,
+        x.stride(0), qweight.stride(0), y.stride(-2), stride_ys,
         BLOCK_M=MAX_M, A8=a8, SOFT=soft, **cfg)
-    if split > 1:
-        out.copy_(y.sum(dim=0))
-    return out
+    return split_k.finish(out, y)
 
 
 def fp8_skinny_mm_ref(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor,

@@ -30,6 +30,18 @@ def assert_close(out: torch.Tensor, ref: torch.Tensor, tol: dict[torch.dtype, tu
     torch.testing.assert_close(out.float(), ref.float(), atol=atol, rtol=rtol)
 
 
+def fp8_weights(n: int, k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """A seeded [n, k] layer quantized per channel to e4m3 (weights, fp32 scales), with a few
+    tiny values in row 0 that land on e4m3 subnormals after the row's scale."""
+    from inflight.model.quant.fp8 import per_channel_fp8
+
+    g = torch.Generator().manual_seed(n * 7 + k)
+    w = torch.randn(n, k, generator=g) / k**0.5
+    w[0, : min(k, 8)] = 1e-6
+    q, s = per_channel_fp8(w)
+    return q.to(device), s.to(device)
+
+
 @dataclass
 class PagedCase:
     """A step of B requests over a randomly filled paged cache (random block placement)."""

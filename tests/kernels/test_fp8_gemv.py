@@ -7,20 +7,11 @@ import pytest
 import torch
 from inflight.kernels import fp8_gemv, fp8_gemv_ref
 from inflight.kernels.fp8_gemv import launch_config
-from inflight.model.quant.fp8 import per_channel_fp8
-from kernel_testing import assert_close
+from kernel_testing import assert_close, fp8_weights
 
 FP8 = torch.float8_e4m3fn
 # a K-long fp32 dot product cast to the output dtype (the interpreter truncates to bf16)
 TOL = {torch.float32: (1e-5, 1e-5), torch.float16: (2e-3, 2e-3), torch.bfloat16: (2e-2, 2e-2)}
-
-
-def _weights(n: int, k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(n * 7 + k)
-    w = torch.randn(n, k, generator=g) / k**0.5
-    w[0, : min(k, 8)] = 1e-6  # e4m3 subnormals after the per-row scale
-    q, s = per_channel_fp8(w)
-    return q.to(device), s.to(device)
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
@@ -28,7 +19,7 @@ def _weights(n: int, k: int, device: torch.device) -> tuple[torch.Tensor, torch.
                                    (16, 40, 130)])
 def test_fp8_gemv(dtype: torch.dtype, m: int, n: int, k: int, device: torch.device) -> None:
     """Odd N and K (edge tiles), M = 1..4 (tl.sum) and 5..16 (tl.dot for bf16)."""
-    q, s = _weights(n, k, device)
+    q, s = fp8_weights(n, k, device)
     x = torch.randn(m, k, device=device).to(dtype)
     assert_close(fp8_gemv(x, q, s), fp8_gemv_ref(x, q, s), TOL)
 
@@ -55,7 +46,7 @@ def test_fp8_gemv_decodes_every_code(dtype: torch.dtype, m: int, device: torch.d
                                    (16, {"BLOCK_N": 16, "BLOCK_K": 256})])
 def test_fp8_gemv_gpu_sized_tiles(m: int, cfg: dict[str, int], device: torch.device) -> None:
     """The GPU's tile shapes on a small layer: one K step longer than K, N % BLOCK_N != 0."""
-    q, s = _weights(21, 200, device)
+    q, s = fp8_weights(21, 200, device)
     x = torch.randn(m, 200, device=device, dtype=torch.bfloat16)
     assert_close(fp8_gemv(x, q, s, config=cfg), fp8_gemv_ref(x, q, s), TOL)
 
@@ -66,7 +57,7 @@ def test_fp8_gemv_gpu_sized_tiles(m: int, cfg: dict[str, int], device: torch.dev
 def test_fp8_gemv_acc_k(dtype: torch.dtype, m: int, cfg: dict[str, int], device: torch.device) -> None:
     """ACC_K: per-lane partial sums over K, reduced once after the loop (with split K too):
     the reference's result on odd N and K, every e4m3 code decoded."""
-    q, s = _weights(37, 200, device)
+    q, s = fp8_weights(37, 200, device)
     x = torch.randn(m, 200, device=device).to(dtype)
     assert_close(fp8_gemv(x, q, s, config={**cfg, "ACC_K": True}), fp8_gemv_ref(x, q, s), TOL)
     codes = torch.cat([torch.arange(0, 0x7F), torch.arange(0x80, 0xFF)])  # [254], no NaN
@@ -85,7 +76,7 @@ def test_fp8_gemv_split_k(dtype: torch.dtype, m: int, split: int, cfg: dict[str,
                           device: torch.device) -> None:
     """K split over programs (the last split shorter; more splits than K steps: fewer run),
     fp32 partials summed in order: the reference's result, deterministic, into a given out."""
-    q, s = _weights(37, 200, device)
+    q, s = fp8_weights(37, 200, device)
     x = torch.randn(m, 200, device=device).to(dtype)
     got = fp8_gemv(x, q, s, config={**cfg, "SPLIT_K": split})
     assert_close(got, fp8_gemv_ref(x, q, s), TOL)
@@ -99,7 +90,7 @@ def test_fp8_gemv_split_k(dtype: torch.dtype, m: int, split: int, cfg: dict[str,
 
 
 def test_fp8_gemv_out_and_row_strides(device: torch.device) -> None:
-    q, s = _weights(40, 80, device)
+    q, s = fp8_weights(40, 80, device)
     q = q[:, :64]  # row stride 80: a slice of a wider weight
     x = torch.randn(3, 96, device=device)[:, :64]  # row stride 96
     out = torch.full((3, 40), float("nan"), device=device)
@@ -108,7 +99,7 @@ def test_fp8_gemv_out_and_row_strides(device: torch.device) -> None:
 
 
 def test_fp8_gemv_rejects_bad_inputs(device: torch.device) -> None:
-    q, s = _weights(16, 32, device)
+    q, s = fp8_weights(16, 32, device)
     x = torch.randn(1, 32, device=device)
     with pytest.raises(ValueError, match="1..16 rows"):
         fp8_gemv(torch.randn(17, 32, device=device), q, s)
@@ -139,6 +130,6 @@ def test_launch_config_fills_an_h200(m: int, n: int, k: int) -> None:
 @pytest.mark.parametrize("m", [1, 3, 8, 16])
 @pytest.mark.parametrize("n,k", [(6144, 4096), (4096, 4096), (28672, 4096), (4096, 14336)])
 def test_fp8_gemv_gpu_llama_8b_shapes(dtype: torch.dtype, m: int, n: int, k: int) -> None:
-    q, s = _weights(n, k, torch.device("cuda"))
+    q, s = fp8_weights(n, k, torch.device("cuda"))
     x = torch.randn(m, k, device="cuda", dtype=dtype)
     assert_close(fp8_gemv(x, q, s), fp8_gemv_ref(x, q, s), TOL)

@@ -7,27 +7,19 @@ import pytest
 import torch
 from inflight.kernels import per_token_quant_fp8
 from inflight.kernels.fp8_skinny_mm import fp8_skinny_mm, fp8_skinny_mm_ref
-from inflight.model.quant.fp8 import fp8_linear_ref, per_channel_fp8
-from kernel_testing import assert_close
+from inflight.model.quant.fp8 import fp8_linear_ref
+from kernel_testing import assert_close, fp8_weights
 
 FP8 = torch.float8_e4m3fn
 # a K-long fp32 dot product cast to the output dtype (the interpreter truncates to bf16)
 TOL = {torch.float16: (2e-3, 2e-3), torch.bfloat16: (2e-2, 2e-2)}
 
 
-def _weights(n: int, k: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    g = torch.Generator().manual_seed(n * 7 + k)
-    w = torch.randn(n, k, generator=g) / k**0.5
-    w[0, : min(k, 8)] = 1e-6  # e4m3 subnormals after the per-row scale
-    q, s = per_channel_fp8(w)
-    return q.to(device), s.to(device)
-
-
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("m,n,k", [(1, 37, 100), (2, 16, 65), (5, 33, 96), (16, 40, 130)])
 def test_w8a16(dtype: torch.dtype, m: int, n: int, k: int, device: torch.device) -> None:
     """Odd N and K (edge tiles in both), M = 1..16 rows padded to one 16-row tile."""
-    q, s = _weights(n, k, device)
+    q, s = fp8_weights(n, k, device)
     x = torch.randn(m, k, device=device).to(dtype)
     assert_close(fp8_skinny_mm(x, q, s), fp8_skinny_mm_ref(x, q, s), TOL)
 
@@ -35,7 +27,7 @@ def test_w8a16(dtype: torch.dtype, m: int, n: int, k: int, device: torch.device)
 @pytest.mark.parametrize("m,n,k", [(1, 37, 100), (3, 48, 64), (16, 40, 130)])
 def test_w8a8_equals_the_model_emulation(m: int, n: int, k: int, device: torch.device) -> None:
     """Quantized x (per_token_quant_fp8) in, the same numbers as the CPU path of FP8 layers."""
-    q, s = _weights(n, k, device)
+    q, s = fp8_weights(n, k, device)
     x = torch.randn(m, k, device=device, dtype=torch.bfloat16)
     xq, sx = per_token_quant_fp8(x)
     out = fp8_skinny_mm(xq, q, s, x_scale=sx)
@@ -72,13 +64,13 @@ def test_every_code_and_extreme_activations(a8: bool, device: torch.device) -> N
 def test_gpu_sized_tiles_and_split_k(cfg: dict[str, int], device: torch.device) -> None:
     """The GPU's tile shapes on a small layer: a K step longer than K, N % BLOCK_N != 0,
     K split over programs (fp32 partials summed in order)."""
-    q, s = _weights(21, 200, device)
+    q, s = fp8_weights(21, 200, device)
     x = torch.randn(3, 200, device=device, dtype=torch.bfloat16)
     assert_close(fp8_skinny_mm(x, q, s, config=cfg), fp8_skinny_mm_ref(x, q, s), TOL)
 
 
 def test_bad_inputs_name_the_argument(device: torch.device) -> None:
-    q, s = _weights(16, 64, device)
+    q, s = fp8_weights(16, 64, device)
     with pytest.raises(ValueError, match="1..16 rows"):
         fp8_skinny_mm(torch.randn(17, 64, device=device, dtype=torch.bfloat16), q, s)
     with pytest.raises(ValueError, match="x dtype"):

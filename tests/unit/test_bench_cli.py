@@ -87,3 +87,23 @@ def test_serve_summary_and_a_missing_plot() -> None:
     assert report.summary("serve", res, "out/serve.json", [None]) == (
         "serve: 123.5 output tok/s, 2.50 req/s, TTFT p50 42 ms, 1 errors in 10 requests; "
         "JSON out/serve.json; no plot (matplotlib is missing: pip install matplotlib)")
+
+
+def test_git_rev_marks_uncommitted_changes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A result written from a working tree with changes says so (device runs copy the tree
+    onto an older HEAD): ``<hash>-dirty``; a clean tree gives the bare hash."""
+    import subprocess
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=tmp_path, check=True, capture_output=True,
+                              text=True).stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "f.txt").write_text("a\n")
+    git("add", "f.txt")
+    git("-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "one")
+    monkeypatch.chdir(tmp_path)
+    head = git("rev-parse", "--short", "HEAD")
+    assert report.git_rev() == head
+    (tmp_path / "f.txt").write_text("b\n")
+    assert report.git_rev() == f"{head}-dirty"

@@ -33,9 +33,14 @@ def device_name() -> str:
 
 
 def git_rev() -> str:
+    """HEAD's short hash, with ``-dirty`` when tracked files differ from it (a device copy of
+    a working tree carries its uncommitted changes on top of an older HEAD)."""
     try:
-        return subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, timeout=5).stdout.strip()
+        rev = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True,
+                             text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--"], capture_output=True,
+                               timeout=5).returncode == 1
+        return f"{rev}-dirty" if rev and dirty else rev
     except Exception:  # noqa: BLE001
         return ""
 
