@@ -25,6 +25,23 @@ def token_offsets(bt_row_ptr, n, n_mask, block_size, stride_b, stride_s):
 
 
 @triton.jit
+def dot_operand_q(q, F16: tl.constexpr):
+    """The query as the dots take it. F16 (an FP8 cache read by bf16 queries, ``fp16_dots``):
+    q in fp16, clamped to fp16's range (no inf), so that every e4m3 K/V element converts to
+    the dots' dtype in one instruction per two values (fp16 holds every e4m3 value exactly;
+    to bf16 the compiler goes through fp16 and needs three more) and the probabilities keep
+    fp16's 10 mantissa bits."""
+    if F16:
+        q = tl.minimum(tl.maximum(q.to(tl.float32), -65504.0), 65504.0).to(tl.float16)
+    return q
+
+
+def use_fp16_dots(fp16_dots: bool, q: torch.Tensor, k_cache: torch.Tensor) -> bool:
+    """``fp16_dots`` applies to bf16 queries over an FP8 cache only."""
+    return fp16_dots and q.dtype == torch.bfloat16 and k_cache.dtype == torch.float8_e4m3fn
+
+
+@triton.jit
 def mma(a, b, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     """tl.dot(a, b) -> fp32; UPCAST computes it in fp32 (the interpreter's bf16 dot is wrong:
     it multiplies the raw uint16 bit patterns)."""

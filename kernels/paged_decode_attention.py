@@ -15,7 +15,15 @@ import triton
 import triton.language as tl
 
 from ._common import check, check_devices, num_sms
-from ._paged import LOG2E, check_paged_inputs, dot_config, mma, token_offsets
+from ._paged import (
+    LOG2E,
+    check_paged_inputs,
+    dot_config,
+    dot_operand_q,
+    mma,
+    token_offsets,
+    use_fp16_dots,
+)
 from .paged_prefill_attention import attention_ref
 
 MIN_TOKENS_PER_SPLIT = 256
@@ -37,7 +45,7 @@ def _decode_split_kernel(
     stride_qb, stride_qh, stride_cb, stride_cs, stride_ch, stride_bt, stride_ob, stride_oh,
     num_q_heads, block_size, group, head_dim,
     SPLIT: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, F16: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
     kvh = tl.program_id(1)
@@ -54,6 +62,7 @@ def _decode_split_kernel(
     gd_mask = (g < group)[:, None] & (d < head_dim)[None, :]
     q = tl.load(q_ptr + b * stride_qb + heads[:, None] * stride_qh + d[None, :],
                 mask=gd_mask, other=0.0)  # [BLOCK_G, BLOCK_D]
+    q = dot_operand_q(q, F16)
 
     m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_G], tl.float32)
@@ -133,11 +142,13 @@ def paged_decode_attention(
     block_n: int | None = None,
     k_scale: float = 1.0,
     v_scale: float = 1.0,
+    fp16_dots: bool = False,
 ) -> torch.Tensor:
     """Attention of one new query per request over its whole paged context.
 
     An FP8 (float8_e4m3fn) cache holds k / k_scale and v / v_scale: the scales are folded
-    into the softmax scale and the output.
+    into the softmax scale and the output. ``fp16_dots`` (bf16 q over an FP8 cache): the
+    dots in fp16 instead of bf16 (``_paged.dot_operand_q``).
 
     q: [B, Hq, D] (token/head strides free, unit stride in D), fp32/fp16/bf16.
     k_cache, v_cache: [num_blocks, block_size, Hkv, D] of q.dtype or float8_e4m3fn, same
@@ -176,6 +187,7 @@ def paged_decode_attention(
         hq, k_cache.shape[1], group, d,
         SPLIT=splits > 1, BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n,
         BLOCK_D=triton.next_power_of_2(d), **dot_config(_decode_split_kernel, q.dtype),
+        F16=use_fp16_dots(fp16_dots, q, k_cache),
         num_warps=LAUNCH["num_warps"], num_stages=LAUNCH["num_stages"],
     )
     if splits > 1:

@@ -17,7 +17,15 @@ import triton
 import triton.language as tl
 
 from ._common import check, check_devices, check_tensor
-from ._paged import LOG2E, check_paged_inputs, dot_config, mma, token_offsets
+from ._paged import (
+    LOG2E,
+    check_paged_inputs,
+    dot_config,
+    dot_operand_q,
+    mma,
+    token_offsets,
+    use_fp16_dots,
+)
 
 
 @triton.jit
@@ -58,7 +66,7 @@ def _prefill_kernel(
     stride_qt, stride_qh, stride_ot, stride_oh, stride_cb, stride_cs, stride_ch, stride_bt,
     block_size, group, head_dim,
     BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr,
+    BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, F16: tl.constexpr,
 ):
     tile = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -78,6 +86,7 @@ def _prefill_kernel(
     tok64 = (q_start + tok).to(tl.int64)
     q = tl.load(q_ptr + tok64[:, None] * stride_qt + heads[:, None] * stride_qh + d[None, :],
                 mask=qd_mask, other=0.0)
+    q = dot_operand_q(q, F16)
     pos = ctx + tok  # [BLOCK_M]; padded rows get positions past the tile: never all-masked
 
     m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
@@ -121,10 +130,12 @@ def paged_prefill_attention(
     block_n: int | None = None,
     k_scale: float = 1.0,
     v_scale: float = 1.0,
+    fp16_dots: bool = False,
 ) -> torch.Tensor:
     """Causal attention of each request's new queries over its paged context.
 
-    An FP8 (float8_e4m3fn) cache holds k / k_scale and v / v_scale.
+    An FP8 (float8_e4m3fn) cache holds k / k_scale and v / v_scale. ``fp16_dots`` (bf16 q
+    over an FP8 cache): the dots in fp16 instead of bf16 (``_paged.dot_operand_q``).
 
     q: [T, Hq, D] (token/head strides free, unit stride in D), fp32/fp16/bf16.
     k_cache, v_cache: [num_blocks, block_size, Hkv, D] of q.dtype (or float8_e4m3fn) with
@@ -162,7 +173,8 @@ def paged_prefill_attention(
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
         k_cache.shape[1], group, d,
         BLOCK_Q=block_q, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=triton.next_power_of_2(d),
-        **dot_config(_prefill_kernel, q.dtype), num_warps=warps, num_stages=stages,
+        **dot_config(_prefill_kernel, q.dtype), F16=use_fp16_dots(fp16_dots, q, k_cache),
+        num_warps=warps, num_stages=stages,
     )
     return out
 

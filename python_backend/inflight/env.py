@@ -30,10 +30,11 @@ def disable_progress() -> bool:
 def fp8_gemv_max_m() -> int:
     """FP8 linears with at most this many input rows (<= 16) use the decode kernel
     (``fp8_decode_kernel``) instead of per-token quantization + ``torch._scaled_mm``
-    (docs/quantization.md); 0 turns it off. Default 16: the tensor-core kernel beat
-    ``_scaled_mm`` on every Llama-3.1-8B layer at M = 1, 4 and 16 on the H200 (the register
-    GEMV only at M = 1: set 4 or less with ``INFLIGHT_FP8_DECODE_KERNEL=gemv``)."""
-    return int(_get("FP8_GEMV_MAX_M", "16") or 16)
+    (docs/quantization.md); 0 turns it off. Default 16 with the tensor-core kernels (they beat
+    ``_scaled_mm`` on every Llama-3.1-8B layer at M = 1, 4 and 16 on the H200), 4 with
+    ``gemv`` (the register GEMV won at M = 1 and lost at M = 16)."""
+    default = "4" if fp8_decode_kernel() == "gemv" else "16"
+    return int(_get("FP8_GEMV_MAX_M", default) or default)
 
 
 FP8_DECODE_KERNELS = ("gemv", "tc-w8a16", "tc-w8a8")
@@ -48,6 +49,17 @@ def fp8_decode_kernel() -> str:
     v = _get("FP8_DECODE_KERNEL", "tc-w8a8") or "tc-w8a8"
     if v not in FP8_DECODE_KERNELS:
         raise ValueError(f"INFLIGHT_FP8_DECODE_KERNEL must be one of {FP8_DECODE_KERNELS}, got {v!r}")
+    return v
+
+
+def fp8_kv_dots() -> str:
+    """The dtype of the attention kernels' dots over an FP8 KV cache with bf16 queries:
+    ``bf16`` (default) or ``fp16`` (each e4m3 element converts in one instruction per two
+    values instead of four; kernels/_paged.py ``dot_operand_q``). Not yet measured on a GPU:
+    ``benchmarks/gpu_bench.sh fp8-attn`` compares the two."""
+    v = _get("FP8_KV_DOTS", "bf16") or "bf16"
+    if v not in ("bf16", "fp16"):
+        raise ValueError(f"INFLIGHT_FP8_KV_DOTS must be 'bf16' or 'fp16', got {v!r}")
     return v
 
 

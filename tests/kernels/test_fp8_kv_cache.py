@@ -68,3 +68,28 @@ def test_fp8_linear_scaled_mm_gpu(m: int, n: int, k: int) -> None:
     torch.testing.assert_close(out.float(), ref.float(), atol=3e-2, rtol=3e-2)
     rel = (out.float() - x.float() @ w.float().t()).norm() / (x.float() @ w.float().t()).norm()
     assert rel < 0.06  # FP8 W8A8 vs bf16: a few percent relative error
+
+
+@pytest.mark.parametrize("num_splits", [1, 2])
+def test_fp16_dots_over_fp8_caches(num_splits: int, device: torch.device) -> None:
+    """fp16_dots (FP8 caches, bf16 q): q, K, V and the probabilities in fp16 for the dots;
+    the same result as the reference within bf16's tolerance, decode and prefill, and q
+    values past fp16's range clamp instead of turning into inf / NaN."""
+    c = make_case([1, 1, 5], [7, 20, 12], hq=4, hkv=2, d=32, block_size=4, dtype=torch.bfloat16,
+                  device=device)
+    kc = (c.k_cache.float() / K_SCALE).clamp(-448, 448).to(FP8)
+    vc = (c.v_cache.float() / V_SCALE).clamp(-448, 448).to(FP8)
+    m = c.meta
+    ref = attention_ref(c.q, kc, vc, m.query_start_loc, m.seq_lens, m.block_tables, 0.25, K_SCALE, V_SCALE)
+    out = torch.zeros_like(c.q)
+    paged_decode_attention(c.q[:2], kc, vc, m.block_tables[:2], m.seq_lens[:2], 0.25, out=out[:2],
+                           k_scale=K_SCALE, v_scale=V_SCALE, num_splits=num_splits, fp16_dots=True)
+    paged_prefill_attention(c.q, kc, vc, m.query_start_loc[2:], m.seq_lens[2:], m.block_tables[2:],
+                            0.25, m.max_query_len, out=out, k_scale=K_SCALE, v_scale=V_SCALE,
+                            fp16_dots=True)
+    torch.testing.assert_close(out.float(), ref.float(), atol=2e-2, rtol=2e-2)
+    big = c.q[:2].clone()
+    big[0, 0, 0] = 1e6  # beyond fp16's 65504: clamped
+    huge = paged_decode_attention(big, kc, vc, m.block_tables[:2], m.seq_lens[:2], 0.25,
+                                  k_scale=K_SCALE, v_scale=V_SCALE, fp16_dots=True)
+    assert torch.isfinite(huge.float()).all()

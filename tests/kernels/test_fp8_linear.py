@@ -32,8 +32,9 @@ def test_fp8_linear_path_by_rows_and_shape() -> None:
     assert fp8_linear_path(1, False, 16) == "emulate" == fp8_linear_path(512, False, 16)
     # the defaults: INFLIGHT_FP8_GEMV_MAX_M, 16 when unset; INFLIGHT_FP8_DECODE_KERNEL,
     # tc-w8a8 (the tensor-core kernel on quantized activations) when unset
-    assert fp8mod.GEMV_MAX_M == int(os.environ.get("INFLIGHT_FP8_GEMV_MAX_M", "16"))
     assert fp8mod.DECODE_KERNEL == os.environ.get("INFLIGHT_FP8_DECODE_KERNEL", "tc-w8a8")
+    default_rows = "4" if fp8mod.DECODE_KERNEL == "gemv" else "16"
+    assert fp8mod.GEMV_MAX_M == int(os.environ.get("INFLIGHT_FP8_GEMV_MAX_M", default_rows))
     assert fp8_linear_path(min(fp8mod.GEMV_MAX_M, 16) + 1, True, n=32, k=32) == "scaled_mm"
     # Llama-3.1-8B at M=1 with the register GEMV: qkv, o, down; gate_up (117 MB of e4m3)
     # streams faster through cuBLASLt (the H200 measurements in model/quant/fp8.py)

@@ -59,3 +59,29 @@ def test_mixed_step_gpu(dtype: torch.dtype) -> None:
     lq = [1] * 48 + [512, 2048, 37]
     lens = [int(x) for x in torch.randint(1, 16384, (48,))] + [4096, 2048, 9000]
     compare(make_case(lq, lens, 32, 8, 128, 16, dtype, torch.device("cuda")))
+
+
+def test_fp8_kv_dots_option_reaches_both_kernels(monkeypatch: pytest.MonkeyPatch,
+                                                 device: torch.device) -> None:
+    """INFLIGHT_FP8_KV_DOTS=fp16: the backend asks the decode and prefill kernels for fp16
+    dots; unset: bf16 (False); anything else: an error naming the variable."""
+    import inflight.model.attention.triton_backend as tb
+
+    seen: list[tuple[str, bool]] = []
+    dec, pre = tb.paged_decode_attention, tb.paged_prefill_attention
+    monkeypatch.setattr(tb, "paged_decode_attention",
+                        lambda *a, **kw: (seen.append(("decode", kw["fp16_dots"])), dec(*a, **kw))[1])
+    monkeypatch.setattr(tb, "paged_prefill_attention",
+                        lambda *a, **kw: (seen.append(("prefill", kw["fp16_dots"])), pre(*a, **kw))[1])
+    c = make_case([1, 5], [9, 12], 4, 2, 16, 16, torch.bfloat16, device)
+    for value, want in ((None, False), ("fp16", True), ("bf16", False)):
+        if value is None:
+            monkeypatch.delenv("INFLIGHT_FP8_KV_DOTS", raising=False)
+        else:
+            monkeypatch.setenv("INFLIGHT_FP8_KV_DOTS", value)
+        seen.clear()
+        TritonAttentionBackend().forward(c.q, c.k, c.v, c.k_cache, c.v_cache, c.meta, 0.25)
+        assert seen == [("decode", want), ("prefill", want)]
+    monkeypatch.setenv("INFLIGHT_FP8_KV_DOTS", "fp32")
+    with pytest.raises(ValueError, match="INFLIGHT_FP8_KV_DOTS"):
+        TritonAttentionBackend()

@@ -9,7 +9,7 @@ activation is shared.
 
 GPU, chosen per call by :func:`fp8_linear_path` from the number of input rows M and the
 weight's shape:
-- M <= ``INFLIGHT_FP8_GEMV_MAX_M`` (4; decode): ``INFLIGHT_FP8_DECODE_KERNEL`` picks the
+- M <= ``INFLIGHT_FP8_GEMV_MAX_M`` (16; 4 with ``gemv``): ``INFLIGHT_FP8_DECODE_KERNEL`` picks the
   kernel: ``gemv``, the Triton register GEMV ``fp8_gemv`` (on weights up to 64 Mi elements;
   reads the e4m3 weights and the unquantized activations: W8A16, no activation
   quantization), or the tensor-core kernel ``fp8_skinny_mm`` (any weight size), as W8A16
