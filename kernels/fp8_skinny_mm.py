@@ -21,8 +21,9 @@ memory to the tensor cores as they are, so the kernel is a stream of weight byte
   below 2**-6 lose relative precision as fp16 subnormals, a contribution under 2**-17 of the
   unit per element), fp16 x fp16 on the tensor cores, fp32 accumulation; no extra launch.
 
-``SPLIT_K`` > 1 splits K over programs for narrow layers (kernels/_split_k.py). Launch settings are a pure function of the shape (capture-safe, no
-autotuning); ``config`` overrides them (tests, the benchmark's sweep).
+``SPLIT_K`` > 1 splits K over programs for narrow layers (kernels/_split_k.py). Launch
+settings are a pure function of the shape (capture-safe, no autotuning); ``config``
+overrides them (tests, the benchmark's sweep).
 
 Under Triton's CPU interpreter (``SOFT``) e4m3 is decoded exactly to fp32 in integer
 arithmetic (the interpreter's fp8 casts and dots are not the hardware's) and the product is

@@ -175,3 +175,24 @@ def test_fp8_linear_cuda_graph_capture(m: int) -> None:
     g.replay()
     torch.cuda.synchronize()
     torch.testing.assert_close(out, fp8_linear_cuda(x, q, s, None), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("path", ["tc16", "tc8"])
+def test_tensor_core_kernel_failure_falls_back_to_the_emulation(
+        path: str, monkeypatch: pytest.MonkeyPatch, device: torch.device) -> None:
+    """The tensor-core decode kernel failing on a device: one error, then the emulation; the
+    quantization kernel of tc8 is not blamed for it."""
+    monkeypatch.setattr(KernelGuard, "failed", {})
+    tries: list[int] = []
+
+    def broken(*a: object, **kw: object) -> torch.Tensor:
+        tries.append(1)
+        raise RuntimeError("no FP8 tensor cores here")
+
+    monkeypatch.setattr(K, "fp8_skinny_mm", broken)
+    _, q, s = _layer(16, 32, device)
+    x = torch.randn(3, 32, device=device, dtype=torch.bfloat16)
+    outs = [fp8_linear_cuda(x, q, s, None, path) for _ in range(2)]
+    assert len(tries) == 1 and list(KernelGuard.failed) == ["fp8_skinny_mm"]
+    for out in outs:
+        torch.testing.assert_close(out, fp8_linear_ref(x, q, s, None))

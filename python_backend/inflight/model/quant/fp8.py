@@ -114,11 +114,11 @@ def fp8_linear_path(m: int, on_gpu: bool, gemv_max_m: int = GEMV_MAX_M, n: int =
     return "scaled_mm" if fits else "emulate"
 
 
-def fp8_linear_scaled_mm(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor,
-                         input_scale: torch.Tensor | None) -> torch.Tensor:
-    """W8A8: per-token (or static) quantization of x in one Triton launch, then cuBLASLt's FP8
-    GEMM with row-wise scales: x [M, K] -> [M, N] in x.dtype."""
-    from inflight.kernels import per_token_quant_fp8
+def quantize_activations(x: torch.Tensor, input_scale: torch.Tensor | None
+                         ) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [M, K] -> (e4m3 [M, K], fp32 scales [M, 1]): per token, or the static ``input_scale``
+    repeated per row; the fused Triton kernel, its eager formula if that kernel failed."""
+    from inflight import kernels as K
 
     def eager() -> tuple[torch.Tensor, torch.Tensor]:
         if input_scale is None:
@@ -126,7 +126,14 @@ def fp8_linear_scaled_mm(x: torch.Tensor, qweight: torch.Tensor, weight_scale: t
         return (quantize_fp8(x, input_scale),
                 input_scale.reshape(1, 1).expand(x.shape[0], 1).contiguous())
 
-    xq, sx = KernelGuard.run("fp8_quant", lambda: per_token_quant_fp8(x, input_scale), eager)
+    return KernelGuard.run("fp8_quant", lambda: K.per_token_quant_fp8(x, input_scale), eager)
+
+
+def fp8_linear_scaled_mm(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor,
+                         input_scale: torch.Tensor | None) -> torch.Tensor:
+    """W8A8: per-token (or static) quantization of x in one Triton launch, then cuBLASLt's FP8
+    GEMM with row-wise scales: x [M, K] -> [M, N] in x.dtype."""
+    xq, sx = quantize_activations(x, input_scale)
     out = torch._scaled_mm(xq, qweight.t(), scale_a=sx, scale_b=weight_scale.view(1, -1),
                            out_dtype=torch.bfloat16)  # row-wise scaling writes bf16
     return out if x.dtype == torch.bfloat16 else out.to(x.dtype)
@@ -139,14 +146,16 @@ def fp8_linear_tensor_cores(x: torch.Tensor, qweight: torch.Tensor, weight_scale
     is; ``input_scale`` unused); falls back to the emulation if a kernel fails."""
     from inflight import kernels as K
 
-    def run() -> torch.Tensor:
-        if not a8:
-            return K.fp8_skinny_mm(x, qweight, weight_scale)
-        xq, sx = K.per_token_quant_fp8(x, input_scale)
-        return K.fp8_skinny_mm(xq, qweight, weight_scale, x_scale=sx, out_dtype=x.dtype)
+    def emulate() -> torch.Tensor:
+        return fp8_linear_ref(x, qweight, weight_scale, input_scale)
 
-    return KernelGuard.run("fp8_skinny_mm", run,
-                           lambda: fp8_linear_ref(x, qweight, weight_scale, input_scale))
+    if not a8:
+        return KernelGuard.run("fp8_skinny_mm", lambda: K.fp8_skinny_mm(x, qweight, weight_scale),
+                               emulate)
+    xq, sx = quantize_activations(x, input_scale)
+    return KernelGuard.run(
+        "fp8_skinny_mm",
+        lambda: K.fp8_skinny_mm(xq, qweight, weight_scale, x_scale=sx, out_dtype=x.dtype), emulate)
 
 
 def fp8_linear_cuda(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor,
