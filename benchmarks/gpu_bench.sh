@@ -11,7 +11,7 @@
 #                                          # fp8+fp8-KV vs int4-awq latency b1 and throughput 128/128 (quant_bench.sh)
 #   bash benchmarks/gpu_bench.sh fp8-tc    # issue 14: the tensor-core FP8 decode kernel: tests, per-layer
 #                                          # times, config sweep, b1 decode per INFLIGHT_FP8_DECODE_KERNEL
-#   bash benchmarks/gpu_bench.sh fp8-attn  # issue 14: FP8-KV attention, bf16 vs fp16 dots (INFLIGHT_FP8_KV_DOTS):
+#   bash benchmarks/gpu_bench.sh fp8-attn  # issue 14: FP8-KV attention, INFLIGHT_FP8_KV_DOTS bf16 / fp16 / fp16-vt:
 #                                          # tests, batch-256 profile, 1000/1000
 #   bash benchmarks/gpu_bench.sh quant-e2e # issue 14: 2048/128 and 1000/1000, bf16 vs FP8 + FP8 KV, and a
 #                                          # batch-256 decode profile each way
@@ -113,20 +113,20 @@ case "${1:-all}" in
           --out "$OUT/tc-$kern" 2>&1 | grep -E "tok_s|ms_per|rror|Triton kernel" | head -4
     done
     ;;
-  fp8-attn)  # issue 14: attention over the FP8 KV cache with bf16 vs fp16 dots
-    # (INFLIGHT_FP8_KV_DOTS): GPU tests, the batch-256 decode profile and 1000/1000 each way,
-    # bf16 1000/1000 as the in-run baseline; < 8 min
+  fp8-attn)  # issue 14: attention over the FP8 KV cache, INFLIGHT_FP8_KV_DOTS bf16 / fp16 /
+    # fp16-vt: GPU tests, the batch-256 decode profile and 1000/1000 each way, bf16-cache
+    # 1000/1000 as the in-run baseline; < 9 min
     timeout 120 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_fp8_kv_cache.py \
         tests/kernels/test_triton_backend.py tests/kernels/test_paged_decode_attention.py \
         tests/kernels/test_paged_prefill_attention.py --tb=short 2>&1 | tee "$OUT/attn-tests.log" \
         | grep -E "^E  |^FAILED|passed|failed" | head -20
     F=(--model llama-3.1-8b --dtype bfloat16 --quantization fp8 --kv-cache-dtype fp8)
-    for dots in bf16 fp16 bf16 fp16; do  # alternating
+    for dots in bf16 fp16 fp16-vt; do
       echo "== FP8 KV, $dots dots: batch-256 decode profile"
       INFLIGHT_FP8_KV_DOTS=$dots timeout 60 $B profile "${F[@]}" --batch 256 --out "$OUT/attn-$dots" 2>&1 \
           | grep -E "^profile:|rror" | head -3
     done
-    for dots in bf16 fp16; do
+    for dots in bf16 fp16 fp16-vt; do
       echo "== FP8 + FP8 KV 1000/1000 x384, $dots dots"
       INFLIGHT_FP8_KV_DOTS=$dots timeout 100 $B throughput "${F[@]}" --max-num-tokens 16384 --isl 1000 --osl 1000 \
           --num-requests 384 --max-batch-size 512 --out "$OUT/attn-$dots" 2>&1 | grep -E "output_tok_s|rror"

@@ -26,7 +26,8 @@ def token_offsets(bt_row_ptr, n, n_mask, block_size, stride_b, stride_s):
 
 @triton.jit
 def dot_operand_q(q, F16: tl.constexpr):
-    """The query as the dots take it. F16 (an FP8 cache read by bf16 queries, ``fp16_dots``):
+    """The query as the dots take it. F16 (an FP8 cache read by bf16 queries, ``fp8_kv_dots``
+    fp16 or fp16-vt):
     q in fp16, clamped to fp16's range (no inf), so that every e4m3 K/V element converts to
     the dots' dtype in one instruction per two values (fp16 holds every e4m3 value exactly;
     to bf16 the compiler goes through fp16 and needs three more) and the probabilities keep
@@ -36,9 +37,34 @@ def dot_operand_q(q, F16: tl.constexpr):
     return q
 
 
-def use_fp16_dots(fp16_dots: bool, q: torch.Tensor, k_cache: torch.Tensor) -> bool:
-    """``fp16_dots`` applies to bf16 queries over an FP8 cache only."""
-    return fp16_dots and q.dtype == torch.bfloat16 and k_cache.dtype == torch.float8_e4m3fn
+@triton.jit
+def load_v(v_cache_ptr, rows, kv_col, d, n_mask, head_dim, dtype: tl.constexpr,
+           V_T: tl.constexpr):
+    """The [BLOCK_N, BLOCK_D] V tile of cache rows ``rows`` (element offsets), kv head column
+    ``kv_col``, as ``dtype``. V_T (FP8 caches, ``fp8_kv_dots="fp16-vt"``) loads it as
+    [BLOCK_D, BLOCK_N] and transposes in registers: in the sm_90 SASS of the plain load the
+    e4m3 tile goes through shared memory and comes back one byte per instruction (64
+    ``LDS.U8`` per tile) to form the dot's operand; the transposed load has none (byte
+    permutes in registers instead; the load is then not software-pipelined)."""
+    if V_T:
+        off_t = rows[None, :] + kv_col + d[:, None]  # [BLOCK_D, BLOCK_N]
+        mask_t = (d < head_dim)[:, None] & n_mask[None, :]
+        return tl.trans(tl.load(v_cache_ptr + off_t, mask=mask_t, other=0.0).to(dtype))
+    off = rows[:, None] + kv_col + d[None, :]
+    return tl.load(v_cache_ptr + off, mask=n_mask[:, None] & (d < head_dim)[None, :],
+                   other=0.0).to(dtype)
+
+
+FP8_KV_DOTS = ("bf16", "fp16", "fp16-vt")
+
+
+def fp8_dot_flags(fp8_kv_dots: str, q: torch.Tensor, k_cache: torch.Tensor) -> dict[str, bool]:
+    """Constexprs F16 / V_T for ``fp8_kv_dots`` (bf16 | fp16 | fp16-vt); they apply to bf16
+    queries over an FP8 cache only."""
+    if fp8_kv_dots not in FP8_KV_DOTS:
+        raise ValueError(f"fp8_kv_dots must be one of {FP8_KV_DOTS}, got {fp8_kv_dots!r}")
+    on = q.dtype == torch.bfloat16 and k_cache.dtype == torch.float8_e4m3fn
+    return {"F16": on and fp8_kv_dots != "bf16", "V_T": on and fp8_kv_dots == "fp16-vt"}
 
 
 @triton.jit

@@ -20,9 +20,10 @@ from ._paged import (
     check_paged_inputs,
     dot_config,
     dot_operand_q,
+    fp8_dot_flags,
+    load_v,
     mma,
     token_offsets,
-    use_fp16_dots,
 )
 from .paged_prefill_attention import attention_ref
 
@@ -46,6 +47,7 @@ def _decode_split_kernel(
     num_q_heads, block_size, group, head_dim,
     SPLIT: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, F16: tl.constexpr,
+    V_T: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
     kvh = tl.program_id(1)
@@ -81,7 +83,7 @@ def _decode_split_kernel(
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_cache_ptr + kv_off, mask=kv_mask, other=0.0).to(q.dtype)
+        v = load_v(v_cache_ptr, rows, kvh * stride_ch, d, n_mask, head_dim, q.dtype, V_T)
         acc = acc * alpha[:, None] + mma(p.to(v.dtype), v, DOT_PRECISION, UPCAST)
         m_i = m_new
 
@@ -142,13 +144,14 @@ def paged_decode_attention(
     block_n: int | None = None,
     k_scale: float = 1.0,
     v_scale: float = 1.0,
-    fp16_dots: bool = False,
+    fp8_kv_dots: str = "bf16",
 ) -> torch.Tensor:
     """Attention of one new query per request over its whole paged context.
 
     An FP8 (float8_e4m3fn) cache holds k / k_scale and v / v_scale: the scales are folded
-    into the softmax scale and the output. ``fp16_dots`` (bf16 q over an FP8 cache): the
-    dots in fp16 instead of bf16 (``_paged.dot_operand_q``).
+    into the softmax scale and the output. ``fp8_kv_dots`` (bf16 q over an FP8 cache):
+    ``bf16`` dots, ``fp16`` dots (``_paged.dot_operand_q``), or ``fp16-vt`` (also V loaded
+    transposed, ``_paged.load_v``).
 
     q: [B, Hq, D] (token/head strides free, unit stride in D), fp32/fp16/bf16.
     k_cache, v_cache: [num_blocks, block_size, Hkv, D] of q.dtype or float8_e4m3fn, same
@@ -187,7 +190,7 @@ def paged_decode_attention(
         hq, k_cache.shape[1], group, d,
         SPLIT=splits > 1, BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n,
         BLOCK_D=triton.next_power_of_2(d), **dot_config(_decode_split_kernel, q.dtype),
-        F16=use_fp16_dots(fp16_dots, q, k_cache),
+        **fp8_dot_flags(fp8_kv_dots, q, k_cache),
         num_warps=LAUNCH["num_warps"], num_stages=LAUNCH["num_stages"],
     )
     if splits > 1:

@@ -22,9 +22,10 @@ from ._paged import (
     check_paged_inputs,
     dot_config,
     dot_operand_q,
+    fp8_dot_flags,
+    load_v,
     mma,
     token_offsets,
-    use_fp16_dots,
 )
 
 
@@ -33,7 +34,7 @@ def _attend(
     q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, pos, lo, hi, kvh, d,
     block_size, stride_cb, stride_cs, stride_ch, head_dim, scale_log2,
     CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    UPCAST: tl.constexpr,
+    UPCAST: tl.constexpr, V_T: tl.constexpr,
 ):
     # q: [BLOCK_M, BLOCK_D]; pos: [BLOCK_M] query positions; keys [lo, hi) in BLOCK_N tiles.
     for n0 in range(lo, hi, BLOCK_N):
@@ -50,7 +51,7 @@ def _attend(
         alpha = tl.exp2(m_i - m_new)
         p = tl.exp2(s - m_new[:, None])
         l_i = l_i * alpha + tl.sum(p, 1)
-        v = tl.load(v_cache_ptr + kv_off, mask=kv_mask, other=0.0).to(q.dtype)
+        v = load_v(v_cache_ptr, rows, kvh * stride_ch, d, n_mask, head_dim, q.dtype, V_T)
         acc = acc * alpha[:, None] + mma(p.to(v.dtype), v, DOT_PRECISION, UPCAST)
         m_i = m_new
     return m_i, l_i, acc
@@ -67,6 +68,7 @@ def _prefill_kernel(
     block_size, group, head_dim,
     BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, F16: tl.constexpr,
+    V_T: tl.constexpr,
 ):
     tile = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -98,11 +100,11 @@ def _prefill_kernel(
     kv_end = ctx + tl.minimum((tile + 1) * BLOCK_Q, q_len)
     m_i, l_i, acc = _attend(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, pos, 0,
                             full_end, kvh, d, block_size, stride_cb, stride_cs, stride_ch,
-                            head_dim, scale_log2, False, BLOCK_N, DOT_PRECISION, UPCAST)
+                            head_dim, scale_log2, False, BLOCK_N, DOT_PRECISION, UPCAST, V_T)
     m_i, l_i, acc = _attend(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, pos,
                             full_end, kv_end, kvh, d, block_size, stride_cb, stride_cs,
                             stride_ch, head_dim, scale_log2, True, BLOCK_N, DOT_PRECISION,
-                            UPCAST)
+                            UPCAST, V_T)
     acc = acc * (v_scale / l_i)[:, None]
     o_ptrs = out_ptr + tok64[:, None] * stride_ot + heads[:, None] * stride_oh + d[None, :]
     tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=qd_mask)
@@ -130,12 +132,13 @@ def paged_prefill_attention(
     block_n: int | None = None,
     k_scale: float = 1.0,
     v_scale: float = 1.0,
-    fp16_dots: bool = False,
+    fp8_kv_dots: str = "bf16",
 ) -> torch.Tensor:
     """Causal attention of each request's new queries over its paged context.
 
-    An FP8 (float8_e4m3fn) cache holds k / k_scale and v / v_scale. ``fp16_dots`` (bf16 q
-    over an FP8 cache): the dots in fp16 instead of bf16 (``_paged.dot_operand_q``).
+    An FP8 (float8_e4m3fn) cache holds k / k_scale and v / v_scale. ``fp8_kv_dots`` (bf16 q
+    over an FP8 cache): ``bf16`` dots, ``fp16`` dots (``_paged.dot_operand_q``), or
+    ``fp16-vt`` (also V loaded transposed, ``_paged.load_v``).
 
     q: [T, Hq, D] (token/head strides free, unit stride in D), fp32/fp16/bf16.
     k_cache, v_cache: [num_blocks, block_size, Hkv, D] of q.dtype (or float8_e4m3fn) with
@@ -173,7 +176,7 @@ def paged_prefill_attention(
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
         k_cache.shape[1], group, d,
         BLOCK_Q=block_q, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=triton.next_power_of_2(d),
-        **dot_config(_prefill_kernel, q.dtype), F16=use_fp16_dots(fp16_dots, q, k_cache),
+        **dot_config(_prefill_kernel, q.dtype), **fp8_dot_flags(fp8_kv_dots, q, k_cache),
         num_warps=warps, num_stages=stages,
     )
     return out

@@ -53,13 +53,14 @@ def fp8_decode_kernel() -> str:
 
 
 def fp8_kv_dots() -> str:
-    """The dtype of the attention kernels' dots over an FP8 KV cache with bf16 queries:
-    ``bf16`` (default) or ``fp16`` (each e4m3 element converts in one instruction per two
-    values instead of four; kernels/_paged.py ``dot_operand_q``). Not yet measured on a GPU:
-    ``benchmarks/gpu_bench.sh fp8-attn`` compares the two."""
+    """How the attention kernels read an FP8 KV cache with bf16 queries: ``bf16`` (default:
+    e4m3 -> bf16, bf16 dots), ``fp16`` (fp16 dots: one conversion instruction per two values
+    instead of four; kernels/_paged.py ``dot_operand_q``) or ``fp16-vt`` (also V loaded
+    transposed: no byte-wise shared-memory loads; ``load_v``). Not yet measured on a GPU:
+    ``benchmarks/gpu_bench.sh fp8-attn`` compares them."""
     v = _get("FP8_KV_DOTS", "bf16") or "bf16"
-    if v not in ("bf16", "fp16"):
-        raise ValueError(f"INFLIGHT_FP8_KV_DOTS must be 'bf16' or 'fp16', got {v!r}")
+    if v not in ("bf16", "fp16", "fp16-vt"):
+        raise ValueError(f"INFLIGHT_FP8_KV_DOTS must be 'bf16', 'fp16' or 'fp16-vt', got {v!r}")
     return v
 
 

@@ -70,11 +70,13 @@ def test_fp8_linear_scaled_mm_gpu(m: int, n: int, k: int) -> None:
     assert rel < 0.06  # FP8 W8A8 vs bf16: a few percent relative error
 
 
+@pytest.mark.parametrize("dots", ["fp16", "fp16-vt"])
 @pytest.mark.parametrize("num_splits", [1, 2])
-def test_fp16_dots_over_fp8_caches(num_splits: int, device: torch.device) -> None:
-    """fp16_dots (FP8 caches, bf16 q): q, K, V and the probabilities in fp16 for the dots;
-    the same result as the reference within bf16's tolerance, decode and prefill, and q
-    values past fp16's range clamp instead of turning into inf / NaN."""
+def test_fp16_dots_over_fp8_caches(dots: str, num_splits: int, device: torch.device) -> None:
+    """fp8_kv_dots fp16 / fp16-vt (FP8 caches, bf16 q): q, K, V and the probabilities in fp16
+    for the dots (fp16-vt: V loaded transposed); the same result as the reference within
+    bf16's tolerance, decode and prefill, and q values past fp16's range clamp instead of
+    turning into inf / NaN. An unknown choice is an error naming the argument."""
     c = make_case([1, 1, 5], [7, 20, 12], hq=4, hkv=2, d=32, block_size=4, dtype=torch.bfloat16,
                   device=device)
     kc = (c.k_cache.float() / K_SCALE).clamp(-448, 448).to(FP8)
@@ -83,13 +85,16 @@ def test_fp16_dots_over_fp8_caches(num_splits: int, device: torch.device) -> Non
     ref = attention_ref(c.q, kc, vc, m.query_start_loc, m.seq_lens, m.block_tables, 0.25, K_SCALE, V_SCALE)
     out = torch.zeros_like(c.q)
     paged_decode_attention(c.q[:2], kc, vc, m.block_tables[:2], m.seq_lens[:2], 0.25, out=out[:2],
-                           k_scale=K_SCALE, v_scale=V_SCALE, num_splits=num_splits, fp16_dots=True)
+                           k_scale=K_SCALE, v_scale=V_SCALE, num_splits=num_splits, fp8_kv_dots=dots)
     paged_prefill_attention(c.q, kc, vc, m.query_start_loc[2:], m.seq_lens[2:], m.block_tables[2:],
                             0.25, m.max_query_len, out=out, k_scale=K_SCALE, v_scale=V_SCALE,
-                            fp16_dots=True)
+                            fp8_kv_dots=dots)
     torch.testing.assert_close(out.float(), ref.float(), atol=2e-2, rtol=2e-2)
     big = c.q[:2].clone()
     big[0, 0, 0] = 1e6  # beyond fp16's 65504: clamped
     huge = paged_decode_attention(big, kc, vc, m.block_tables[:2], m.seq_lens[:2], 0.25,
-                                  k_scale=K_SCALE, v_scale=V_SCALE, fp16_dots=True)
+                                  k_scale=K_SCALE, v_scale=V_SCALE, fp8_kv_dots=dots)
     assert torch.isfinite(huge.float()).all()
+    with pytest.raises(ValueError, match="fp8_kv_dots"):
+        paged_decode_attention(c.q[:2], kc, vc, m.block_tables[:2], m.seq_lens[:2], 0.25,
+                               fp8_kv_dots="fp32")

@@ -63,18 +63,18 @@ def test_mixed_step_gpu(dtype: torch.dtype) -> None:
 
 def test_fp8_kv_dots_option_reaches_both_kernels(monkeypatch: pytest.MonkeyPatch,
                                                  device: torch.device) -> None:
-    """INFLIGHT_FP8_KV_DOTS=fp16: the backend asks the decode and prefill kernels for fp16
-    dots; unset: bf16 (False); anything else: an error naming the variable."""
+    """INFLIGHT_FP8_KV_DOTS reaches the decode and prefill kernels as fp8_kv_dots (unset:
+    bf16); an unknown value is an error naming the variable."""
     import inflight.model.attention.triton_backend as tb
 
-    seen: list[tuple[str, bool]] = []
+    seen: list[tuple[str, str]] = []
     dec, pre = tb.paged_decode_attention, tb.paged_prefill_attention
     monkeypatch.setattr(tb, "paged_decode_attention",
-                        lambda *a, **kw: (seen.append(("decode", kw["fp16_dots"])), dec(*a, **kw))[1])
+                        lambda *a, **kw: (seen.append(("decode", kw["fp8_kv_dots"])), dec(*a, **kw))[1])
     monkeypatch.setattr(tb, "paged_prefill_attention",
-                        lambda *a, **kw: (seen.append(("prefill", kw["fp16_dots"])), pre(*a, **kw))[1])
+                        lambda *a, **kw: (seen.append(("prefill", kw["fp8_kv_dots"])), pre(*a, **kw))[1])
     c = make_case([1, 5], [9, 12], 4, 2, 16, 16, torch.bfloat16, device)
-    for value, want in ((None, False), ("fp16", True), ("bf16", False)):
+    for value, want in ((None, "bf16"), ("fp16", "fp16"), ("fp16-vt", "fp16-vt"), ("bf16", "bf16")):
         if value is None:
             monkeypatch.delenv("INFLIGHT_FP8_KV_DOTS", raising=False)
         else:

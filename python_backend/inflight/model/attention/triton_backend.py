@@ -37,7 +37,7 @@ class TritonAttentionBackend:
 
     def __init__(self) -> None:
         self._plan: _StepPlan | None = None
-        self._fp16_dots = env.fp8_kv_dots() == "fp16"  # FP8 caches only (the kernels check)
+        self._fp8_kv_dots = env.fp8_kv_dots()  # FP8 caches only (the kernels check)
 
     def plan(self, meta: AttentionMetadata) -> None:
         nd = meta.num_decodes
@@ -80,10 +80,10 @@ class TritonAttentionBackend:
             paged_decode_attention(
                 q[:nd], k_cache, v_cache, p.decode_block_tables, p.decode_seq_lens, scale,
                 max_seq_len=meta.max_seq_len, out=out[:nd], k_scale=k_scale, v_scale=v_scale,
-                fp16_dots=self._fp16_dots)
+                fp8_kv_dots=self._fp8_kv_dots)
         if p.num_prefills > 0:
             paged_prefill_attention(
                 q, k_cache, v_cache, p.prefill_query_start_loc, p.prefill_seq_lens,
                 p.prefill_block_tables, scale, meta.max_query_len, out=out, k_scale=k_scale,
-                v_scale=v_scale, fp16_dots=self._fp16_dots)
+                v_scale=v_scale, fp8_kv_dots=self._fp8_kv_dots)
         return out
