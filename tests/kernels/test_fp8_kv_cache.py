@@ -12,7 +12,7 @@ from inflight.kernels import (
     paged_decode_attention,
     paged_prefill_attention,
 )
-from kernel_testing import make_case
+from kernel_testing import PagedCase, make_case
 
 FP8 = torch.float8_e4m3fn
 K_SCALE, V_SCALE = 0.02, 0.05
@@ -36,13 +36,22 @@ def test_kv_cache_write_fp8_matches_reference(device: torch.device) -> None:
     assert caches[1].float().abs().max() == 448.0  # saturated, not NaN
 
 
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_decode_and_prefill_read_fp8_caches(dtype: torch.dtype, device: torch.device) -> None:
+def _fp8_case(dtype: torch.dtype, device: torch.device
+              ) -> tuple[PagedCase, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """2 decodes and a 5-token prefill chunk over e4m3 caches: (case, k cache, v cache, the
+    torch reference's output)."""
     c = make_case([1, 1, 5], [7, 20, 12], hq=4, hkv=2, d=32, block_size=4, dtype=dtype, device=device)
     kc = (c.k_cache.float() / K_SCALE).clamp(-448, 448).to(FP8)
     vc = (c.v_cache.float() / V_SCALE).clamp(-448, 448).to(FP8)
     m = c.meta
     ref = attention_ref(c.q, kc, vc, m.query_start_loc, m.seq_lens, m.block_tables, 0.25, K_SCALE, V_SCALE)
+    return c, kc, vc, ref
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_decode_and_prefill_read_fp8_caches(dtype: torch.dtype, device: torch.device) -> None:
+    c, kc, vc, ref = _fp8_case(dtype, device)
+    m = c.meta
     out = torch.zeros_like(c.q)
     paged_decode_attention(c.q[:2], kc, vc, m.block_tables[:2], m.seq_lens[:2], 0.25, out=out[:2],
                            k_scale=K_SCALE, v_scale=V_SCALE, num_splits=2)
@@ -77,12 +86,8 @@ def test_fp16_dots_over_fp8_caches(dots: str, num_splits: int, device: torch.dev
     for the dots (fp16-vt: V loaded transposed); the same result as the reference within
     bf16's tolerance, decode and prefill, and q values past fp16's range clamp instead of
     turning into inf / NaN. An unknown choice is an error naming the argument."""
-    c = make_case([1, 1, 5], [7, 20, 12], hq=4, hkv=2, d=32, block_size=4, dtype=torch.bfloat16,
-                  device=device)
-    kc = (c.k_cache.float() / K_SCALE).clamp(-448, 448).to(FP8)
-    vc = (c.v_cache.float() / V_SCALE).clamp(-448, 448).to(FP8)
+    c, kc, vc, ref = _fp8_case(torch.bfloat16, device)
     m = c.meta
-    ref = attention_ref(c.q, kc, vc, m.query_start_loc, m.seq_lens, m.block_tables, 0.25, K_SCALE, V_SCALE)
     out = torch.zeros_like(c.q)
     paged_decode_attention(c.q[:2], kc, vc, m.block_tables[:2], m.seq_lens[:2], 0.25, out=out[:2],
                            k_scale=K_SCALE, v_scale=V_SCALE, num_splits=num_splits, fp8_kv_dots=dots)
