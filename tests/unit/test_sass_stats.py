@@ -38,5 +38,5 @@ def test_decode_attention_variants_compile_for_sm90(tmp_path: Path) -> None:
     assert "E4M3" not in bf16  # no e4m3 conversion for a bf16 cache
     for name in ("decode e4m3 cache, fp16 dots", "decode e4m3 cache, fp16-vt dots"):
         assert "F2F.BF16.F16" not in rows[name][1]  # fp16 dots: no second conversion step
-        assert "F2FP.F16.E4M3" in rows[name][1]
+        assert "E4M3" in rows[name][1]  # the e4m3 conversion itself is there
     assert len(list(tmp_path.glob("*.sass"))) == 4
