@@ -194,7 +194,7 @@ def sweep_skinny(out: list[dict[str, Any]], ms: tuple[int, ...] = (1, 16)) -> No
                 d_us, d_err = try_us(call)
                 best = min(times) if times else None
                 out.append({"sweep": f"skinny_{mode}", "layer": name, "m": m,
-                            "default": launch_config(m, n, k, mode == "w8a8", False),
+                            "default": launch_config(n, k, mode == "w8a8", False),
                             "default_us": d_us, "best": best[1] if best else None,
                             "best_us": best[0] if best else None, "all": times,
                             "error": d_err})

@@ -98,7 +98,7 @@ def skinny_mm(sass_dir: str) -> None:
     for name, n, k in (("qkv", 6144, 4096), ("o", 4096, 4096), ("gate_up", 28672, 4096),
                        ("down", 4096, 14336)):
         for a8 in (True, False):
-            cfg = mod.launch_config(1, n, k, a8, False)
+            cfg = mod.launch_config(n, k, a8, False)
             ptrs = {"x_ptr": "*u8" if a8 else "*bf16", "xs_ptr": "*fp32", "w_ptr": "*u8",
                     "s_ptr": "*fp32", "y_ptr": "*fp32" if cfg["SPLIT_K"] > 1 else "*bf16"}
             consts = {"BLOCK_M": mod.MAX_M, "BLOCK_N": cfg["BLOCK_N"], "BLOCK_K": cfg["BLOCK_K"],

@@ -39,6 +39,7 @@ import triton.language as tl
 from . import _split_k as split_k
 from ._common import check, check_devices, check_tensor, is_interpreted
 from ._split_k import program_tile
+from .fp8_gemv import _e4m3_to_f32_shifted
 
 MAX_M = 16
 _X_SHIFT = 0.00390625  # 2**-8: x in fp16 (W8A16 path), undone on the output
@@ -47,9 +48,7 @@ _X_SHIFT = 0.00390625  # 2**-8: x in fp16 (W8A16 path), undone on the output
 @triton.jit
 def _e4m3_value(b):
     """uint8 e4m3 bit patterns -> their exact fp32 values (no NaN code)."""
-    b32 = b.to(tl.uint32)
-    shifted = (((b32 & 0x7F) << 20) | ((b32 & 0x80) << 24)).to(tl.float32, bitcast=True)
-    return shifted * 1.329227995784916e36  # * 2**120: e4m3's exponent bias 7 -> fp32's 127
+    return _e4m3_to_f32_shifted(b) * 1.329227995784916e36  # * 2**120: bias 7 -> fp32's 127
 
 
 @triton.jit
@@ -93,8 +92,9 @@ def _fp8_skinny_kernel(
              y.to(y_ptr.dtype.element_ty), mask=n_mask[:, None] & m_mask[None, :])
 
 
-def launch_config(m: int, n: int, k: int, a8: bool, interpreted: bool) -> dict[str, int]:
-    """BLOCK_N/K, SPLIT_K, warps and stages for one call (pure function of the shape)."""
+def launch_config(n: int, k: int, a8: bool, interpreted: bool) -> dict[str, int]:
+    """BLOCK_N/K, SPLIT_K, warps and stages for one call (pure function of the weight's
+    shape: the sweep found the same best configs at M = 1 and 16)."""
     if interpreted:  # small tiles keep the numpy interpreter quick
         return {"BLOCK_N": 16, "BLOCK_K": 32, "num_warps": 4}
     # The H200 sweep (benchmarks/quant_kernel_bench.py --sweep-skinny, 2026-12-01,
@@ -152,7 +152,7 @@ def fp8_skinny_mm(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Te
     dev_kernel = _fp8_skinny_kernel
     check_devices(dev_kernel, **tensors)
     soft = is_interpreted(dev_kernel)
-    cfg = launch_config(m, n, k, a8, soft) | (config or {})
+    cfg = launch_config(n, k, a8, soft) | (config or {})
     check(int(cfg["BLOCK_N"]) >= 16 and int(cfg["BLOCK_K"]) >= 32,
           f"config BLOCK_N must be >= 16 and BLOCK_K >= 32 (tensor-core tiles), got {cfg}")
     y, k_per, split, stride_ys = split_k.plan(out, k, int(cfg["BLOCK_K"]), int(cfg.pop("SPLIT_K", 1)))
