@@ -13,6 +13,9 @@
 #                                          # times, config sweep, b1 decode per INFLIGHT_FP8_DECODE_KERNEL
 #   bash benchmarks/gpu_bench.sh fp8-attn  # issue 14: FP8-KV attention, INFLIGHT_FP8_KV_DOTS bf16 / fp16 / fp16-vt:
 #                                          # tests, batch-256 profile, 1000/1000
+#   bash benchmarks/gpu_bench.sh attn-sweep  # issue 14: decode attention launch configs per cache (bf16, e4m3
+#                                          # with bf16 / fp16 dots; benchmarks/decode_attention_sweep.py), the
+#                                          # attention GPU tests, batch-256 decode profiles (bf16 and FP8 KV)
 #   bash benchmarks/gpu_bench.sh quant-e2e # issue 14: 2048/128 and 1000/1000, bf16 vs FP8 + FP8 KV, and a
 #                                          # batch-256 decode profile each way
 #   bash benchmarks/gpu_bench.sh serve13-prep  # device call 1 of the serving modes (carry .whl): server bundle
@@ -134,6 +137,20 @@ case "${1:-all}" in
     echo "== bf16 1000/1000 x384 (in-run baseline)"
     timeout 100 $B throughput --model llama-3.1-8b --dtype bfloat16 --max-num-tokens 16384 --isl 1000 --osl 1000 \
         --num-requests 384 --max-batch-size 512 --out "$OUT/attn-bf16cache" 2>&1 | grep -E "output_tok_s|rror"
+    ;;
+  attn-sweep)  # issue 14: the decode attention kernel's launch configs per cache dtype, then the
+    # attention GPU tests and a batch-256 decode profile per cache (the kernel's share of a step); < 8 min
+    timeout 300 python3 benchmarks/decode_attention_sweep.py --variants ${VARIANTS:-bf16,fp8,fp8-fp16} \
+        --json "$OUT/attn-sweep.json" 2>&1 | tee "$OUT/attn-sweep.log" | grep -v "^  (" | head -60
+    timeout 120 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_paged_decode_attention.py \
+        tests/kernels/test_paged_prefill_attention.py tests/kernels/test_fp8_kv_cache.py --tb=short 2>&1 \
+        | tee "$OUT/attn-tests.log" | grep -E "^E  |^FAILED|passed|failed" | head -20
+    for q in bf16 fp8; do
+      a=(--dtype bfloat16); [ $q = fp8 ] && a+=(--quantization fp8 --kv-cache-dtype fp8)
+      echo "== $q profile, batch 256"
+      timeout 60 $B profile --model llama-3.1-8b --batch 256 "${a[@]}" --out "$OUT/prof-$q" 2>&1 \
+          | grep -E "^profile:|rror" | head -4
+    done
     ;;
   quant-e2e)  # issue 14's other workloads, bf16 and FP8 + FP8 KV alternating, then a profile
     # of one decode step at batch 256 each way (where the FP8 step's time goes); < 10 min

@@ -25,6 +25,7 @@ import tempfile
 from collections import Counter
 from typing import Any
 
+import torch
 import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
@@ -80,15 +81,16 @@ def decode_attention(sass_dir: str) -> None:
             "mid_o_ptr": "*fp32", "mid_lse_ptr": "*fp32"}
     aligned = ("q_ptr", "k_cache_ptr", "v_cache_ptr", "out_ptr", "mid_o_ptr", "mid_lse_ptr",
                "stride_qb", "stride_qh", "stride_cb", "stride_cs", "stride_ch", "stride_ob",
-               "stride_oh", "num_q_heads", "block_size", "head_dim")
+               "stride_oh", "num_q_heads", "head_dim")
     for cache, dots in (("bf16", "bf16"), ("fp8e4nv", "bf16"), ("fp8e4nv", "fp16"),
                         ("fp8e4nv", "fp16-vt")):
-        consts = {"SPLIT": True, "BLOCK_G": 16, "BLOCK_N": mod.LAUNCH["block_n"], "BLOCK_D": 128,
+        cfg = mod.launch_config(torch.bfloat16 if cache == "bf16" else torch.float8_e4m3fn)
+        consts = {"BLOCK_SIZE": 16, "SPLIT": True, "BLOCK_G": 16, "BLOCK_N": cfg["block_n"], "BLOCK_D": 128,
                   "DOT_PRECISION": "tf32", "UPCAST": False,
                   "F16": cache != "bf16" and dots != "bf16", "V_T": cache != "bf16" and dots == "fp16-vt"}
         c = compile_sm90(mod._decode_split_kernel, ptrs | {"k_cache_ptr": f"*{cache}",
                          "v_cache_ptr": f"*{cache}"}, consts, ("scale_log2", "v_scale"), aligned,
-                         mod.LAUNCH["num_warps"], mod.LAUNCH["num_stages"])
+                         cfg["num_warps"], cfg["num_stages"])
         show(f"decode {'e4m3' if cache != 'bf16' else 'bf16'} cache, {dots} dots", c, sass_dir)
 
 

@@ -29,23 +29,31 @@ from .paged_prefill_attention import attention_ref
 
 MIN_TOKENS_PER_SPLIT = 256
 MAX_SPLITS = 64
-# GPU launch config, from a sweep on an H100 (bf16, D=128, B=1..256, contexts 1k..32k)
+# GPU launch configs per cache dtype. bf16: from a sweep on an H100 (bf16, D=128,
+# B=1..256, contexts 1k..32k); benchmarks/decode_attention_sweep.py re-runs it per cache dtype.
 LAUNCH = {"block_n": 64, "num_warps": 4, "num_stages": 3}
+LAUNCH_FP8 = {"block_n": 64, "num_warps": 4, "num_stages": 3}
+
+
+def launch_config(cache_dtype: torch.dtype) -> dict[str, int]:
+    """BLOCK_N, num_warps and num_stages of the decode kernel for a cache of ``cache_dtype``."""
+    return dict(LAUNCH_FP8 if cache_dtype == torch.float8_e4m3fn else LAUNCH)
 
 
 # Nothing that changes from step to step may pick a compiled variant: a new variant compiles
 # while serving and stalls that step (a TTFT p99 of 0.8 s on the H200, 2026-12-01). The
 # block table's row stride is its step-dependent width, the split count varies with the
 # batch and context (it is the grid's third axis here, never a constant), and a request
-# slice moves the metadata pointers off 16-byte alignment.
+# slice moves the metadata pointers off 16-byte alignment. The cache's block size is fixed per
+# engine: a constexpr.
 @triton.jit(do_not_specialize=["stride_bt", "bt_ptr", "seq_lens_ptr"])  # pointers: alignment
 def _decode_split_kernel(
     q_ptr, k_cache_ptr, v_cache_ptr, bt_ptr, seq_lens_ptr,  # see paged_decode_attention
     out_ptr, mid_o_ptr, mid_lse_ptr,  # out: [B, Hq, D]; mid_o: [B, Hq, S, D]; mid_lse: [B, Hq, S]
     scale_log2, v_scale,  # scale_log2 includes k_scale (FP8 caches); v_scale scales the output
     stride_qb, stride_qh, stride_cb, stride_cs, stride_ch, stride_bt, stride_ob, stride_oh,
-    num_q_heads, block_size, group, head_dim,
-    SPLIT: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
+    num_q_heads, group, head_dim,
+    BLOCK_SIZE: tl.constexpr, SPLIT: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, F16: tl.constexpr,
     V_T: tl.constexpr,
 ):
@@ -73,7 +81,7 @@ def _decode_split_kernel(
     for n0 in range(start, end, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
         n_mask = n < end
-        rows = token_offsets(bt_row, n, n_mask, block_size, stride_cb, stride_cs)
+        rows = token_offsets(bt_row, n, n_mask, BLOCK_SIZE, stride_cb, stride_cs)
         kv_off = rows[:, None] + kvh * stride_ch + d[None, :]  # [BLOCK_N, BLOCK_D]
         kv_mask = n_mask[:, None] & (d < head_dim)[None, :]
         k = tl.load(k_cache_ptr + kv_off, mask=kv_mask, other=0.0).to(q.dtype)  # fp8 -> q's
@@ -145,6 +153,7 @@ def paged_decode_attention(
     k_scale: float = 1.0,
     v_scale: float = 1.0,
     fp8_kv_dots: str = "bf16",
+    launch: dict[str, int] | None = None,
 ) -> torch.Tensor:
     """Attention of one new query per request over its whole paged context.
 
@@ -158,7 +167,8 @@ def paged_decode_attention(
     strides; Hq % Hkv == 0 (q head i reads kv head i // (Hq // Hkv)); D a multiple of 16.
     block_tables: [B, max_blocks] int32; seq_lens: [B] int32 (context incl. the new token).
     max_seq_len: host-side bound used only to pick the split count (no host sync).
-    out: optional [B, Hq, D] of q.dtype. num_splits / block_n override the heuristics.
+    out: optional [B, Hq, D] of q.dtype. num_splits / block_n override the heuristics;
+    ``launch`` (block_n, num_warps, num_stages) overrides :func:`launch_config`.
     Returns out [B, Hq, D].
     """
     nreq = q.shape[0] if q.dim() == 3 else -1
@@ -175,7 +185,8 @@ def paged_decode_attention(
         return out
     splits = num_splits or choose_num_splits(nreq, hkv, max_seq_len, dev)
     check(1 <= splits <= MAX_SPLITS, f"num_splits must be 1..{MAX_SPLITS}, got {splits}")
-    block_n = block_n or int(LAUNCH["block_n"])
+    cfg = launch_config(k_cache.dtype) | (launch or {})
+    block_n = block_n or cfg["block_n"]
     hq = q.shape[1]
     if splits > 1:
         mid_o = torch.empty((nreq, hq, splits, d), dtype=torch.float32, device=dev)
@@ -187,11 +198,11 @@ def paged_decode_attention(
         scale * LOG2E * k_scale, v_scale,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
         block_tables.stride(0), out.stride(0), out.stride(1),
-        hq, k_cache.shape[1], group, d,
-        SPLIT=splits > 1, BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n,
+        hq, group, d,
+        BLOCK_SIZE=k_cache.shape[1], SPLIT=splits > 1, BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n,
         BLOCK_D=triton.next_power_of_2(d), **dot_config(_decode_split_kernel, q.dtype),
         **fp8_dot_flags(fp8_kv_dots, q, k_cache),
-        num_warps=LAUNCH["num_warps"], num_stages=LAUNCH["num_stages"],
+        num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     if splits > 1:
         _decode_reduce_kernel[(nreq, hq)](

@@ -32,7 +32,7 @@ from ._paged import (
 @triton.jit
 def _attend(
     q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, pos, lo, hi, kvh, d,
-    block_size, stride_cb, stride_cs, stride_ch, head_dim, scale_log2,
+    BLOCK_SIZE: tl.constexpr, stride_cb, stride_cs, stride_ch, head_dim, scale_log2,
     CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
     UPCAST: tl.constexpr, V_T: tl.constexpr,
 ):
@@ -40,7 +40,7 @@ def _attend(
     for n0 in range(lo, hi, BLOCK_N):
         n = n0 + tl.arange(0, BLOCK_N)
         n_mask = n < hi
-        rows = token_offsets(bt_row, n, n_mask, block_size, stride_cb, stride_cs)
+        rows = token_offsets(bt_row, n, n_mask, BLOCK_SIZE, stride_cb, stride_cs)
         kv_off = rows[:, None] + kvh * stride_ch + d[None, :]  # [BLOCK_N, BLOCK_D]
         kv_mask = n_mask[:, None] & (d < head_dim)[None, :]
         k = tl.load(k_cache_ptr + kv_off, mask=kv_mask, other=0.0).to(q.dtype)  # fp8 -> q's
@@ -65,8 +65,8 @@ def _prefill_kernel(
     qsl_ptr, seq_lens_ptr, bt_ptr,  # [B+1], [B], [B, max_blocks] int32
     scale_log2, v_scale,  # scale_log2 includes k_scale (FP8 caches); v_scale scales the output
     stride_qt, stride_qh, stride_ot, stride_oh, stride_cb, stride_cs, stride_ch, stride_bt,
-    block_size, group, head_dim,
-    BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    group, head_dim,
+    BLOCK_SIZE: tl.constexpr, BLOCK_Q: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, F16: tl.constexpr,
     V_T: tl.constexpr,
 ):
@@ -99,10 +99,10 @@ def _prefill_kernel(
     full_end = (ctx + tile * BLOCK_Q) // BLOCK_N * BLOCK_N
     kv_end = ctx + tl.minimum((tile + 1) * BLOCK_Q, q_len)
     m_i, l_i, acc = _attend(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, pos, 0,
-                            full_end, kvh, d, block_size, stride_cb, stride_cs, stride_ch,
+                            full_end, kvh, d, BLOCK_SIZE, stride_cb, stride_cs, stride_ch,
                             head_dim, scale_log2, False, BLOCK_N, DOT_PRECISION, UPCAST, V_T)
     m_i, l_i, acc = _attend(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, pos,
-                            full_end, kv_end, kvh, d, block_size, stride_cb, stride_cs,
+                            full_end, kv_end, kvh, d, BLOCK_SIZE, stride_cb, stride_cs,
                             stride_ch, head_dim, scale_log2, True, BLOCK_N, DOT_PRECISION,
                             UPCAST, V_T)
     acc = acc * (v_scale / l_i)[:, None]
@@ -174,8 +174,8 @@ def paged_prefill_attention(
         scale * LOG2E * k_scale, v_scale,
         q.stride(0), q.stride(1), out.stride(0), out.stride(1),
         k_cache.stride(0), k_cache.stride(1), k_cache.stride(2), block_tables.stride(0),
-        k_cache.shape[1], group, d,
-        BLOCK_Q=block_q, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=triton.next_power_of_2(d),
+        group, d,
+        BLOCK_SIZE=k_cache.shape[1], BLOCK_Q=block_q, BLOCK_M=bm, BLOCK_N=bn, BLOCK_D=triton.next_power_of_2(d),
         **dot_config(_prefill_kernel, q.dtype), **fp8_dot_flags(fp8_kv_dots, q, k_cache),
         num_warps=warps, num_stages=stages,
     )
