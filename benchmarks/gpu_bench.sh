@@ -119,21 +119,25 @@ case "${1:-all}" in
   fp8-attn)  # issue 14: attention over the FP8 KV cache, INFLIGHT_FP8_KV_DOTS bf16 / fp16 /
     # fp16-vt: GPU tests, the batch-256 decode profile and 1000/1000 each way, bf16-cache
     # 1000/1000 as the in-run baseline; < 9 min
-    timeout 120 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_fp8_kv_cache.py \
+    # (DOTS: the choices to run; ATTN_QUICK=1: only their 1000/1000, no tests, profiles, baseline)
+    DOTS=${DOTS:-bf16 fp16 fp16-vt}
+    [ "${ATTN_QUICK:-0}" = 1 ] || timeout 120 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_fp8_kv_cache.py \
         tests/kernels/test_triton_backend.py tests/kernels/test_paged_decode_attention.py \
         tests/kernels/test_paged_prefill_attention.py --tb=short 2>&1 | tee "$OUT/attn-tests.log" \
         | grep -E "^E  |^FAILED|passed|failed" | head -20
     F=(--model llama-3.1-8b --dtype bfloat16 --quantization fp8 --kv-cache-dtype fp8)
-    for dots in bf16 fp16 fp16-vt; do
+    for dots in $DOTS; do
+      [ "${ATTN_QUICK:-0}" = 1 ] && break
       echo "== FP8 KV, $dots dots: batch-256 decode profile"
       INFLIGHT_FP8_KV_DOTS=$dots timeout 60 $B profile "${F[@]}" --batch 256 --out "$OUT/attn-$dots" 2>&1 \
           | grep -E "^profile:|rror" | head -3
     done
-    for dots in bf16 fp16 fp16-vt; do
+    for dots in $DOTS; do
       echo "== FP8 + FP8 KV 1000/1000 x384, $dots dots"
       INFLIGHT_FP8_KV_DOTS=$dots timeout 100 $B throughput "${F[@]}" --max-num-tokens 16384 --isl 1000 --osl 1000 \
           --num-requests 384 --max-batch-size 512 --out "$OUT/attn-$dots" 2>&1 | grep -E "output_tok_s|rror"
     done
+    [ "${ATTN_QUICK:-0}" = 1 ] && exit 0
     echo "== bf16 1000/1000 x384 (in-run baseline)"
     timeout 100 $B throughput --model llama-3.1-8b --dtype bfloat16 --max-num-tokens 16384 --isl 1000 --osl 1000 \
         --num-requests 384 --max-batch-size 512 --out "$OUT/attn-bf16cache" 2>&1 | grep -E "output_tok_s|rror"
