@@ -14,13 +14,21 @@ from .gemv import gemv, gemv_ref
 from .kv_cache_write import kv_cache_write, kv_cache_write_ref
 from .paged_decode_attention import paged_decode_attention, paged_decode_attention_ref
 from .paged_prefill_attention import attention_ref, paged_prefill_attention
-from .rms_norm import add_rms_norm, add_rms_norm_ref, rms_norm, rms_norm_ref
+from .rms_norm import (
+    add_rms_norm,
+    add_rms_norm_fp8,
+    add_rms_norm_ref,
+    rms_norm,
+    rms_norm_fp8,
+    rms_norm_ref,
+)
 from .rotary_embedding import rotary_embedding, rotary_embedding_ref
-from .silu_and_mul import silu_and_mul, silu_and_mul_ref
+from .silu_and_mul import silu_and_mul, silu_and_mul_fp8, silu_and_mul_ref
 from .w4a16 import w4a16_dense, w4a16_dequantize, w4a16_matmul, w4a16_ref
 
 __all__ = [
     "add_rms_norm",
+    "add_rms_norm_fp8",
     "add_rms_norm_ref",
     "attention_ref",
     "fp8_gemv",
@@ -37,10 +45,12 @@ __all__ = [
     "per_token_quant_fp8",
     "per_token_quant_fp8_ref",
     "rms_norm",
+    "rms_norm_fp8",
     "rms_norm_ref",
     "rotary_embedding",
     "rotary_embedding_ref",
     "silu_and_mul",
+    "silu_and_mul_fp8",
     "silu_and_mul_ref",
     "w4a16_dense",
     "w4a16_dequantize",

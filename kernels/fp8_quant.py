@@ -56,6 +56,26 @@ def _store_e4m3(ptrs, x, scale, mask, SOFT_CAST: tl.constexpr):
 
 
 @triton.jit
+def _dynamic_scale(amax):
+    """A row's per-token scale from its absmax: max(amax / 448, 1e-12), an IEEE division."""
+    return tl.maximum(tl.div_rn(amax, 448.0), 1e-12)
+
+
+@triton.jit
+def _quantize_row(v, q_ptrs, s_ptr, static_ptr, mask, STATIC: tl.constexpr,
+                  SOFT_CAST: tl.constexpr):
+    """One row held in registers, v fp32 [BLOCK] (0 in masked lanes) -> its scale (the static
+    one, or the row's dynamic one) at s_ptr and its e4m3 codes at q_ptrs. The one-pass case of
+    this file's kernel, and the FP8 output of the fused RMSNorm / SiLU-and-mul kernels."""
+    if STATIC:
+        scale = tl.load(static_ptr).to(tl.float32)
+    else:
+        scale = _dynamic_scale(tl.max(tl.abs(v), axis=0))
+    tl.store(s_ptr, scale)
+    _store_e4m3(q_ptrs, v, scale, mask, SOFT_CAST)
+
+
+@triton.jit
 def _fp8_quant_kernel(
     x_ptr, q_ptr, s_ptr, static_ptr,  # x [M, K]; q [M, K] e4m3 (uint8 view if SOFT_CAST); s [M]
     K, stride_xm, stride_qm,
@@ -70,21 +90,18 @@ def _fp8_quant_kernel(
     offs0 = tl.arange(0, BLOCK_K)
     if ONE_PASS:
         x1 = tl.load(x_row + offs0, mask=offs0 < K, other=0.0).to(tl.float32)
-    if STATIC:
-        scale = tl.load(static_ptr).to(tl.float32)
-    elif ONE_PASS:
-        scale = tl.maximum(tl.div_rn(tl.max(tl.abs(x1), axis=0), 448.0), 1e-12)
+        _quantize_row(x1, q_row + offs0, s_ptr + row, static_ptr, offs0 < K, STATIC, SOFT_CAST)
     else:
-        amax = tl.zeros((BLOCK_K,), dtype=tl.float32)
-        for k0 in range(0, K, BLOCK_K):
-            offs = k0 + offs0
-            x = tl.load(x_row + offs, mask=offs < K, other=0.0).to(tl.float32)
-            amax = tl.maximum(amax, tl.abs(x))
-        scale = tl.maximum(tl.div_rn(tl.max(amax, axis=0), 448.0), 1e-12)
-    tl.store(s_ptr + row, scale)
-    if ONE_PASS:
-        _store_e4m3(q_row + offs0, x1, scale, offs0 < K, SOFT_CAST)
-    else:
+        if STATIC:
+            scale = tl.load(static_ptr).to(tl.float32)
+        else:
+            amax = tl.zeros((BLOCK_K,), dtype=tl.float32)
+            for k0 in range(0, K, BLOCK_K):
+                offs = k0 + offs0
+                x = tl.load(x_row + offs, mask=offs < K, other=0.0).to(tl.float32)
+                amax = tl.maximum(amax, tl.abs(x))
+            scale = _dynamic_scale(tl.max(amax, axis=0))
+        tl.store(s_ptr + row, scale)
         for k0 in range(0, K, BLOCK_K):
             offs = k0 + offs0
             mask = offs < K
