@@ -52,6 +52,16 @@ def fp8_decode_kernel() -> str:
     return v
 
 
+def fp8_fused_quant() -> bool:
+    """FP8 W8A8 linears (``tc-w8a8``, ``_scaled_mm``) take their input quantized by the RMSNorm
+    or SiLU-and-mul kernel that produces it, in that kernel's launch (default on); 0 turns it
+    off: the 16-bit output, then the separate ``per_token_quant_fp8`` launch, as before."""
+    from inflight.config import parse_bool
+
+    return parse_bool(_get("FP8_FUSED_QUANT", "1") or "1", "INFLIGHT_FP8_FUSED_QUANT",
+                      "environment variable")
+
+
 def fp8_kv_dots() -> str:
     """How the attention kernels read an FP8 KV cache with bf16 queries: ``bf16`` (default:
     e4m3 -> bf16, bf16 dots), ``fp16`` (fp16 dots: one conversion instruction per two values

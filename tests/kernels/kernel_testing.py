@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pytest
 import torch
 from inflight.model.attention.base import AttentionMetadata
 
@@ -40,6 +41,33 @@ def fp8_weights(n: int, k: int, device: torch.device) -> tuple[torch.Tensor, tor
     w[0, : min(k, 8)] = 1e-6
     q, s = per_channel_fp8(w)
     return q.to(device), s.to(device)
+
+
+def gpu_dispatch_on_cpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On CPU, the model's GPU code paths with the kernels in the interpreter: norms, SiLU,
+    rotary (layers._triton_ops) and the FP8 linears' dispatch (fp8_linear_cuda). cuBLAS's
+    GEMV timing is CUDA-only: float layers take F.linear."""
+    import inflight.kernels as K
+    from inflight.model import layers
+    from inflight.model.quant import fp8
+
+    monkeypatch.setattr(layers, "_triton_ops", lambda x: K)
+    monkeypatch.setattr(layers._GemvChoice, "use", classmethod(lambda cls, *a: False))
+    monkeypatch.setattr(fp8, "gpu_dispatch", lambda device: True)
+
+
+def fp8_decode_kernel(monkeypatch: pytest.MonkeyPatch, kernel: str, max_m: int) -> None:
+    """INFLIGHT_FP8_DECODE_KERNEL / INFLIGHT_FP8_GEMV_MAX_M as if set at start-up: the FP8
+    layers' decisions and dispatch call fp8_linear_path with these defaults."""
+    from inflight.model.quant import fp8
+
+    path = fp8.fp8_linear_path
+
+    def patched(m: int, on_gpu: bool, gemv_max_m: int = max_m, n: int = 0, k: int = 0,
+                decode_kernel: str = kernel) -> str:
+        return path(m, on_gpu, gemv_max_m, n, k, decode_kernel)
+
+    monkeypatch.setattr(fp8, "fp8_linear_path", patched)
 
 
 @dataclass

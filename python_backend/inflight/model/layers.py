@@ -7,13 +7,16 @@ to the torch reference otherwise (CPU, or ``INFLIGHT_ATTENTION_BACKEND=torch``).
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from inflight.config import RopeConfig
+
+if TYPE_CHECKING:  # model.quant imports this module (its linear methods attach to Linear)
+    from inflight.model.quant.fp8_activation import Fp8Activation, Fp8Quantizer
 
 
 def _triton_ops(x: torch.Tensor):  # type: ignore[no-untyped-def]
@@ -80,10 +83,22 @@ class Linear(nn.Linear):
     quant: Any = None  # a model.quant LinearMethod, or None: the float weight
     parts: dict[str, tuple[int, int]] | None = None  # fused parts: id -> (first row, rows)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor | Fp8Activation) -> torch.Tensor:
+        """x: [..., in], or an Fp8Activation this layer asked for (:meth:`input_quantizer`)."""
         if self.quant is not None:
             return self.quant.apply(self, x, self.bias)  # type: ignore[no-any-return]
+        assert isinstance(x, torch.Tensor), "a float Linear never asks for FP8 input"
         return linear(x, self.weight, self.bias)
+
+    def input_quantizer(self, x: torch.Tensor) -> Fp8Quantizer | None:
+        """How this layer wants its next input handed over, asked before the op producing it
+        runs (x: that op's input, [M, ...] with the rows, dtype and device of this layer's
+        input): None for the 16-bit tensor, or (FP8 W8A8) a quantizer the producer applies
+        in its own launch. The linear method decides."""
+        if self.quant is None:
+            return None
+        return self.quant.input_quantizer(  # type: ignore[no-any-return]
+            self, x.shape[0], x.dtype, x.device)
 
 
 def rms_norm_ref(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -101,9 +116,22 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(
+        self, x: torch.Tensor, residual: torch.Tensor | None = None,
+        quant: Fp8Quantizer | None = None,
+    ) -> (torch.Tensor | tuple[torch.Tensor, torch.Tensor] | Fp8Activation
+          | tuple[Fp8Activation, torch.Tensor]):
+        """x: [T, H]. With ``residual``: returns (norm(x + residual), x + residual). With
+        ``quant`` (the consumer's request, :meth:`Linear.input_quantizer`) the norm comes back
+        as an Fp8Activation, quantized in the norm kernel's launch."""
+        if quant is None:
+            return self._norm(x, residual)
+        fuse = _triton_ops(x) is not None and x.dim() == 2
+        return quant.rms_norm(x, residual, self.weight, self.eps,
+                              lambda: self._norm(x, residual), fuse)
+
+    def _norm(
         self, x: torch.Tensor, residual: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        """x: [T, H]. With ``residual``: returns (norm(x + residual), x + residual)."""
         k = _triton_ops(x)
         if residual is None:
             if k is not None and x.dim() == 2:
@@ -115,8 +143,16 @@ class RMSNorm(nn.Module):
         return rms_norm_ref(residual, self.weight, self.eps), residual
 
 
-def silu_and_mul(x: torch.Tensor) -> torch.Tensor:
-    """x: [T, 2I] -> [T, I]."""
+def silu_and_mul(x: torch.Tensor, quant: Fp8Quantizer | None = None
+                 ) -> torch.Tensor | Fp8Activation:
+    """x: [T, 2I] -> [T, I]; with ``quant`` (the consumer's request) an Fp8Activation,
+    quantized in the kernel's launch."""
+    if quant is not None:
+        return quant.silu_and_mul(x, lambda: _silu_and_mul(x), _triton_ops(x) is not None)
+    return _silu_and_mul(x)
+
+
+def _silu_and_mul(x: torch.Tensor) -> torch.Tensor:
     k = _triton_ops(x)
     if k is not None:
         return k.silu_and_mul(x)

@@ -5,6 +5,8 @@ Works on the flat token layout: every tensor is [T, ...] over all scheduled toke
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import nn
 
@@ -18,6 +20,9 @@ from inflight.model.parallel import (
     VocabParallelEmbedding,
     set_split,
 )
+
+if TYPE_CHECKING:
+    from inflight.model.quant.fp8_activation import Fp8Activation
 
 # Fused projections, declared once: fused param -> [(checkpoint name, shard id)].
 STACKED_PARAMS: dict[str, list[tuple[str, str]]] = {
@@ -57,12 +62,13 @@ class Attention(nn.Module):
         return {"q": (0, q), "k": (q, kv), "v": (q + kv, kv)}
 
     def forward(
-        self, positions: torch.Tensor, x: torch.Tensor, kv_cache: torch.Tensor,
+        self, positions: torch.Tensor, x: torch.Tensor | Fp8Activation, kv_cache: torch.Tensor,
         backend: AttentionBackend, meta: AttentionMetadata,
     ) -> torch.Tensor:
+        """x: the normed hidden states [T, H], or them quantized (qkv_proj's input_quantizer)."""
         c = self.cfg
-        t = x.shape[0]
         qkv = self.qkv_proj(x)  # [T, q + 2kv] (this rank's heads)
+        t = qkv.shape[0]
         q, k, v = qkv.split([self.q_size, self.kv_size, self.kv_size], dim=-1)
         q = q.reshape(t, self.num_heads, c.head_dim)
         k = k.reshape(t, self.num_kv_heads, c.head_dim)
@@ -91,8 +97,11 @@ class MLP(nn.Module):
     def shard_offsets(self) -> dict[str, tuple[int, int]]:
         return {"gate": (0, self.inter), "up": (self.inter, self.inter)}
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.tp.all_reduce(self.down_proj(silu_and_mul(self.gate_up_proj(x))))
+    def forward(self, x: torch.Tensor | Fp8Activation) -> torch.Tensor:
+        h = self.gate_up_proj(x)  # [T, 2I]
+        # an FP8 W8A8 down_proj takes the product quantized by the SiLU kernel
+        a = silu_and_mul(h, self.down_proj.input_quantizer(h))
+        return self.tp.all_reduce(self.down_proj(a))
 
 
 class DecoderLayer(nn.Module):
@@ -107,14 +116,18 @@ class DecoderLayer(nn.Module):
         self, positions: torch.Tensor, x: torch.Tensor, residual: torch.Tensor | None,
         kv_cache: torch.Tensor, backend: AttentionBackend, meta: AttentionMetadata,
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        # FP8 W8A8 qkv_proj / gate_up_proj: the norm hands them their input quantized (one
+        # launch); None otherwise (Linear.input_quantizer)
+        quant = self.self_attn.qkv_proj.input_quantizer(x)
         if residual is None:
             residual = x
-            x = self.input_layernorm(x)  # type: ignore[assignment]
+            h = self.input_layernorm(x, quant=quant)
         else:
-            x, residual = self.input_layernorm(x, residual)  # type: ignore[misc]
-        x = self.self_attn(positions, x, kv_cache, backend, meta)
-        x, residual = self.post_attention_layernorm(x, residual)  # type: ignore[misc]
-        return self.mlp(x), residual
+            h, residual = self.input_layernorm(x, residual, quant)  # type: ignore[misc]
+        x = self.self_attn(positions, h, kv_cache, backend, meta)  # type: ignore[arg-type]
+        quant = self.mlp.gate_up_proj.input_quantizer(x)
+        h, residual = self.post_attention_layernorm(x, residual, quant)  # type: ignore[misc]
+        return self.mlp(h), residual
 
 
 class LlamaModel(nn.Module):

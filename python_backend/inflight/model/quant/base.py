@@ -12,12 +12,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Protocol, TypeVar
+from typing import TYPE_CHECKING, Protocol, TypeVar
 
 import torch
 from torch import nn
 
 from inflight.errors import ConfigError
+
+if TYPE_CHECKING:
+    from inflight.model.quant.fp8_activation import Fp8Activation, Fp8Quantizer
 
 Parts = dict[str | None, dict[str, torch.Tensor]]  # part id -> {checkpoint suffix: tensor}
 T = TypeVar("T")
@@ -41,8 +44,16 @@ class LinearMethod(Protocol):
     def from_float(self, layer: nn.Module, weight: torch.Tensor) -> None:
         """Quantize a float weight [out, in] (on-load quantization, dummy weights)."""
 
-    def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-        """x [..., in] -> [..., out] in x.dtype."""
+    def input_quantizer(self, layer: nn.Module, m: int, dtype: torch.dtype, device: torch.device,
+                        ) -> Fp8Quantizer | None:
+        """How the layer wants its next input (m rows of ``dtype`` on ``device``) handed over:
+        None (the tensor itself) or, for a W8A8 layer, the quantization its producer applies
+        in its own launch (model/quant/fp8_activation.py)."""
+
+    def apply(self, layer: nn.Module, x: torch.Tensor | Fp8Activation,
+              bias: torch.Tensor | None) -> torch.Tensor:
+        """x [..., in] (or the Fp8Activation :meth:`input_quantizer` asked for) -> [..., out]
+        in x.dtype."""
 
 
 def set_buffer(layer: nn.Module, name: str, t: torch.Tensor | None) -> None:

@@ -21,6 +21,12 @@ weight's shape:
   the emulation beyond.
 CPU and the reference: the same quantization of x and W, then the product in the activation
 dtype (emulation).
+
+On the W8A8 paths (``tc8``, ``scaled_mm``) the activations usually arrive quantized already:
+:meth:`Fp8LinearMethod.input_quantizer` tells the RMSNorm / SiLU-and-mul producing a layer's
+input to write e4m3 and per-row scales in its own launch (model/quant/fp8_activation.py;
+``INFLIGHT_FP8_FUSED_QUANT=0`` turns that off), and the layer takes the
+:class:`~inflight.model.quant.fp8_activation.Fp8Activation` instead of quantizing.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from torch import nn
 from inflight import env
 from inflight.errors import ConfigError
 from inflight.model.quant.base import KernelGuard, Parts, expect, part_sizes, set_buffer
+from inflight.model.quant.fp8_activation import Fp8Activation, Fp8Quantizer
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = 448.0
@@ -71,12 +78,20 @@ def fp8_linear_ref(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.T
         xq, sx = per_token_fp8(x)
     else:
         xq, sx = quantize_fp8(x, input_scale), input_scale
-    w = qweight.to(x.dtype) * weight_scale.to(x.dtype)[:, None]
-    return F.linear((xq.float() * sx).to(x.dtype), w)
+    return fp8_matmul_ref(xq, sx, x.dtype, qweight, weight_scale)
+
+
+def fp8_matmul_ref(xq: torch.Tensor, sx: torch.Tensor, dtype: torch.dtype, qweight: torch.Tensor,
+                   weight_scale: torch.Tensor) -> torch.Tensor:
+    """The emulated product of quantized activations xq [M, K] * sx ([M, 1] or []) and the
+    e4m3 weights, in ``dtype``: [M, N]."""
+    w = qweight.to(dtype) * weight_scale.to(dtype)[:, None]
+    return F.linear((xq.float() * sx).to(dtype), w)
 
 
 GEMV_MAX_M = env.fp8_gemv_max_m()
 DECODE_KERNEL = env.fp8_decode_kernel()
+FUSED_QUANT = env.fp8_fused_quant()  # W8A8 inputs quantized by the norm / SiLU that makes them
 # path names of the tensor-core decode kernels (kernels/fp8_skinny_mm.py)
 _TC_PATHS = {"tc-w8a16": "tc16", "tc-w8a8": "tc8"}
 # The W8A16 GEMV streams the weights at ~1.7-2.0 TB/s on the H200; per-token quantization +
@@ -114,59 +129,72 @@ def fp8_linear_path(m: int, on_gpu: bool, gemv_max_m: int = GEMV_MAX_M, n: int =
     return "scaled_mm" if fits else "emulate"
 
 
-def quantize_activations(x: torch.Tensor, input_scale: torch.Tensor | None
-                         ) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [M, K] -> (e4m3 [M, K], fp32 scales [M, 1]): per token, or the static ``input_scale``
-    repeated per row; the fused Triton kernel, its eager formula if that kernel failed."""
-    from inflight import kernels as K
-
-    def eager() -> tuple[torch.Tensor, torch.Tensor]:
-        if input_scale is None:
-            return per_token_fp8(x)
-        return (quantize_fp8(x, input_scale),
-                input_scale.reshape(1, 1).expand(x.shape[0], 1).contiguous())
-
-    return KernelGuard.run("fp8_quant", lambda: K.per_token_quant_fp8(x, input_scale), eager)
+def takes_fp8_input(path: str, dtype: torch.dtype) -> bool:
+    """Whether the FP8 linear of ``path`` multiplies e4m3 activations (W8A8): ``scaled_mm``,
+    and ``tc8`` on 16-bit activations (fp32 ones take the W8A16 GEMV)."""
+    return path == "scaled_mm" or (path == "tc8" and dtype != torch.float32)
 
 
-def fp8_linear_scaled_mm(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor,
-                         input_scale: torch.Tensor | None) -> torch.Tensor:
-    """W8A8: per-token (or static) quantization of x in one Triton launch, then cuBLASLt's FP8
-    GEMM with row-wise scales: x [M, K] -> [M, N] in x.dtype."""
-    xq, sx = quantize_activations(x, input_scale)
-    out = torch._scaled_mm(xq, qweight.t(), scale_a=sx, scale_b=weight_scale.view(1, -1),
+def gpu_dispatch(device: torch.device) -> bool:
+    """Whether activations on ``device`` go through :func:`fp8_linear_cuda` (CUDA) rather
+    than the emulation; the tests send CPU tensors there too, kernels in Triton's interpreter."""
+    return device.type == "cuda"
+
+
+def as_fp8(x: torch.Tensor | Fp8Activation, input_scale: torch.Tensor | None) -> Fp8Activation:
+    """x as the W8A8 kernels take it: quantized here (one launch) unless its producer did."""
+    return x if isinstance(x, Fp8Activation) else Fp8Quantizer(input_scale).quantize(x)
+
+
+def fp8_linear_scaled_mm(x: torch.Tensor | Fp8Activation, qweight: torch.Tensor,
+                         weight_scale: torch.Tensor, input_scale: torch.Tensor | None) -> torch.Tensor:
+    """W8A8: per-token (or static) quantization of x in one Triton launch (unless x arrives
+    quantized), then cuBLASLt's FP8 GEMM with row-wise scales: x [M, K] -> [M, N] in x.dtype."""
+    xa = as_fp8(x, input_scale)
+    out = torch._scaled_mm(xa.q, qweight.t(), scale_a=xa.scale, scale_b=weight_scale.view(1, -1),
                            out_dtype=torch.bfloat16)  # row-wise scaling writes bf16
-    return out if x.dtype == torch.bfloat16 else out.to(x.dtype)
+    return out if xa.dtype == torch.bfloat16 else out.to(xa.dtype)
 
 
-def fp8_linear_tensor_cores(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor,
-                            input_scale: torch.Tensor | None, a8: bool) -> torch.Tensor:
+def fp8_linear_tensor_cores(x: torch.Tensor | Fp8Activation, qweight: torch.Tensor,
+                            weight_scale: torch.Tensor, input_scale: torch.Tensor | None,
+                            a8: bool) -> torch.Tensor:
     """M <= 16 rows of 16-bit x through ``fp8_skinny_mm``: W8A8 (``a8``: x quantized per token,
-    or with the static ``input_scale``, by the fused quantization kernel) or W8A16 (x as it
-    is; ``input_scale`` unused); falls back to the emulation if a kernel fails."""
+    or with the static ``input_scale``, by the quantization kernel, unless it arrives
+    quantized) or W8A16 (x as it is; ``input_scale`` unused); falls back to the emulation if a
+    kernel fails."""
     from inflight import kernels as K
-
-    def emulate() -> torch.Tensor:
-        return fp8_linear_ref(x, qweight, weight_scale, input_scale)
 
     if not a8:
+        if isinstance(x, Fp8Activation):
+            raise ValueError("the W8A16 tensor-core path takes 16-bit activations, got them quantized")
         return KernelGuard.run("fp8_skinny_mm", lambda: K.fp8_skinny_mm(x, qweight, weight_scale),
-                               emulate)
-    xq, sx = quantize_activations(x, input_scale)
+                               lambda: fp8_linear_ref(x, qweight, weight_scale, input_scale))
+    xa = as_fp8(x, input_scale)
     return KernelGuard.run(
         "fp8_skinny_mm",
-        lambda: K.fp8_skinny_mm(xq, qweight, weight_scale, x_scale=sx, out_dtype=x.dtype), emulate)
+        lambda: K.fp8_skinny_mm(xa.q, qweight, weight_scale, x_scale=xa.scale, out_dtype=xa.dtype),
+        lambda: fp8_matmul_ref(xa.q, xa.scale, xa.dtype, qweight, weight_scale))
 
 
-def fp8_linear_cuda(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.Tensor,
-                    input_scale: torch.Tensor | None, path: str | None = None) -> torch.Tensor:
+def fp8_linear_cuda(x: torch.Tensor | Fp8Activation, qweight: torch.Tensor,
+                    weight_scale: torch.Tensor, input_scale: torch.Tensor | None,
+                    path: str | None = None) -> torch.Tensor:
     """x [M, K] -> [M, N] in x.dtype through the Triton kernels and cuBLASLt, by ``path``
     (default :func:`fp8_linear_path` for a GPU). ``"gemv"`` ignores ``input_scale``: the
-    activations stay unquantized."""
+    activations stay unquantized. An :class:`Fp8Activation` (quantized by its producer) is
+    only taken by the W8A8 paths (:func:`takes_fp8_input`)."""
     n, k = qweight.shape
     path = path or fp8_linear_path(x.shape[0], True, n=n, k=k)
-    if path in ("tc16", "tc8") and x.dtype != torch.float32:
-        return fp8_linear_tensor_cores(x, qweight, weight_scale, input_scale, path == "tc8")
+    if takes_fp8_input(path, x.dtype):
+        if path == "tc8":
+            return fp8_linear_tensor_cores(x, qweight, weight_scale, input_scale, True)
+        return fp8_linear_scaled_mm(x, qweight, weight_scale, input_scale)
+    if isinstance(x, Fp8Activation):
+        raise ValueError(f"FP8 linear path {path!r} takes 16-bit activations, got them quantized "
+                         "(Fp8LinearMethod.input_quantizer and fp8_linear_path disagree)")
+    if path == "tc16" and x.dtype != torch.float32:
+        return fp8_linear_tensor_cores(x, qweight, weight_scale, input_scale, False)
     if path in ("gemv", "tc16", "tc8"):  # fp32 activations: the tensor-core kernel takes 16-bit
         from inflight.kernels import fp8_gemv
 
@@ -176,11 +204,9 @@ def fp8_linear_cuda(x: torch.Tensor, qweight: torch.Tensor, weight_scale: torch.
             return fp8_linear_ref(x, qweight, weight_scale, input_scale)
 
         return KernelGuard.run("fp8_gemv", lambda: fp8_gemv(x, qweight, weight_scale), fallback)
-    if path == "emulate":
-        return fp8_linear_ref(x, qweight, weight_scale, input_scale)
-    if path != "scaled_mm":
+    if path != "emulate":
         raise ValueError(f"unknown FP8 linear path {path!r}")
-    return fp8_linear_scaled_mm(x, qweight, weight_scale, input_scale)
+    return fp8_linear_ref(x, qweight, weight_scale, input_scale)
 
 
 class Fp8LinearMethod:
@@ -246,10 +272,30 @@ class Fp8LinearMethod:
         set_buffer(layer, "input_scale",
                    torch.stack(in_scales).max().to(dev) if in_scales else None)
 
-    def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    def input_quantizer(self, layer: nn.Module, m: int, dtype: torch.dtype, device: torch.device,
+                        ) -> Fp8Quantizer | None:
+        """How ``layer`` wants its next input (m rows of ``dtype`` on ``device``) handed over,
+        asked before the op producing it runs: an :class:`Fp8Quantizer` when the layer will
+        multiply e4m3 activations anyway (W8A8: :func:`fp8_linear_path` gives ``tc8`` or
+        ``scaled_mm``, :func:`takes_fp8_input`), so that op quantizes its output in its own
+        launch; None (the 16-bit tensor) on the W8A16 paths, the emulation, and with
+        ``INFLIGHT_FP8_FUSED_QUANT=0``. The one place that decides: :meth:`apply` takes the
+        same path for the same m."""
+        if not FUSED_QUANT or not gpu_dispatch(device):
+            return None
+        n, k = layer.qweight.shape
+        if not takes_fp8_input(fp8_linear_path(m, True, n=n, k=k), dtype):
+            return None
+        return Fp8Quantizer(layer.input_scale)
+
+    def apply(self, layer: nn.Module, x: torch.Tensor | Fp8Activation,
+              bias: torch.Tensor | None) -> torch.Tensor:
+        if isinstance(x, Fp8Activation):  # [M, K], quantized by its producer: a W8A8 path
+            out = fp8_linear_cuda(x, layer.qweight, layer.weight_scale, layer.input_scale)
+            return out if bias is None else out + bias
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
-        if x.is_cuda:
+        if gpu_dispatch(x.device):
             out = fp8_linear_cuda(x2, layer.qweight, layer.weight_scale, layer.input_scale)
         else:
             out = fp8_linear_ref(x2, layer.qweight, layer.weight_scale, layer.input_scale)

@@ -191,6 +191,11 @@ class Int4LinearMethod:
                     zeros.append(torch.full((n, k // g), 8, dtype=torch.uint8))
         self._set(layer, torch.cat(codes), torch.cat(scales), torch.cat(zeros))
 
+    def input_quantizer(self, layer: nn.Module, m: int, dtype: torch.dtype, device: torch.device,
+                        ) -> None:
+        """Weight-only: the 16-bit activations as they are."""
+        return None
+
     def apply(self, layer: nn.Module, x: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
         shape = x.shape
         x2 = x.reshape(-1, shape[-1])
