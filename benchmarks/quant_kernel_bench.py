@@ -12,6 +12,10 @@ For each decoder linear (qkv 4096->6144, o 4096->4096, gate_up 4096->28672, down
   tc16    the tensor-core kernel fp8_skinny_mm, W8A16 (M <= 16)
   tc8     fused per-token quantization + fp8_skinny_mm W8A8 (M <= 16)
   quant   the quantization kernel alone
+  norm+q / normq  (qkv, gate_up: their input comes out of add_rms_norm) add_rms_norm then the
+          quantization kernel, against add_rms_norm_fp8 (one launch: INFLIGHT_FP8_FUSED_QUANT)
+  silu+q / siluq  (down: its input is silu_and_mul's [M, 2K] -> [M, K]) silu_and_mul then the
+          quantization kernel, against silu_and_mul_fp8
   int4    w4a16_matmul (group 128)
 with achieved GB/s (weights + x + y bytes, each once) for M <= 16 and TFLOP/s (2MNK) above,
 and the relative error of fp8 / int4 against the bf16 product (random weights with 1% outlier
@@ -46,6 +50,8 @@ import torch  # noqa: E402
 import triton.testing  # noqa: E402
 
 SHAPES = [("qkv", 6144, 4096), ("o", 4096, 4096), ("gate_up", 28672, 4096), ("down", 4096, 14336)]
+PRODUCER_NORM, PRODUCER_SILU = ("qkv", "gate_up"), ("down",)  # o_proj's input is attention's
+NO_RATE = ("quant", "deq", "norm+q", "normq", "silu+q", "siluq")  # no weights: times only
 GROUP = 128
 # (BLOCK_N, BLOCK_K, num_warps); the first H200 sweep (2026-12-01) found 4 rows x 1024 x 4
 # warps fastest on every layer, at the small-tile end: smaller tiles and more warps are here
@@ -105,8 +111,25 @@ def rate(us: float | None, m: int, n: int, k: int, wbytes: float) -> str:
     return f"{2 * m * n * k / us / 1e6:6.0f} TF/s"
 
 
+def then_quant(producer: Callable[..., Any], *args: Any) -> Any:
+    """The unfused pair: the producer's 16-bit output, then the quantization kernel."""
+    from inflight.kernels import per_token_quant_fp8
+
+    out = producer(*args)
+    return per_token_quant_fp8(out[0] if isinstance(out, tuple) else out)
+
+
 def layer_rows(name: str, n: int, k: int, ms: list[int], out: list[dict[str, Any]]) -> None:
-    from inflight.kernels import fp8_gemv, per_token_quant_fp8, w4a16_dense, w4a16_matmul
+    from inflight.kernels import (
+        add_rms_norm,
+        add_rms_norm_fp8,
+        fp8_gemv,
+        per_token_quant_fp8,
+        silu_and_mul,
+        silu_and_mul_fp8,
+        w4a16_dense,
+        w4a16_matmul,
+    )
     from inflight.model.quant.fp8 import (
         fp8_linear_cuda,
         fp8_linear_path,
@@ -140,6 +163,14 @@ def layer_rows(name: str, n: int, k: int, ms: list[int], out: list[dict[str, Any
             "int4dot": (partial(w4a16_matmul, x, q4, sc4, z4, GROUP), "int4"),  # tl.dot kernel
             "deq": (partial(w4a16_dense, q4, sc4, z4, GROUP), "int4"),  # dequantization alone
         }
+        if name in PRODUCER_NORM:  # the kernel that makes this layer's input, then quantization
+            res, nw = torch.randn_like(x), torch.rand(k, device=DEV, dtype=torch.bfloat16) + 0.5
+            fns["norm+q"] = (partial(then_quant, add_rms_norm, x, res, nw, 1e-5), "fp8")
+            fns["normq"] = (partial(add_rms_norm_fp8, x, res, nw, 1e-5), "fp8")  # fused
+        elif name in PRODUCER_SILU:
+            g = torch.randn(m, 2 * k, device=DEV, dtype=torch.bfloat16)
+            fns["silu+q"] = (partial(then_quant, silu_and_mul, g), "fp8")
+            fns["siluq"] = (partial(silu_and_mul_fp8, g), "fp8")  # fused
         if m > 16:
             del fns["gemv"], fns["tc16"], fns["tc8"]
         if m <= 4:  # the dispatch is the GEMV itself there
@@ -152,9 +183,9 @@ def layer_rows(name: str, n: int, k: int, ms: list[int], out: list[dict[str, Any
             row[f"{key}_us"] = us
             if err:
                 row[f"{key}_error"] = err
-            wbytes = 0.0 if key in ("quant", "deq") else nbytes[fmt]
+            wbytes = 0.0 if key in NO_RATE else nbytes[fmt]
             shown = "FAILED" if us is None else f"{us:7.1f}"
-            extra = "" if key in ("quant", "deq") else f" {rate(us, m, n, k, wbytes)}"
+            extra = "" if key in NO_RATE else f" {rate(us, m, n, k, wbytes)}"
             chosen = {"fp8": f"[{path}]", "int4": f"[{row['int4_path']}]"}.get(key, "")
             cells.append(f"{key}{chosen} {shown}{extra}")
         for key, fn_out in (("fp8", fns["fp8"][0]), ("int4", fns["int4"][0])):
