@@ -7,7 +7,9 @@ and then multiplied by the weight.
 The FP8 variants (``rms_norm_fp8``, ``add_rms_norm_fp8``: the input of an FP8 W8A8 linear)
 quantize that output in the same launch instead of storing it, with fp8_quant.py's formulas:
 the constexpr OUT_FP8 is fixed per layer and batch-size range (model/quant/fp8.py
-``input_quantizer``), so serving meets no variant the warm-up did not compile.
+``input_quantizer``), so serving meets no variant the warm-up did not compile. Byte-equal to
+the unfused pair on the H200 in bf16; one fp16 case was not (model/quant/fp8.py
+``FUSED_DTYPES``: the model fuses bf16 only).
 """
 
 from __future__ import annotations
