@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import pytest
 import torch
@@ -172,3 +173,16 @@ def int32_overflow_errors(device: str, hkv: int = 1, d: int = 16) -> dict[str, f
     ref = attention_ref(qd, k_cache, v_cache, qsl_d, seq_lens, table, 0.25)
     errors["decode"] = (out.float() - ref.float()).abs().max().item()
     return errors
+
+
+def run_to_finals(engine: Any, prompts: list[list[int]], params: Any) -> dict[str, Any]:
+    """Every prompt through ``engine`` (an LLMEngine) to its final update, keyed by the request
+    id (the prompt's index as a string); the KV blocks must all be free afterwards."""
+    finals: dict[str, Any] = {}
+    for i, p in enumerate(prompts):
+        engine.add_request(str(i), p, params,
+                           callback=lambda u: finals.__setitem__(u.request_id, u) if u.finished else None)
+    while engine.has_unfinished():
+        engine.step()
+    engine.kv.assert_all_free()
+    return finals

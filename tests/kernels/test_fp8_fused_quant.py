@@ -24,7 +24,7 @@ from inflight.model.quant.fp8_activation import Fp8Activation, Fp8Quantizer
 from inflight.model.quant.int4 import Int4LinearMethod
 from inflight.sampling_params import SamplingParams
 from inflight.testing.tiny import tiny_model_dir
-from kernel_testing import fp8_decode_kernel, gpu_dispatch_on_cpu
+from kernel_testing import fp8_decode_kernel, gpu_dispatch_on_cpu, run_to_finals
 
 DTYPES = [torch.bfloat16, torch.float16, torch.float32]
 
@@ -310,14 +310,7 @@ def _greedy(fused: bool, monkeypatch: pytest.MonkeyPatch, device: torch.device,
                                     max_tokens_in_paged_kv_cache=1024, max_batch_size=4))
     params = SamplingParams(max_tokens=6, temperature=0.0, ignore_eos=True, detokenize=False,
                             return_context_logits=True, return_generation_logits=True)
-    finals: dict[str, Any] = {}
-    for i, p in enumerate([list(range(20, 41)), [5, 17, 300, 41, 9]]):  # prefill: 26 rows
-        engine.add_request(str(i), p, params,
-                           callback=lambda u: finals.__setitem__(u.request_id, u) if u.finished else None)
-    while engine.has_unfinished():
-        engine.step()
-    engine.kv.assert_all_free()
-    return finals
+    return run_to_finals(engine, [list(range(20, 41)), [5, 17, 300, 41, 9]], params)  # prefill: 26 rows
 
 
 @pytest.mark.parametrize("dtype", ["bfloat16", "float16"])

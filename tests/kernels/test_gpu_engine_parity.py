@@ -13,21 +13,12 @@ from inflight.engine.core import LLMEngine
 from inflight.model.layers import KernelSwitch
 from inflight.sampling_params import SamplingParams
 from inflight.testing.tiny import tiny_model_dir
+from kernel_testing import run_to_finals
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 PROMPTS = [[5, 17, 300, 41, 9], list(range(20, 90)), [7] * 33, list(range(100, 1300, 7))]
-
-
-def _run(engine: LLMEngine, prompts: list[list[int]], params: SamplingParams) -> dict[str, object]:
-    finals: dict[str, object] = {}
-    for i, p in enumerate(prompts):
-        engine.add_request(str(i), p, params, callback=lambda u: finals.__setitem__(u.request_id, u) if u.finished else None)
-    while engine.has_unfinished():
-        engine.step()
-    engine.kv.assert_all_free()
-    return finals
 
 
 def _engine(model: str, optimized: bool, **kw: object) -> LLMEngine:
@@ -43,8 +34,8 @@ def test_tiny_greedy_optimized_equals_reference(family: str) -> None:
     d = tiny_model_dir(family)
     params = SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True, detokenize=False)
     try:
-        ref = _run(_engine(d, False, dtype="float32"), PROMPTS, params)
-        opt = _run(_engine(d, True, dtype="float32", max_num_tokens=64), PROMPTS, params)  # chunked prefill too
+        ref = run_to_finals(_engine(d, False, dtype="float32"), PROMPTS, params)
+        opt = run_to_finals(_engine(d, True, dtype="float32", max_num_tokens=64), PROMPTS, params)  # chunked prefill too
     finally:
         KernelSwitch.enabled = True
     for k in ref:
@@ -58,10 +49,10 @@ def test_8b_shape_logits_close_bf16() -> None:
     kw = {"load_format": "dummy", "tokenizer": tiny_model_dir("llama"), "dtype": "bfloat16"}
     try:
         eng = _engine(d, False, **kw)
-        ref = _run(eng, PROMPTS[:2], params)
+        ref = run_to_finals(eng, PROMPTS[:2], params)
         del eng
         torch.cuda.empty_cache()
-        opt = _run(_engine(d, True, **kw), PROMPTS[:2], params)
+        opt = run_to_finals(_engine(d, True, **kw), PROMPTS[:2], params)
     finally:
         KernelSwitch.enabled = True
     for k in ref:

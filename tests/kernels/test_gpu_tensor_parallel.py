@@ -14,22 +14,12 @@ from inflight.config import EngineConfig
 from inflight.engine.core import LLMEngine
 from inflight.sampling_params import SamplingParams
 from inflight.testing.tiny import tiny_model_dir
+from kernel_testing import run_to_finals
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA GPUs")]
 
 PROMPTS = [[5, 17, 300, 41, 9], list(range(20, 90)), [7] * 33, list(range(100, 1300, 7))]
-
-
-def _run(engine: LLMEngine, prompts: list[list[int]], params: SamplingParams) -> dict[str, object]:
-    finals: dict[str, object] = {}
-    for i, p in enumerate(prompts):
-        engine.add_request(str(i), p, params,
-                           callback=lambda u: finals.__setitem__(u.request_id, u) if u.finished else None)
-    while engine.has_unfinished():
-        engine.step()
-    engine.kv.assert_all_free()
-    return finals
 
 
 def _engine(model: str, tp: int, **kw: object) -> LLMEngine:
@@ -42,11 +32,11 @@ def test_tiny_tp2_equals_tp1(family: str) -> None:
     d = tiny_model_dir(family)
     params = SamplingParams(max_tokens=40, temperature=0.0, ignore_eos=True, detokenize=False)
     one = _engine(d, 1, dtype="float32", max_num_tokens=64)  # chunked prefill too
-    ref = _run(one, PROMPTS, params)
+    ref = run_to_finals(one, PROMPTS, params)
     two = _engine(d, 2, dtype="float32", max_num_tokens=64)
     try:
         assert two.runner.graphs is not None, "decode CUDA graphs (all-reduce inside) at TP=2"
-        got = _run(two, PROMPTS, params)
+        got = run_to_finals(two, PROMPTS, params)
     finally:
         two.close()
     for k in ref:
@@ -74,12 +64,12 @@ def test_1b_shape_tp2_logits_within_bf16_bound(llama_1b_checkpoint: str) -> None
                             return_context_logits=True, return_generation_logits=True)
     kw = {"tokenizer": tiny_model_dir("llama"), "dtype": "bfloat16"}
     eng = _engine(llama_1b_checkpoint, 1, **kw)
-    ref = _run(eng, PROMPTS[:2], params)
+    ref = run_to_finals(eng, PROMPTS[:2], params)
     del eng
     torch.cuda.empty_cache()
     two = _engine(llama_1b_checkpoint, 2, **kw)
     try:
-        got = _run(two, PROMPTS[:2], params)
+        got = run_to_finals(two, PROMPTS[:2], params)
     finally:
         two.close()
     for k in ref:
