@@ -53,7 +53,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
 MINIMUMS: dict[str, int] = {
     "max_batch_size": 1, "max_num_tokens": 1, "max_num_return_sequences": 1, "max_seq_len": 2,
     "max_queue_size": 0, "max_logprobs": 0, "max_stop_words": 0, "max_bad_words": 0,
-    "tensor_parallel_size": 1, "cuda_graph_max_tokens": 0,
+    "tensor_parallel_size": 1, "cuda_graph_max_tokens": 0, "overlap_min_running": 0,
 }
 DEVICE_PATTERN = re.compile(r"auto|cpu|cuda(:\d+)?")
 
@@ -237,6 +237,10 @@ class EngineConfig:
     cuda_graph_max_tokens: int = 512
     # plan and launch step N+1 before step N's tokens reach the host: auto = on for CUDA
     overlap_scheduler: str = "auto"  # auto | on | off
+    # overlapped steps only while at least this many sequences run (0: always); below it a
+    # step runs synchronously, so a request that arrives joins the next step's plan instead of
+    # waiting for the one already launched (lower TTFT at low load, a host gap per step)
+    overlap_min_running: int = 0
     trust_remote_code: bool = False
     # quantization (model/quant): weights/activations format, and the paged KV cache's dtype
     quantization: str = "auto"

@@ -200,3 +200,66 @@ def test_overlap_scheduler_is_validated(tiny_model_dir: Callable[[str], str]) ->
 
     with pytest.raises(ConfigError, match="overlap_scheduler must be auto, on or off"):
         EngineConfig.from_kwargs(tiny_model_dir("llama"), overlap_scheduler="yes")
+    with pytest.raises(ConfigError, match="overlap_min_running must be >= 0, got -1"):
+        EngineConfig.from_kwargs(tiny_model_dir("llama"), overlap_min_running=-1)
+
+
+def _count_modes(monkeypatch: pytest.MonkeyPatch) -> dict[str, int]:
+    """Counts the engine's overlapped and synchronous steps."""
+    counts = {"overlapped": 0, "sync": 0}
+    for name, key in (("_step_overlapped", "overlapped"), ("_step_sync", "sync")):
+        orig = getattr(LLMEngine, name)
+
+        def counted(self: LLMEngine, _orig: Callable[..., Any] = orig, _key: str = key) -> Any:
+            counts[_key] += 1
+            return _orig(self)
+
+        monkeypatch.setattr(LLMEngine, name, counted)
+    return counts
+
+
+def test_overlap_only_above_min_running(tiny_model_dir: Callable[[str], str],
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """overlap_min_running=3: the engine switches between overlapped and synchronous steps as
+    the batch shrinks (staggered ends) and grows (late arrivals), finishing the step in flight
+    whenever it leaves the overlap; the outputs are the synchronous engine's, bit for bit."""
+    d = tiny_model_dir("llama")
+    reqs = [(p, _greedy(1 + 5 * i)) for i, p in enumerate(PROMPTS)]
+    late = [(list(range(9, 30)), _greedy(7)), ([4, 4, 4], _greedy(1))]
+    off, _ = _run(d, "off", reqs, late=late)
+    counts = _count_modes(monkeypatch)
+    mixed, _ = _run(d, "on", reqs, late=late, overlap_min_running=3)
+    _same(mixed, off, logits=True)
+    assert counts["overlapped"] > 0 and counts["sync"] > 0, counts
+
+
+def _steps_to_first_token(model_dir: str, min_running: int) -> int:
+    """step() calls from a request's arrival, while another one is decoding, to its first token."""
+    engine = LLMEngine(EngineConfig.from_kwargs(model_dir, overlap_scheduler="on",
+                                                overlap_min_running=min_running, **SMALL))
+    engine.add_request("a", PROMPTS[1], _greedy(30), callback=lambda u: None)
+    for _ in range(4):
+        engine.step()
+    first: list[int] = []
+    calls = 0
+    engine.add_request("b", PROMPTS[3], _greedy(5),
+                       callback=lambda u: first.append(calls) if u.token_ids and not first else None)
+    while not first:
+        calls += 1
+        engine.step()
+        assert calls < 10
+    while engine.has_unfinished():
+        engine.step()
+    engine.kv.assert_all_free()
+    return first[0]
+
+
+def test_a_synchronous_step_gives_a_new_request_its_first_token_one_step_earlier(
+        tiny_model_dir: Callable[[str], str]) -> None:
+    """Overlapped, step N+1 is launched before a request that arrives during step N is seen:
+    its prefill runs one step later than synchronously. overlap_min_running above the batch
+    removes that step from its time to first token."""
+    d = tiny_model_dir("llama")
+    overlapped = _steps_to_first_token(d, 0)
+    sync = _steps_to_first_token(d, 2)  # one sequence running: below 2
+    assert (overlapped, sync) == (2, 1)

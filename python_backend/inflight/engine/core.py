@@ -249,9 +249,17 @@ class LLMEngine:
     def step(self) -> list[SequenceUpdate]:
         """Run one step; returns the updates it produced. Overlapped (``overlap_scheduler``),
         a step plans and launches step N+1 before it reads step N's tokens, so the updates it
-        returns are step N's and the GPU never waits for the host in between."""
-        if self.overlap:
+        returns are step N's and the GPU never waits for the host in between; while fewer
+        than ``overlap_min_running`` sequences run, synchronously (a new request's prefill
+        is planned right after the step in flight instead of after the one launched ahead)."""
+        if self.overlap and self.scheduler.num_running >= self.cfg.overlap_min_running:
             return self._step_overlapped()
+        if self._inflight is None:
+            return self._step_sync()
+        prev, self._inflight = self._inflight, None  # leaving the overlap: the step in flight first
+        return self._complete(prev) + self._step_sync()
+
+    def _step_sync(self) -> list[SequenceUpdate]:
         plan = self.scheduler.schedule()
         if not plan:
             return []

@@ -38,6 +38,7 @@ def _engine_kwargs(a: argparse.Namespace, load_format: str) -> dict[str, Any]:
                           "kv_cache_free_gpu_mem_fraction": a.kv_fraction,
                           "attention_backend": a.attention_backend,
                           "enforce_eager": a.enforce_eager, "overlap_scheduler": a.overlap_scheduler,
+                          "overlap_min_running": a.overlap_min_running,
                           "cuda_graph_max_tokens": a.cuda_graph_max_tokens,
                           "quantization": a.quantization, "kv_cache_dtype": a.kv_cache_dtype,
                           "tensor_parallel_size": a.tensor_parallel_size}
@@ -207,6 +208,9 @@ def _engine_args(p: argparse.ArgumentParser) -> None:
                    "(0: off; default %(default)s)")
     p.add_argument("--overlap-scheduler", default="auto", choices=["auto", "on", "off"],
                    help="plan step N+1 while step N runs (auto: on for CUDA)")
+    p.add_argument("--overlap-min-running", type=int, default=0, metavar="N",
+                   help="overlapped steps only while >= N sequences run; below, synchronous "
+                   "steps (a new request's first token one step sooner; default 0: always)")
     p.add_argument("--quantization", default="auto",
                    help="auto | none | fp8 | awq | compressed-tensors | modelopt (docs/quantization.md)")
     p.add_argument("--kv-cache-dtype", default="auto", choices=["auto", "fp8"])
