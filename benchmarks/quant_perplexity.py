@@ -11,8 +11,13 @@
 3. Model: ``LlamaForCausalLM`` (default 12 layers, hidden 512, 8 heads of 64, 4 KV heads,
    MLP 1536, vocab 8192: ~46M parameters; every linear input a multiple of 128, so INT4
    keeps group 128), AdamW + warm-up + cosine, bf16 autocast on the GPU (float32 on CPU),
-   fixed seeds, for ``--steps`` or ``--minutes``, whichever ends first. Saved in bf16
-   (safetensors) to ``--out`` (a temporary directory unless given).
+   fixed seeds, for ``--steps`` or ``--minutes``, whichever ends first, stopping early when
+   the loss on ``--val-windows`` validation windows (the end of the held-out stream, disjoint
+   from the evaluation windows) has not improved for ``--patience`` checks, one every
+   ``--val-every`` steps; the best checkpoint by that loss is kept (without this, 4 minutes on
+   an H200 ran 26 passes over the training text: loss 0.09 there, held-out perplexity 160, a
+   memorising model). Saved in bf16 (safetensors) to ``--out`` (a temporary directory unless
+   given).
 4. Evaluation: the first ``--eval-windows`` non-overlapping windows of ``--seq`` tokens of
    the held-out text, teacher forcing; token-level perplexity from the engine's context
    logits (``SamplingParams(return_context_logits=True)``, one prefill per window) for bf16,
@@ -45,7 +50,7 @@ EOT = "<|endoftext|>"
 BOUNDS = {"fp8": 0.01, "fp8+kv-fp8": 0.01, "int4-awq": 0.05}
 TINY = {"max_files": 48, "vocab": 512, "layers": 2, "hidden": 128, "heads": 2, "kv_heads": 1,
         "intermediate": 256, "seq": 64, "batch": 8, "steps": 30, "lr": 3e-3,
-        "eval_windows": 16, "chunk": 8}
+        "eval_windows": 16, "chunk": 8, "val_windows": 4, "val_every": 10}
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -69,6 +74,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--minutes", type=float, default=0.0, help="training time limit (0: none)")
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--eval-windows", type=int, default=256)
+    p.add_argument("--val-windows", type=int, default=32,
+                   help="validation windows for early stopping (from the held-out stream's end)")
+    p.add_argument("--val-every", type=int, default=100, help="steps between validation checks")
+    p.add_argument("--patience", type=int, default=3,
+                   help="checks without a better validation loss before stopping (0: never stop early)")
     p.add_argument("--chunk", type=int, default=32, help="windows per engine.generate call")
     p.add_argument("--no-kv-fp8", action="store_true", help="skip the fp8 + FP8 KV cache row")
     a = p.parse_args(argv)
@@ -78,6 +88,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                 setattr(a, k, v)
     if a.hidden % a.heads or a.heads % a.kv_heads:
         p.error(f"--hidden {a.hidden} / --heads {a.heads} / --kv-heads {a.kv_heads} do not divide")
+    for name in ("val_windows", "val_every"):
+        if getattr(a, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(a, name)}")
+    if a.patience < 0:
+        p.error(f"--patience must be >= 0, got {a.patience}")
     return a
 
 
@@ -145,12 +160,16 @@ def encode(tok: Any, texts: list[str]) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
-def eval_windows(ids: torch.Tensor, seq: int, n: int) -> torch.Tensor:
-    """The first ``n`` non-overlapping windows [n, seq] of the held-out stream."""
-    n = min(n, ids.numel() // seq)
-    if n == 0:
-        raise SystemExit(f"held-out text has {ids.numel()} tokens, fewer than one window of {seq}")
-    return ids[: n * seq].reshape(n, seq)
+def eval_windows(ids: torch.Tensor, seq: int, n: int, val: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(evaluation, validation) windows of the held-out stream, non-overlapping: the last
+    ``val`` windows [val, seq] for early stopping, the first ``n`` of the rest for evaluation
+    (fewer if the stream is short)."""
+    total = ids.numel() // seq
+    if total <= val:
+        raise SystemExit(f"held-out text has {ids.numel()} tokens: not one window of {seq} left "
+                         f"for evaluation after {val} validation windows")
+    n = min(n, total - val)
+    return ids[: n * seq].reshape(n, seq), ids[(total - val) * seq: total * seq].reshape(val, seq)
 
 
 # --------------------------------------------------------------------------- model, training
@@ -176,9 +195,26 @@ def _lr(progress: float, warmup: float = 0.03) -> float:
     return 0.1 + 0.45 * (1 + math.cos(math.pi * min(1.0, (progress - warmup) / (1 - warmup))))
 
 
-def train(model: Any, ids: torch.Tensor, a: argparse.Namespace, dev: torch.device) -> dict[str, Any]:
+@torch.no_grad()
+def val_loss(model: Any, windows: torch.Tensor, dev: torch.device, chunk: int) -> float:
+    """Mean next-token loss of ``model`` on ``windows`` [n, seq] (teacher forcing)."""
+    model.eval()
+    total, count = 0.0, 0
+    for w in _chunks(windows, chunk):
+        x = w.to(dev)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            total += model(input_ids=x, labels=x).loss.item() * x.shape[0]
+        count += x.shape[0]
+    model.train()
+    return total / count
+
+
+def train(model: Any, ids: torch.Tensor, a: argparse.Namespace, dev: torch.device,
+          val: torch.Tensor | None = None) -> dict[str, Any]:
     """Next-token training on random windows of ``ids``; stops after ``a.steps`` steps or
-    ``a.minutes`` (the schedule follows whichever is further along)."""
+    ``a.minutes`` (the schedule follows whichever is further along), or early: every
+    ``a.val_every`` steps the loss on ``val`` is checked, and after ``a.patience`` checks
+    without a new best (0: never) training stops; the model ends with the best weights."""
     from inflight import env
 
     model.to(dev).train()
@@ -189,8 +225,11 @@ def train(model: Any, ids: torch.Tensor, a: argparse.Namespace, dev: torch.devic
     offsets = torch.arange(a.seq)
     limit = a.minutes * 60 or math.inf
     t0, step, loss_ema = time.monotonic(), 0, float("nan")
+    best: dict[str, Any] = {"loss": math.inf, "step": 0, "state": None}
+    checks: list[tuple[int, float]] = []
+    stale = 0
     bar = tqdm(total=a.steps, desc="Training", unit="step", disable=env.disable_progress())
-    while step < a.steps:
+    while step < a.steps and not (a.patience and stale >= a.patience):
         progress = max(step / a.steps, (time.monotonic() - t0) / limit)
         if progress >= 1:
             break
@@ -209,11 +248,25 @@ def train(model: Any, ids: torch.Tensor, a: argparse.Namespace, dev: torch.devic
             v = loss.item()
             loss_ema = v if math.isnan(loss_ema) else 0.9 * loss_ema + 0.1 * v
             bar.set_postfix(loss=f"{loss_ema:.3f}", lr=f"{opt.param_groups[0]['lr']:.2e}")
+        if val is not None and step % a.val_every == 0:
+            v = val_loss(model, val, dev, a.chunk)
+            checks.append((step, v))
+            if v < best["loss"]:
+                best = {"loss": v, "step": step,
+                        "state": {k: t.detach().to("cpu", copy=True) for k, t in model.state_dict().items()}}
+                stale = 0
+            else:
+                stale += 1
         bar.update(1)
     bar.close()
+    if best["state"] is not None and best["step"] != step:
+        model.load_state_dict(best["state"])
     model.eval()
     return {"steps": step, "seconds": round(time.monotonic() - t0, 1), "loss_ema": loss_ema,
-            "tokens": step * a.batch * a.seq}
+            "tokens": step * a.batch * a.seq, "best_step": best["step"],
+            "best_val_loss": best["loss"] if checks else None,
+            "stopped_early": bool(a.patience and stale >= a.patience),
+            "val_checks": [[s_, round(v_, 4)] for s_, v_ in checks]}
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -361,14 +414,17 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"# model: {a.layers} layers, hidden {a.hidden}, heads {a.heads}/{a.kv_heads} of "
           f"{a.hidden // a.heads}, MLP {a.intermediate}, vocab {vocab}: {n_params / 1e6:.1f}M "
           f"parameters; training on {dev}", flush=True)
-    stats = train(model, train_ids, a, dev)
+    windows, val = eval_windows(held_ids, a.seq, a.eval_windows, a.val_windows)
+    stats = train(model, train_ids, a, dev, val)
     model.to(torch.bfloat16).save_pretrained(out, safe_serialization=True)
     del model
     _free(dev)
-    windows = eval_windows(held_ids, a.seq, a.eval_windows)
-    print(f"# trained {stats['steps']} steps ({stats['tokens']} tokens) in {stats['seconds']} s, "
-          f"loss ~{stats['loss_ema']:.3f}; evaluating {windows.shape[0]} x {a.seq} held-out "
-          f"tokens; checkpoint {out}", flush=True)
+    passes = stats["tokens"] / max(1, train_ids.numel())
+    print(f"# trained {stats['steps']} steps ({stats['tokens']} tokens, {passes:.1f} passes) in "
+          f"{stats['seconds']} s, training loss ~{stats['loss_ema']:.3f}; kept step "
+          f"{stats['best_step']} (validation loss {stats['best_val_loss']:.3f}"
+          f"{', stopped early' if stats['stopped_early'] else ''}); evaluating "
+          f"{windows.shape[0]} x {a.seq} held-out tokens; checkpoint {out}", flush=True)
     rows = evaluate(out, windows, a, dev)
     awq_dir = out.rstrip("/") + "-int4-awq"
     with open(os.path.join(awq_dir, "config.json"), encoding="utf-8") as f:

@@ -118,3 +118,48 @@ def test_tiny_checkpoints(run: tuple[dict, Path]) -> None:
         assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.bfloat16}  # noqa: SIM118
     awq = json.loads((tmp / "ckpt-int4-awq" / "config.json").read_text())["quantization_config"]
     assert (awq["quant_method"], awq["group_size"]) == ("awq", 128) == ("awq", res["int4_group_size"])
+
+
+def test_eval_and_validation_windows_are_disjoint(qp: ModuleType) -> None:
+    ids = torch.arange(1000)
+    ev, val = qp.eval_windows(ids, 64, 100, 3)  # 15 whole windows: 3 validation, 12 evaluation
+    assert ev.shape == (12, 64) and val.shape == (3, 64)
+    assert ev[0, 0] == 0 and val[-1, -1] == 15 * 64 - 1
+    assert not set(ev.flatten().tolist()) & set(val.flatten().tolist())
+    ev, _ = qp.eval_windows(ids, 64, 5, 3)
+    assert ev.shape == (5, 64)
+    with pytest.raises(SystemExit, match="not one window of 64 left"):
+        qp.eval_windows(ids, 64, 5, 15)
+
+
+def test_early_stopping_keeps_the_best_weights(qp: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Validation losses 3, 2, 2.5, 2.6, 2.7 with patience 3: training stops at the fifth
+    check and the model ends with the weights of the second check, not the last ones."""
+    a = qp.parse_args(["--tiny", "--device", "cpu", "--steps", "200", "--patience", "3"])
+    model = qp.build_model(a, 512, 0)
+    losses = iter([3.0, 2.0, 2.5, 2.6, 2.7, 1.0])
+    seen: list[dict[str, torch.Tensor]] = []
+
+    def scripted(m: object, windows: torch.Tensor, dev: torch.device, chunk: int) -> float:
+        seen.append({k: t.detach().clone() for k, t in model.state_dict().items()})
+        return next(losses)
+
+    monkeypatch.setattr(qp, "val_loss", scripted)
+    monkeypatch.setenv("INFLIGHT_NO_PROGRESS", "1")
+    ids = torch.randint(0, 512, (4000,), generator=torch.Generator().manual_seed(0))
+    stats = qp.train(model, ids, a, torch.device("cpu"), ids[:128].reshape(2, 64))
+    assert len(seen) == 5 and stats["steps"] == 5 * a.val_every
+    assert stats["stopped_early"] and stats["best_step"] == 2 * a.val_every
+    assert stats["best_val_loss"] == 2.0
+    assert [c[1] for c in stats["val_checks"]] == [3.0, 2.0, 2.5, 2.6, 2.7]
+    final = model.state_dict()
+    assert all(torch.equal(final[k], seen[1][k]) for k in final)
+    assert not all(torch.equal(final[k], seen[4][k]) for k in final)  # it did train on
+
+
+def test_bad_early_stopping_flags_are_refused(qp: ModuleType, capsys: pytest.CaptureFixture[str]) -> None:
+    for flags, msg in ((["--val-every", "0"], "--val-every must be >= 1, got 0"),
+                       (["--patience", "-1"], "--patience must be >= 0, got -1")):
+        with pytest.raises(SystemExit):
+            qp.parse_args(flags)
+        assert msg in capsys.readouterr().err
