@@ -1,10 +1,10 @@
 """Launch-config sweep of the paged decode attention kernel on a GPU (Llama-3.1-8B heads).
 
     python benchmarks/decode_attention_sweep.py [--shapes 1x32768,64x2048,384x1536]
-        [--variants bf16,fp8,fp8-fp16,fp8-fp16-vt] [--json OUT.json] [--dry-run]
+        [--variants bf16,fp8,fp8-fp16,fp8-fp16-vt,fp8-fp16-pairs] [--json OUT.json] [--dry-run]
 
 For each cache variant (``bf16``: a bf16 cache; ``fp8``: an e4m3 cache read with bf16 dots;
-``fp8-fp16`` / ``fp8-fp16-vt``: the ``fp8_kv_dots`` choices fp16 / fp16-vt) and each batch x
+``fp8-fp16`` / ``fp8-fp16-vt`` / ``fp8-fp16-pairs``: the ``fp8_kv_dots`` choices) and each batch x
 context shape, the GPU time of ``paged_decode_attention`` (a CUDA graph of the call,
 ``triton.testing.do_bench_cudagraph``: what a decode step replays) over BLOCK_N x num_warps
 x num_stages, with the KV bytes read per second. Prints, per variant, every shape's best
@@ -43,6 +43,7 @@ HQ, HKV, D, BLOCK = 32, 8, 128, 16
 VARIANTS = {  # name: (cache dtype, fp8_kv_dots)
     "bf16": (torch.bfloat16, "bf16"), "fp8": (torch.float8_e4m3fn, "bf16"),
     "fp8-fp16": (torch.float8_e4m3fn, "fp16"), "fp8-fp16-vt": (torch.float8_e4m3fn, "fp16-vt"),
+    "fp8-fp16-pairs": (torch.float8_e4m3fn, "fp16-pairs"),
 }
 DEFAULT_SHAPES = "1x32768,8x8192,64x2048,256x160,256x1024,384x1536"
 CONFIGS = [{"block_n": n, "num_warps": w, "num_stages": s}

@@ -11,10 +11,10 @@
 #                                          # fp8+fp8-KV vs int4-awq latency b1 and throughput 128/128 (quant_bench.sh)
 #   bash benchmarks/gpu_bench.sh fp8-tc    # issue 14: the tensor-core FP8 decode kernel: tests, per-layer
 #                                          # times, config sweep, b1 decode per INFLIGHT_FP8_DECODE_KERNEL
-#   bash benchmarks/gpu_bench.sh fp8-attn  # issue 14: FP8-KV attention, INFLIGHT_FP8_KV_DOTS bf16 / fp16 / fp16-vt:
+#   bash benchmarks/gpu_bench.sh fp8-attn  # issue 14: FP8-KV attention, INFLIGHT_FP8_KV_DOTS (DOTS, default bf16 fp16-pairs):
 #                                          # tests, batch-256 profile, 1000/1000
 #   bash benchmarks/gpu_bench.sh attn-sweep  # issue 14: decode attention launch configs per cache (bf16, e4m3
-#                                          # with bf16 / fp16 dots; benchmarks/decode_attention_sweep.py), the
+#                                          # with bf16 dots / fp16 pairs; decode_attention_sweep.py), the
 #                                          # attention GPU tests, batch-256 decode profiles (bf16 and FP8 KV)
 #   bash benchmarks/gpu_bench.sh quant-e2e # issue 14: 2048/128 and 1000/1000, bf16 vs FP8 + FP8 KV, and a
 #                                          # batch-256 decode profile each way
@@ -116,11 +116,11 @@ case "${1:-all}" in
           --out "$OUT/tc-$kern" 2>&1 | grep -E "tok_s|ms_per|rror|Triton kernel" | head -4
     done
     ;;
-  fp8-attn)  # issue 14: attention over the FP8 KV cache, INFLIGHT_FP8_KV_DOTS bf16 / fp16 /
-    # fp16-vt: GPU tests, the batch-256 decode profile and 1000/1000 each way, bf16-cache
-    # 1000/1000 as the in-run baseline; < 9 min
+  fp8-attn)  # issue 14: attention over the FP8 KV cache, the INFLIGHT_FP8_KV_DOTS choices in
+    # DOTS: GPU tests, the batch-256 decode profile and 1000/1000 each way, bf16-cache
+    # 1000/1000 as the in-run baseline; < 9 min for three choices
     # (DOTS: the choices to run; ATTN_QUICK=1: only their 1000/1000, no tests, profiles, baseline)
-    DOTS=${DOTS:-bf16 fp16 fp16-vt}
+    DOTS=${DOTS:-bf16 fp16-pairs}
     [ "${ATTN_QUICK:-0}" = 1 ] || timeout 120 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_fp8_kv_cache.py \
         tests/kernels/test_triton_backend.py tests/kernels/test_paged_decode_attention.py \
         tests/kernels/test_paged_prefill_attention.py --tb=short 2>&1 | tee "$OUT/attn-tests.log" \
@@ -144,7 +144,7 @@ case "${1:-all}" in
     ;;
   attn-sweep)  # issue 14: the decode attention kernel's launch configs per cache dtype, then the
     # attention GPU tests and a batch-256 decode profile per cache (the kernel's share of a step); < 8 min
-    timeout 300 python3 benchmarks/decode_attention_sweep.py --variants ${VARIANTS:-bf16,fp8,fp8-fp16} \
+    timeout 300 python3 benchmarks/decode_attention_sweep.py --variants ${VARIANTS:-bf16,fp8,fp8-fp16-pairs} \
         --json "$OUT/attn-sweep.json" 2>&1 | tee "$OUT/attn-sweep.log" | grep -v "^  (" | head -60
     timeout 120 python3 -m pytest -q -p no:cacheprovider tests/kernels/test_paged_decode_attention.py \
         tests/kernels/test_paged_prefill_attention.py tests/kernels/test_fp8_kv_cache.py --tb=short 2>&1 \

@@ -5,7 +5,7 @@ without a GPU: Triton's compiler and the ptxas / cuobjdump shipped in its wheel.
 
 decode-attention: ``_decode_split_kernel`` (BLOCK_N 64, head dim 128, 8 KV heads' GQA group
 padded to 16, 4 warps, 3 stages) for a bf16 cache and for an e4m3 cache with each
-``fp8_kv_dots`` choice (bf16, fp16, fp16-vt); skinny-mm: ``_fp8_skinny_kernel`` with the
+``fp8_kv_dots`` choice (bf16, fp16, fp16-vt, fp16-pairs); skinny-mm: ``_fp8_skinny_kernel`` with the
 launch configs of kernels/fp8_skinny_mm.py. Prints the static SASS instruction count and the
 memory, conversion and tensor-core instructions that tell the variants apart (``LDS.U8``:
 byte-wise shared-memory loads; ``F2F.BF16.F16``: the second conversion step of e4m3 -> bf16;
@@ -83,13 +83,15 @@ def decode_attention(sass_dir: str) -> None:
                "stride_qb", "stride_qh", "stride_cb", "stride_cs", "stride_ch", "stride_ob",
                "stride_oh", "num_q_heads", "head_dim")
     for cache, dots in (("bf16", "bf16"), ("fp8e4nv", "bf16"), ("fp8e4nv", "fp16"),
-                        ("fp8e4nv", "fp16-vt")):
+                        ("fp8e4nv", "fp16-vt"), ("fp8e4nv", "fp16-pairs")):
         cfg = mod.launch_config(torch.bfloat16 if cache == "bf16" else torch.float8_e4m3fn)
         consts = {"BLOCK_SIZE": 16, "SPLIT": True, "BLOCK_G": 16, "BLOCK_N": cfg["block_n"], "BLOCK_D": 128,
                   "DOT_PRECISION": "tf32", "UPCAST": False,
-                  "F16": cache != "bf16" and dots != "bf16", "V_T": cache != "bf16" and dots == "fp16-vt"}
-        c = compile_sm90(mod._decode_split_kernel, ptrs | {"k_cache_ptr": f"*{cache}",
-                         "v_cache_ptr": f"*{cache}"}, consts, ("scale_log2", "v_scale"), aligned,
+                  "F16": cache != "bf16" and dots != "bf16", "V_T": cache != "bf16" and dots == "fp16-vt",
+                  "PAIRS": dots == "fp16-pairs", "SOFT": False}
+        ptr = "*i16" if dots == "fp16-pairs" else f"*{cache}"  # pairs: the cache viewed as int16
+        c = compile_sm90(mod._decode_split_kernel, ptrs | {"k_cache_ptr": ptr,
+                         "v_cache_ptr": ptr}, consts, ("scale_log2", "v_scale"), aligned,
                          cfg["num_warps"], cfg["num_stages"])
         show(f"decode {'e4m3' if cache != 'bf16' else 'bf16'} cache, {dots} dots", c, sass_dir)
 

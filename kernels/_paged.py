@@ -57,16 +57,38 @@ def load_v(v_cache_ptr, rows, kv_col, d, n_mask, head_dim, dtype: tl.constexpr,
                    other=0.0).to(dtype)
 
 
-FP8_KV_DOTS = ("bf16", "fp16", "fp16-vt")
+@triton.jit
+def _e4m3_bits_to_f16(b):
+    """e4m3 codes b (int32, 0..255) -> fp16 values, exactly: s.eeee.mmm placed at fp16's bits
+    15 and 13..7 is the value * 2**-8 (subnormals included), * 256 restores it."""
+    h = ((b & 0x80) << 8) | ((b & 0x7F) << 7)
+    return (h.to(tl.uint16).to(tl.float16, bitcast=True) * 256.0).to(tl.float16)
+
+
+@triton.jit
+def e4m3_pairs(x, SOFT: tl.constexpr):
+    """x: int16 words of two e4m3 codes (element 2j in the low byte, 2j + 1 in the high one) ->
+    (even, odd) fp16 tensors of x's shape. On the GPU one ``cvt.rn.f16x2.e4m3x2`` per word;
+    SOFT (Triton's interpreter, which runs no PTX): the same values by bit arithmetic."""
+    if SOFT:
+        u = x.to(tl.int32) & 0xFFFF
+        return _e4m3_bits_to_f16(u & 0xFF), _e4m3_bits_to_f16(u >> 8)
+    return tl.inline_asm_elementwise(
+        "{ .reg .b32 t; cvt.rn.f16x2.e4m3x2 t, $2; mov.b32 {$0, $1}, t; }", "=h,=h,h", [x],
+        dtype=(tl.float16, tl.float16), is_pure=True, pack=1)
+
+
+FP8_KV_DOTS = ("bf16", "fp16", "fp16-vt", "fp16-pairs")
 
 
 def fp8_dot_flags(fp8_kv_dots: str, q: torch.Tensor, k_cache: torch.Tensor) -> dict[str, bool]:
-    """Constexprs F16 / V_T for ``fp8_kv_dots`` (bf16 | fp16 | fp16-vt); they apply to bf16
-    queries over an FP8 cache only."""
+    """Constexprs F16 / V_T for ``fp8_kv_dots`` (bf16 | fp16 | fp16-vt | fp16-pairs); they
+    apply to bf16 queries over an FP8 cache only. ``fp16-pairs`` is a decode-kernel choice
+    (paged_decode_attention.py): the prefill kernel keeps bf16 dots with it."""
     if fp8_kv_dots not in FP8_KV_DOTS:
         raise ValueError(f"fp8_kv_dots must be one of {FP8_KV_DOTS}, got {fp8_kv_dots!r}")
     on = q.dtype == torch.bfloat16 and k_cache.dtype == torch.float8_e4m3fn
-    return {"F16": on and fp8_kv_dots != "bf16", "V_T": on and fp8_kv_dots == "fp16-vt"}
+    return {"F16": on and fp8_kv_dots in ("fp16", "fp16-vt"), "V_T": on and fp8_kv_dots == "fp16-vt"}
 
 
 @triton.jit

@@ -14,12 +14,13 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import check, check_devices, num_sms
+from ._common import check, check_devices, is_interpreted, num_sms
 from ._paged import (
     LOG2E,
     check_paged_inputs,
     dot_config,
     dot_operand_q,
+    e4m3_pairs,
     fp8_dot_flags,
     load_v,
     mma,
@@ -42,6 +43,41 @@ def launch_config(cache_dtype: torch.dtype) -> dict[str, int]:
     return dict(LAUNCH_FP8 if cache_dtype == torch.float8_e4m3fn else LAUNCH)
 
 
+@triton.jit
+def _attend_pairs(q, m_i, l_i, k_cache_ptr, v_cache_ptr, bt_row, start, end, kvh, scale_log2,
+                  stride_cb, stride_cs, stride_ch, BLOCK_SIZE: tl.constexpr, BLOCK_N: tl.constexpr,
+                  BLOCK_G: tl.constexpr, BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr,
+                  UPCAST: tl.constexpr, SOFT: tl.constexpr):
+    """The decode loop over an e4m3 cache read as int16 pairs (``fp8_kv_dots="fp16-pairs"``;
+    strides in int16 units, head_dim == BLOCK_D): each pair converts to two fp16 values with
+    one instruction, the even and odd head dims form two dots each (q split the same way), and
+    the 16-bit tiles reach the dots' operands through ldmatrix instead of the byte-wise
+    shared-memory loads an e4m3 tile needs. Returns (m_i, l_i, acc [BLOCK_G, BLOCK_D])."""
+    HD: tl.constexpr = BLOCK_D // 2
+    q_e, q_o = tl.split(tl.reshape(q, (BLOCK_G, HD, 2)))  # head dims 2j, 2j + 1
+    acc_e = tl.zeros([BLOCK_G, HD], tl.float32)
+    acc_o = tl.zeros([BLOCK_G, HD], tl.float32)
+    dh = tl.arange(0, HD)
+    for n0 in range(start, end, BLOCK_N):
+        n = n0 + tl.arange(0, BLOCK_N)
+        n_mask = n < end
+        rows = token_offsets(bt_row, n, n_mask, BLOCK_SIZE, stride_cb, stride_cs)
+        off = rows[:, None] + kvh * stride_ch + dh[None, :]  # [BLOCK_N, HD] int16 words
+        k_e, k_o = e4m3_pairs(tl.load(k_cache_ptr + off, mask=n_mask[:, None], other=0), SOFT)
+        s = mma(q_e, tl.trans(k_e), DOT_PRECISION, UPCAST) + mma(q_o, tl.trans(k_o), DOT_PRECISION, UPCAST)
+        s = tl.where(n_mask[None, :], s * scale_log2, float("-inf"))  # [BLOCK_G, BLOCK_N]
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v_e, v_o = e4m3_pairs(tl.load(v_cache_ptr + off, mask=n_mask[:, None], other=0), SOFT)
+        p16 = p.to(tl.float16)
+        acc_e = acc_e * alpha[:, None] + mma(p16, v_e, DOT_PRECISION, UPCAST)
+        acc_o = acc_o * alpha[:, None] + mma(p16, v_o, DOT_PRECISION, UPCAST)
+        m_i = m_new
+    return m_i, l_i, tl.reshape(tl.join(acc_e, acc_o), (BLOCK_G, BLOCK_D))
+
+
 # Nothing that changes from step to step may pick a compiled variant: a new variant compiles
 # while serving and stalls that step (a TTFT p99 of 0.8 s on the H200, 2026-12-01). The
 # block table's row stride is its step-dependent width, the split count varies with the
@@ -57,7 +93,7 @@ def _decode_split_kernel(
     num_q_heads, group, head_dim,
     BLOCK_SIZE: tl.constexpr, SPLIT: tl.constexpr, BLOCK_G: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr, F16: tl.constexpr,
-    V_T: tl.constexpr,
+    V_T: tl.constexpr, PAIRS: tl.constexpr, SOFT: tl.constexpr,
 ):
     b = tl.program_id(0).to(tl.int64)
     kvh = tl.program_id(1)
@@ -80,22 +116,27 @@ def _decode_split_kernel(
     l_i = tl.zeros([BLOCK_G], tl.float32)
     acc = tl.zeros([BLOCK_G, BLOCK_D], tl.float32)
     bt_row = bt_ptr + b * stride_bt
-    for n0 in range(start, end, BLOCK_N):
-        n = n0 + tl.arange(0, BLOCK_N)
-        n_mask = n < end
-        rows = token_offsets(bt_row, n, n_mask, BLOCK_SIZE, stride_cb, stride_cs)
-        kv_off = rows[:, None] + kvh * stride_ch + d[None, :]  # [BLOCK_N, BLOCK_D]
-        kv_mask = n_mask[:, None] & (d < head_dim)[None, :]
-        k = tl.load(k_cache_ptr + kv_off, mask=kv_mask, other=0.0).to(q.dtype)  # fp8 -> q's
-        s = mma(q, tl.trans(k), DOT_PRECISION, UPCAST) * scale_log2
-        s = tl.where(n_mask[None, :], s, float("-inf"))  # [BLOCK_G, BLOCK_N]
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = load_v(v_cache_ptr, rows, kvh * stride_ch, d, n_mask, head_dim, q.dtype, V_T)
-        acc = acc * alpha[:, None] + mma(p.to(v.dtype), v, DOT_PRECISION, UPCAST)
-        m_i = m_new
+    if PAIRS:
+        m_i, l_i, acc = _attend_pairs(q, m_i, l_i, k_cache_ptr, v_cache_ptr, bt_row, start, end,
+                                      kvh, scale_log2, stride_cb, stride_cs, stride_ch, BLOCK_SIZE,
+                                      BLOCK_N, BLOCK_G, BLOCK_D, DOT_PRECISION, UPCAST, SOFT)
+    else:
+        for n0 in range(start, end, BLOCK_N):
+            n = n0 + tl.arange(0, BLOCK_N)
+            n_mask = n < end
+            rows = token_offsets(bt_row, n, n_mask, BLOCK_SIZE, stride_cb, stride_cs)
+            kv_off = rows[:, None] + kvh * stride_ch + d[None, :]  # [BLOCK_N, BLOCK_D]
+            kv_mask = n_mask[:, None] & (d < head_dim)[None, :]
+            k = tl.load(k_cache_ptr + kv_off, mask=kv_mask, other=0.0).to(q.dtype)  # fp8 -> q's
+            s = mma(q, tl.trans(k), DOT_PRECISION, UPCAST) * scale_log2
+            s = tl.where(n_mask[None, :], s, float("-inf"))  # [BLOCK_G, BLOCK_N]
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            alpha = tl.exp2(m_i - m_new)
+            p = tl.exp2(s - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            v = load_v(v_cache_ptr, rows, kvh * stride_ch, d, n_mask, head_dim, q.dtype, V_T)
+            acc = acc * alpha[:, None] + mma(p.to(v.dtype), v, DOT_PRECISION, UPCAST)
+            m_i = m_new
 
     acc = acc * (v_scale / tl.where(l_i > 0.0, l_i, 1.0))[:, None]  # empty split: acc = 0
     if not SPLIT:
@@ -161,8 +202,9 @@ def paged_decode_attention(
 
     An FP8 (float8_e4m3fn) cache holds k / k_scale and v / v_scale: the scales are folded
     into the softmax scale and the output. ``fp8_kv_dots`` (bf16 q over an FP8 cache):
-    ``bf16`` dots, ``fp16`` dots (``_paged.dot_operand_q``), or ``fp16-vt`` (also V loaded
-    transposed, ``_paged.load_v``).
+    ``bf16`` dots, ``fp16`` dots (``_paged.dot_operand_q``), ``fp16-vt`` (also V loaded
+    transposed, ``_paged.load_v``) or ``fp16-pairs`` (the cache read as int16 pairs,
+    :func:`_attend_pairs`; a power-of-two head_dim, else bf16 dots).
 
     q: [B, Hq, D] (token/head strides free, unit stride in D), fp32/fp16/bf16.
     k_cache, v_cache: [num_blocks, block_size, Hkv, D] of q.dtype or float8_e4m3fn, same
@@ -189,6 +231,12 @@ def paged_decode_attention(
     check(1 <= splits <= MAX_SPLITS, f"num_splits must be 1..{MAX_SPLITS}, got {splits}")
     cfg = launch_config(k_cache.dtype) | (launch or {})
     block_n = block_n or cfg["block_n"]
+    flags = fp8_dot_flags(fp8_kv_dots, q, k_cache)
+    pairs = (fp8_kv_dots == "fp16-pairs" and q.dtype == torch.bfloat16
+             and k_cache.dtype == torch.float8_e4m3fn and d == triton.next_power_of_2(d))
+    kc, vc = (k_cache.view(torch.int16), v_cache.view(torch.int16)) if pairs else (k_cache, v_cache)
+    if pairs:
+        flags["F16"] = True  # q in fp16 (clamped), as the fp16 dots take it
     hq = q.shape[1]
     if splits > 1:
         mid_o = torch.empty((nreq, hq, splits, d), dtype=torch.float32, device=dev)
@@ -196,14 +244,14 @@ def paged_decode_attention(
     else:
         mid_o = mid_lse = out  # unused
     _decode_split_kernel[(nreq, hkv, splits)](
-        q, k_cache, v_cache, block_tables, seq_lens, out, mid_o, mid_lse,
+        q, kc, vc, block_tables, seq_lens, out, mid_o, mid_lse,
         scale * LOG2E * k_scale, v_scale,
-        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), k_cache.stride(2),
+        q.stride(0), q.stride(1), kc.stride(0), kc.stride(1), kc.stride(2),
         block_tables.stride(0), out.stride(0), out.stride(1),
         hq, group, d,
         BLOCK_SIZE=k_cache.shape[1], SPLIT=splits > 1, BLOCK_G=max(16, triton.next_power_of_2(group)), BLOCK_N=block_n,
         BLOCK_D=triton.next_power_of_2(d), **dot_config(_decode_split_kernel, q.dtype),
-        **fp8_dot_flags(fp8_kv_dots, q, k_cache),
+        **flags, PAIRS=pairs, SOFT=is_interpreted(_decode_split_kernel),
         num_warps=cfg["num_warps"], num_stages=cfg["num_stages"],
     )
     if splits > 1:

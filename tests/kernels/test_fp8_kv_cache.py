@@ -79,11 +79,12 @@ def test_fp8_linear_scaled_mm_gpu(m: int, n: int, k: int) -> None:
     assert rel < 0.06  # FP8 W8A8 vs bf16: a few percent relative error
 
 
-@pytest.mark.parametrize("dots", ["fp16", "fp16-vt"])
+@pytest.mark.parametrize("dots", ["fp16", "fp16-vt", "fp16-pairs"])
 @pytest.mark.parametrize("num_splits", [1, 2])
 def test_fp16_dots_over_fp8_caches(dots: str, num_splits: int, device: torch.device) -> None:
-    """fp8_kv_dots fp16 / fp16-vt (FP8 caches, bf16 q): q, K, V and the probabilities in fp16
-    for the dots (fp16-vt: V loaded transposed); the same result as the reference within
+    """fp8_kv_dots fp16 / fp16-vt / fp16-pairs (FP8 caches, bf16 q): q, K, V and the
+    probabilities in fp16 for the dots (fp16-vt: V loaded transposed; fp16-pairs: the cache
+    read as int16 pairs, decode only); the same result as the reference within
     bf16's tolerance, decode and prefill, and q values past fp16's range clamp instead of
     turning into inf / NaN. An unknown choice is an error naming the argument."""
     c, kc, vc, ref = _fp8_case(torch.bfloat16, device)

@@ -74,7 +74,8 @@ def test_fp8_kv_dots_option_reaches_both_kernels(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(tb, "paged_prefill_attention",
                         lambda *a, **kw: (seen.append(("prefill", kw["fp8_kv_dots"])), pre(*a, **kw))[1])
     c = make_case([1, 5], [9, 12], 4, 2, 16, 16, torch.bfloat16, device)
-    for value, want in ((None, "bf16"), ("fp16", "fp16"), ("fp16-vt", "fp16-vt"), ("bf16", "bf16")):
+    for value, want in ((None, "bf16"), ("fp16", "fp16"), ("fp16-vt", "fp16-vt"), ("fp16-pairs", "fp16-pairs"),
+                        ("bf16", "bf16")):
         if value is None:
             monkeypatch.delenv("INFLIGHT_FP8_KV_DOTS", raising=False)
         else:

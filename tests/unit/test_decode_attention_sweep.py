@@ -22,15 +22,15 @@ def run(*args: str) -> subprocess.CompletedProcess[str]:
 
 def test_dry_run_times_every_variant_and_config(tmp_path: Path) -> None:
     out = tmp_path / "sweep.json"
-    res = run("--dry-run", "--variants", "bf16,fp8-fp16", "--json", str(out))
+    res = run("--dry-run", "--variants", "bf16,fp8-fp16,fp8-fp16-pairs", "--json", str(out))
     assert res.returncode == 0, res.stderr
     assert "WRONG" not in res.stdout and "FAILED" not in res.stdout, res.stdout
     rows = json.loads(out.read_text())["results"]
-    assert {r["variant"] for r in rows} == {"bf16", "fp8-fp16"}
+    assert {r["variant"] for r in rows} == {"bf16", "fp8-fp16", "fp8-fp16-pairs"}
     # two tiny shapes x two configs per variant, each timed once
-    assert len(rows) == 8, rows
+    assert len(rows) == 12, rows
     assert all(math.isfinite(r["us"]) and r["us"] > 0 for r in rows)
-    assert res.stdout.count("one config for all shapes") == 2
+    assert res.stdout.count("one config for all shapes") == 3
 
 
 def test_bad_arguments_name_the_flag() -> None:
