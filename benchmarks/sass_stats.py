@@ -11,6 +11,9 @@ memory, conversion and tensor-core instructions that tell the variants apart (``
 byte-wise shared-memory loads; ``F2F.BF16.F16``: the second conversion step of e4m3 -> bf16;
 ``QGMMA``: FP8 wgmma). Static counts, not a timing: a kernel's speed is measured on the GPU
 (benchmarks/gpu_bench.sh); this shows what the compiler made of a change before a device call.
+To compile with the GPU machine's Triton (3.6 in 2026-12) instead of this one's:
+``pip download triton==3.6.0 --no-deps -d W && pip install --no-deps --target T W/triton-*.whl``,
+then ``PYTHONPATH=T python benchmarks/sass_stats.py``.
 """
 
 from __future__ import annotations
