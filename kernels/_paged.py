@@ -102,6 +102,41 @@ def mma(a, b, DOT_PRECISION: tl.constexpr, UPCAST: tl.constexpr):
     return c
 
 
+@triton.jit
+def attend_tiles(
+    q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, pos, lo, hi, kvh, d,
+    BLOCK_SIZE: tl.constexpr, stride_cb, stride_cs, stride_ch, head_dim, scale_log2,
+    MASK: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    UPCAST: tl.constexpr, V_T: tl.constexpr,
+):
+    """The online-softmax loop of both attention kernels over the keys [lo, hi) of one request's
+    paged cache, in BLOCK_N tiles: q [BLOCK_M, BLOCK_D] (the dots' dtype); m_i, l_i, acc the
+    running max, sum and output; returns them updated. MASK: ``"none"`` (every key in range is
+    visible: prefill's tiles below the first query), ``"end"`` (keys past ``hi`` masked in the
+    last tile: decode) or ``"causal"`` (also keys after each row's position ``pos``
+    [BLOCK_M]; None otherwise)."""
+    for n0 in range(lo, hi, BLOCK_N):
+        n = n0 + tl.arange(0, BLOCK_N)
+        n_mask = n < hi
+        rows = token_offsets(bt_row, n, n_mask, BLOCK_SIZE, stride_cb, stride_cs)
+        kv_off = rows[:, None] + kvh * stride_ch + d[None, :]  # [BLOCK_N, BLOCK_D]
+        kv_mask = n_mask[:, None] & (d < head_dim)[None, :]
+        k = tl.load(k_cache_ptr + kv_off, mask=kv_mask, other=0.0).to(q.dtype)  # fp8 -> q's
+        s = mma(q, tl.trans(k), DOT_PRECISION, UPCAST) * scale_log2
+        if MASK == "causal":  # [BLOCK_M, BLOCK_N]
+            s = tl.where((n[None, :] <= pos[:, None]) & n_mask[None, :], s, float("-inf"))
+        elif MASK == "end":
+            s = tl.where(n_mask[None, :], s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        alpha = tl.exp2(m_i - m_new)
+        p = tl.exp2(s - m_new[:, None])
+        l_i = l_i * alpha + tl.sum(p, 1)
+        v = load_v(v_cache_ptr, rows, kvh * stride_ch, d, n_mask, head_dim, q.dtype, V_T)
+        acc = acc * alpha[:, None] + mma(p.to(v.dtype), v, DOT_PRECISION, UPCAST)
+        m_i = m_new
+    return m_i, l_i, acc
+
+
 def dot_config(kernel: object, dtype: torch.dtype) -> dict[str, object]:
     """Constexprs for :func:`mma`: exact fp32 dots for fp32 (Triton's default is tf32),
     fp32 emulation of bf16 dots in the interpreter."""

@@ -17,12 +17,12 @@ import triton.language as tl
 from ._common import check, check_devices, is_interpreted, num_sms
 from ._paged import (
     LOG2E,
+    attend_tiles,
     check_paged_inputs,
     dot_config,
     dot_operand_q,
     e4m3_pairs,
     fp8_dot_flags,
-    load_v,
     mma,
     token_offsets,
 )
@@ -121,22 +121,10 @@ def _decode_split_kernel(
                                       kvh, scale_log2, stride_cb, stride_cs, stride_ch, BLOCK_SIZE,
                                       BLOCK_N, BLOCK_G, BLOCK_D, DOT_PRECISION, UPCAST, SOFT)
     else:
-        for n0 in range(start, end, BLOCK_N):
-            n = n0 + tl.arange(0, BLOCK_N)
-            n_mask = n < end
-            rows = token_offsets(bt_row, n, n_mask, BLOCK_SIZE, stride_cb, stride_cs)
-            kv_off = rows[:, None] + kvh * stride_ch + d[None, :]  # [BLOCK_N, BLOCK_D]
-            kv_mask = n_mask[:, None] & (d < head_dim)[None, :]
-            k = tl.load(k_cache_ptr + kv_off, mask=kv_mask, other=0.0).to(q.dtype)  # fp8 -> q's
-            s = mma(q, tl.trans(k), DOT_PRECISION, UPCAST) * scale_log2
-            s = tl.where(n_mask[None, :], s, float("-inf"))  # [BLOCK_G, BLOCK_N]
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            alpha = tl.exp2(m_i - m_new)
-            p = tl.exp2(s - m_new[:, None])
-            l_i = l_i * alpha + tl.sum(p, 1)
-            v = load_v(v_cache_ptr, rows, kvh * stride_ch, d, n_mask, head_dim, q.dtype, V_T)
-            acc = acc * alpha[:, None] + mma(p.to(v.dtype), v, DOT_PRECISION, UPCAST)
-            m_i = m_new
+        m_i, l_i, acc = attend_tiles(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, None,
+                                     start, end, kvh, d, BLOCK_SIZE, stride_cb, stride_cs,
+                                     stride_ch, head_dim, scale_log2, "end", BLOCK_N,
+                                     DOT_PRECISION, UPCAST, V_T)
 
     acc = acc * (v_scale / tl.where(l_i > 0.0, l_i, 1.0))[:, None]  # empty split: acc = 0
     if not SPLIT:

@@ -19,42 +19,12 @@ import triton.language as tl
 from ._common import check, check_devices, check_tensor
 from ._paged import (
     LOG2E,
+    attend_tiles,
     check_paged_inputs,
     dot_config,
     dot_operand_q,
     fp8_dot_flags,
-    load_v,
-    mma,
-    token_offsets,
 )
-
-
-@triton.jit
-def _attend(
-    q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, pos, lo, hi, kvh, d,
-    BLOCK_SIZE: tl.constexpr, stride_cb, stride_cs, stride_ch, head_dim, scale_log2,
-    CAUSAL: tl.constexpr, BLOCK_N: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    UPCAST: tl.constexpr, V_T: tl.constexpr,
-):
-    # q: [BLOCK_M, BLOCK_D]; pos: [BLOCK_M] query positions; keys [lo, hi) in BLOCK_N tiles.
-    for n0 in range(lo, hi, BLOCK_N):
-        n = n0 + tl.arange(0, BLOCK_N)
-        n_mask = n < hi
-        rows = token_offsets(bt_row, n, n_mask, BLOCK_SIZE, stride_cb, stride_cs)
-        kv_off = rows[:, None] + kvh * stride_ch + d[None, :]  # [BLOCK_N, BLOCK_D]
-        kv_mask = n_mask[:, None] & (d < head_dim)[None, :]
-        k = tl.load(k_cache_ptr + kv_off, mask=kv_mask, other=0.0).to(q.dtype)  # fp8 -> q's
-        s = mma(q, tl.trans(k), DOT_PRECISION, UPCAST) * scale_log2
-        if CAUSAL:  # [BLOCK_M, BLOCK_N]
-            s = tl.where((n[None, :] <= pos[:, None]) & n_mask[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        alpha = tl.exp2(m_i - m_new)
-        p = tl.exp2(s - m_new[:, None])
-        l_i = l_i * alpha + tl.sum(p, 1)
-        v = load_v(v_cache_ptr, rows, kvh * stride_ch, d, n_mask, head_dim, q.dtype, V_T)
-        acc = acc * alpha[:, None] + mma(p.to(v.dtype), v, DOT_PRECISION, UPCAST)
-        m_i = m_new
-    return m_i, l_i, acc
 
 
 # Variants fixed per model (see _decode_split_kernel): the block table's row stride is the
@@ -98,13 +68,13 @@ def _prefill_kernel(
     # keys below the tile's first query position are visible to every row: no mask.
     full_end = (ctx + tile * BLOCK_Q) // BLOCK_N * BLOCK_N
     kv_end = ctx + tl.minimum((tile + 1) * BLOCK_Q, q_len)
-    m_i, l_i, acc = _attend(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, pos, 0,
-                            full_end, kvh, d, BLOCK_SIZE, stride_cb, stride_cs, stride_ch,
-                            head_dim, scale_log2, False, BLOCK_N, DOT_PRECISION, UPCAST, V_T)
-    m_i, l_i, acc = _attend(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, pos,
-                            full_end, kv_end, kvh, d, BLOCK_SIZE, stride_cb, stride_cs,
-                            stride_ch, head_dim, scale_log2, True, BLOCK_N, DOT_PRECISION,
-                            UPCAST, V_T)
+    m_i, l_i, acc = attend_tiles(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, pos, 0,
+                                 full_end, kvh, d, BLOCK_SIZE, stride_cb, stride_cs, stride_ch,
+                                 head_dim, scale_log2, "none", BLOCK_N, DOT_PRECISION, UPCAST, V_T)
+    m_i, l_i, acc = attend_tiles(q, m_i, l_i, acc, k_cache_ptr, v_cache_ptr, bt_row, pos,
+                                 full_end, kv_end, kvh, d, BLOCK_SIZE, stride_cb, stride_cs,
+                                 stride_ch, head_dim, scale_log2, "causal", BLOCK_N,
+                                 DOT_PRECISION, UPCAST, V_T)
     acc = acc * (v_scale / l_i)[:, None]
     o_ptrs = out_ptr + tok64[:, None] * stride_ot + heads[:, None] * stride_oh + d[None, :]
     tl.store(o_ptrs, acc.to(out_ptr.dtype.element_ty), mask=qd_mask)

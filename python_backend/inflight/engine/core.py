@@ -252,7 +252,8 @@ class LLMEngine:
         returns are step N's and the GPU never waits for the host in between; while fewer
         than ``overlap_min_running`` sequences run, synchronously (a new request's prefill
         is planned right after the step in flight instead of after the one launched ahead)."""
-        if self.overlap and self.scheduler.num_running >= self.cfg.overlap_min_running:
+        low = self.cfg.overlap_min_running
+        if self.overlap and (not low or self.scheduler.num_running >= low):
             return self._step_overlapped()
         if self._inflight is None:
             return self._step_sync()
