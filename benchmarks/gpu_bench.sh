@@ -30,6 +30,8 @@
 #   bash benchmarks/gpu_bench.sh openai    # issue 16, after serve13-prep (carry .whl), carry .whl2: llm layout
 #                                          # over gRPC vs through the OpenAI front end, same server
 #                                          # (OPENAI_WORKERS=4: the front end's worker processes)
+#   bash benchmarks/gpu_bench.sh overlap-ab # issue 13: 8B b1 latency, overlap_min_running 0 / 8 alternating
+#   bash benchmarks/gpu_bench.sh quant-targets # issue 14: FP8 + FP8 KV b1, 128/128, 2048/128, bf16 beside
 #   bash benchmarks/gpu_bench.sh tp-test   # issue 15 (kind nvidia-h200-x2): the TP=2 GPU tests (NCCL and
 #                                          # symmetric-memory all-reduce, CUDA graphs, bf16 logits vs TP=1),
 #                                          # all-reduce latency (benchmarks/allreduce_bench.py)
@@ -224,6 +226,31 @@ case "${1:-all}" in
       echo "== 8B TP=$1 ($2) throughput 128/128 x1000"
       CUDA_VISIBLE_DEVICES=$gpus INFLIGHT_TP_ALLREDUCE=$2 timeout 200 $B throughput $T8 --tp $1 --out "$OUT/tp$1-$2" 2>&1 | tail -1
       shift 2
+    done
+    ;;
+  overlap-ab)  # issue 13: batch-1 latency with overlapped steps always (overlap_min_running=0) and
+    # only from 8 running sequences on (8: a lone request runs synchronous steps), alternating; < 3 min
+    for m in 0 8 0 8; do
+      echo "== 8B b1 latency, overlap_min_running=$m"
+      timeout 60 $B latency --model llama-3.1-8b --isl 128 --osl 256 --overlap-min-running $m \
+          --out "$OUT/overlap-$m" 2>&1 | grep -E "tok_s|ttft|ms_per|rror" | head -4
+    done
+    ;;
+  quant-targets)  # issue 14's throughput targets with the FP8 defaults of the day, bf16 beside each
+    # (same commands as docs/performance.md's bf16 rows): FP8 + FP8 KV batch-1, then 128/128 x1000
+    # and 2048/128 x200, FP8 then bf16; < 7 min
+    F=(--dtype bfloat16 --quantization fp8 --kv-cache-dtype fp8)
+    echo "== FP8 + FP8 KV b1 latency"
+    timeout 60 $B latency --model llama-3.1-8b --isl 128 --osl 256 "${F[@]}" --out "$OUT/qt-fp8" 2>&1 \
+        | grep -E "tok_s|ms_per|rror" | head -4
+    for w in "128 128 1000 --max-batch-size 1024" "2048 128 200"; do
+      set -- $w
+      for q in fp8 bf16; do
+        a=(--dtype bfloat16); [ $q = fp8 ] && a=("${F[@]}")
+        echo "== $q $1/$2 x$3"
+        timeout 100 $B throughput --model llama-3.1-8b --isl $1 --osl $2 --num-requests $3 "${@:4}" \
+            --max-num-tokens 16384 "${a[@]}" --out "$OUT/qt-$q" 2>&1 | grep -E "output_tok_s|rror"
+      done
     done
     ;;
   graphs)  # issue 13: CUDA graphs for steps with prompt tokens (cuda_graph_max_tokens), A/B

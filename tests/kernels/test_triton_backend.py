@@ -64,7 +64,7 @@ def test_mixed_step_gpu(dtype: torch.dtype) -> None:
 def test_fp8_kv_dots_option_reaches_both_kernels(monkeypatch: pytest.MonkeyPatch,
                                                  device: torch.device) -> None:
     """INFLIGHT_FP8_KV_DOTS reaches the decode and prefill kernels as fp8_kv_dots (unset:
-    bf16); an unknown value is an error naming the variable."""
+    fp16-pairs, which the prefill kernel takes as bf16 dots); an unknown value is an error naming the variable."""
     import inflight.model.attention.triton_backend as tb
 
     seen: list[tuple[str, str]] = []
@@ -74,7 +74,7 @@ def test_fp8_kv_dots_option_reaches_both_kernels(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setattr(tb, "paged_prefill_attention",
                         lambda *a, **kw: (seen.append(("prefill", kw["fp8_kv_dots"])), pre(*a, **kw))[1])
     c = make_case([1, 5], [9, 12], 4, 2, 16, 16, torch.bfloat16, device)
-    for value, want in ((None, "bf16"), ("fp16", "fp16"), ("fp16-vt", "fp16-vt"), ("fp16-pairs", "fp16-pairs"),
+    for value, want in ((None, "fp16-pairs"), ("fp16", "fp16"), ("fp16-vt", "fp16-vt"), ("fp16-pairs", "fp16-pairs"),
                         ("bf16", "bf16")):
         if value is None:
             monkeypatch.delenv("INFLIGHT_FP8_KV_DOTS", raising=False)

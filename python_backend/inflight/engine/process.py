@@ -254,12 +254,17 @@ def main(spec: dict[str, Any]) -> None:
     code = 1
     try:
         from inflight.config import EngineConfig
+        from inflight.engine import gc_pauses
         from inflight.engine.core import LLMEngine
         from inflight.engine.warmup import should_warm_up, warm_up
 
         engine = LLMEngine(EngineConfig(**spec["config"]))
         _cpu_threads(engine)
         took = warm_up(engine) if should_warm_up(spec["warmup"], engine.runner.device.type) else 0.0
+        # this process owns its heap: what start-up left is never garbage, so later full
+        # collections need not walk it; long pauses are logged (engine/gc_pauses.py)
+        log.info("garbage collector: %d start-up objects frozen", gc_pauses.settle())
+        gc_pauses.watch()
         hook = None
         if spec["fault_step"] or spec["fault_delay_ms"]:
             from inflight.frontends.triton.health import fault_hook

@@ -377,6 +377,10 @@ def worker_main(spec: dict[str, Any] | None = None) -> None:
 
         runner = ModelRunner(worker.cfg, ModelConfig.from_hf(worker.cfg.model), worker.max_seq_len,
                              worker)
+        from inflight.engine import gc_pauses
+
+        gc_pauses.settle()  # this process owns its heap (as the engine process: gc_pauses.py)
+        gc_pauses.watch()
         worker.serve(runner)
     except BaseException as e:  # noqa: BLE001 - tell rank 0 why, then exit
         log.exception("tensor parallel rank %d failed", rank)
